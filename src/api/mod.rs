@@ -1,0 +1,240 @@
+//! The HTTP API: routers, authentication, request parsing and the error → JSON mapping.
+//!
+//! Handlers validate input and name the offending field in a 4xx JSON error; nothing a client
+//! sends can panic the server. Writes go through the [`Writer`] (durable before the answer);
+//! reads go straight to the engine on the blocking pool.
+
+mod handlers;
+mod metrics;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use utoipa::OpenApi;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::writer::Writer;
+
+pub use handlers::ApiDoc;
+
+/// What every handler sees.
+#[derive(Clone)]
+pub struct AppState {
+    /// The state machine.
+    pub engine: Arc<Engine>,
+    /// The write path.
+    pub writer: Writer,
+    /// Settings.
+    pub config: Arc<Config>,
+}
+
+/// The JSON error body: `{"error": {"code", "message", "field"?}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Details of an error.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_input`, `collection_not_found`.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// JSON path of the offending field, for `invalid_input`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Error::InvalidInput { .. } => (StatusCode::BAD_REQUEST, "invalid_input"),
+            Error::CollectionNotFound(_) => (StatusCode::NOT_FOUND, "collection_not_found"),
+            Error::PointNotFound(_) => (StatusCode::NOT_FOUND, "point_not_found"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Corrupt(_) | Error::Storage(_) | Error::Io(_) | Error::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(error = %self, "internal error");
+            "internal error; see the server log".to_string()
+        } else {
+            self.to_string()
+        };
+        let field = match &self {
+            Error::InvalidInput { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        let mut resp = (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code,
+                    message,
+                    field,
+                },
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+/// A JSON body whose parse errors name the field (`points[3].vector[7]: invalid type ...`) and
+/// whose size is bounded; accepted whatever the content type says.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(usize::MAX);
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge(limit)
+            } else {
+                Error::invalid("body", e.body_text())
+            }
+        })?;
+        if bytes.is_empty() {
+            return Err(Error::invalid("body", "a JSON body is required"));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        match serde_path_to_error::deserialize(de) {
+            Ok(v) => Ok(ApiJson(v)),
+            Err(e) => {
+                let path = e.path().to_string();
+                let field = if path == "." || path.is_empty() {
+                    "body".to_string()
+                } else {
+                    path
+                };
+                Err(Error::invalid(field, e.into_inner().to_string()))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct BodyLimit(usize);
+
+/// Equal-time comparison, so that a key cannot be guessed byte by byte from response times.
+fn key_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn is_read(method: &Method, path: &str) -> bool {
+    method == Method::GET
+        || method == Method::HEAD
+        || (method == Method::POST && path.contains("/points/search"))
+}
+
+async fn auth(state: axum::extract::State<AppState>, req: Request, next: Next) -> Response {
+    let cfg = &state.config;
+    let path = req.uri().path();
+    let open = path == "/healthz" || path == "/readyz";
+    if cfg.api_key.is_none() && cfg.read_only_api_key.is_none() || open {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| req.headers().get("api-key").and_then(|v| v.to_str().ok()));
+    let Some(given) = given else {
+        return Error::Unauthorized.into_response();
+    };
+    if cfg.api_key.as_deref().is_some_and(|k| key_eq(k, given)) {
+        return next.run(req).await;
+    }
+    if cfg
+        .read_only_api_key
+        .as_deref()
+        .is_some_and(|k| key_eq(k, given))
+    {
+        if is_read(req.method(), path) {
+            return next.run(req).await;
+        }
+        return Error::Forbidden.into_response();
+    }
+    Error::Unauthorized.into_response()
+}
+
+async fn body_limit(
+    state: axum::extract::State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    req.extensions_mut()
+        .insert(BodyLimit(state.config.max_body_bytes));
+    next.run(req).await
+}
+
+async fn not_found() -> Error {
+    Error::invalid("path", "no such endpoint; see /openapi.json")
+}
+
+async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+/// The public router.
+pub fn router(state: AppState) -> Router {
+    use handlers::*;
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(healthz))
+        .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi))
+        .route("/collections", get(list_collections))
+        .route(
+            "/collections/{name}",
+            put(create_collection)
+                .get(get_collection)
+                .delete(delete_collection),
+        )
+        .route("/collections/{name}/points", put(upsert_points))
+        .route("/collections/{name}/points/delete", post(delete_points))
+        .route("/collections/{name}/points/search", post(search))
+        .route(
+            "/collections/{name}/points/search/batch",
+            post(search_batch),
+        )
+        .route("/collections/{name}/points/{id}", get(get_point))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn(metrics::track))
+        .with_state(state)
+}

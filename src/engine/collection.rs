@@ -1,0 +1,867 @@
+//! One collection: its points in memory, its HNSW graph and the indexer thread that feeds it.
+//!
+//! Invariants (see `engine` for the overview):
+//! - Internal ids (`iid`) are assigned by `apply` in log order, densely, and never reused.
+//! - The indexer inserts every iid into the graph in increasing order, including points deleted
+//!   before their turn (their vectors are kept until the next rebuild), so two nodes that applied
+//!   the same log build the same graph. Ids at or above the graph's watermark are the "tail" and are
+//!   searched exactly, which makes a write searchable as soon as it is applied.
+//! - A rebuild is decided inside `apply` (deterministically, when tombstones pass a ratio of the
+//!   epoch's points): the new graph gets the live points of that moment plus every later iid.
+//!   It is built on its own thread while the old graph keeps serving, then swapped in.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use serde_json::Value;
+
+use crate::filter::Filter;
+use crate::index::{score, Graph, GraphMeta};
+use crate::model::{
+    ApplyError, CollectionConfig, CollectionInfo, Hit, Metric, PointId, PointRecord, PointWrite,
+};
+use crate::store::{CollectionMeta, StoredPoint, WriteBatch};
+
+/// Tuning shared by all collections.
+#[derive(Clone, Debug)]
+pub struct CollectionOptions {
+    /// Where graph dumps live (one folder per collection id).
+    pub graph_dir: PathBuf,
+    /// Rebuild when tombstones exceed this fraction of the graph's points.
+    pub rebuild_ratio: f64,
+    /// ... and the graph holds at least this many points.
+    pub rebuild_min_points: u64,
+    /// Dump the graph once this many ids were inserted since the last dump and the indexer is idle.
+    pub dump_after_inserts: u64,
+    /// Collections with at most this many live points are always searched exactly.
+    pub exact_below: usize,
+}
+
+/// A point held in memory. A tombstone keeps `vector` (the graph may still need it) but no id.
+struct Slot {
+    ext: Option<PointId>,
+    vector: Option<Arc<[f32]>>,
+    payload: Option<Arc<Value>>,
+}
+
+struct State {
+    slots: Vec<Slot>,
+    by_ext: HashMap<PointId, u64>,
+    live: usize,
+    epoch_since: u64,
+    epoch_total: u64,
+}
+
+struct RebuildJob {
+    generation: u64,
+    base: Vec<(u64, Arc<[f32]>)>,
+    since: u64,
+}
+
+#[derive(Default)]
+struct Control {
+    stop: bool,
+    generation: u64,
+    job: Option<RebuildJob>,
+    built: Option<(u64, Graph)>,
+    rebuilding: bool,
+}
+
+struct Shared {
+    id: u64,
+    name: String,
+    config: CollectionConfig,
+    opts: CollectionOptions,
+    state: RwLock<State>,
+    graph: RwLock<Arc<Graph>>,
+    next_iid: AtomicU64,
+    ctl: Mutex<Control>,
+    wake: Condvar,
+    progress: Condvar,
+    cancel: AtomicBool,
+}
+
+/// A collection. Dropping it does not stop its indexer: call [`Collection::close`].
+pub struct Collection {
+    shared: Arc<Shared>,
+    indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A validated search, ready to run.
+#[derive(Clone, Debug)]
+pub struct SearchParams {
+    /// Query (normalised for cosine).
+    pub vector: Vec<f32>,
+    /// Hits wanted.
+    pub k: usize,
+    /// Search breadth (≥ k).
+    pub ef: usize,
+    /// Payload filter.
+    pub filter: Option<Filter>,
+    /// Drop hits worse than this.
+    pub score_threshold: Option<f32>,
+    /// Return payloads.
+    pub with_payload: bool,
+    /// Return vectors.
+    pub with_vector: bool,
+    /// Brute force.
+    pub exact: bool,
+}
+
+/// Orders candidates by badness: smaller is better, ties by smaller iid (determinism).
+#[derive(Clone, Copy, PartialEq)]
+struct Cand(f32, u64);
+impl Eq for Cand {}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Cand {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
+    }
+}
+
+/// Keeps the k best candidates seen.
+struct TopK {
+    k: usize,
+    heap: BinaryHeap<Cand>,
+}
+impl TopK {
+    fn new(k: usize) -> TopK {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+    #[inline]
+    fn push(&mut self, c: Cand) {
+        if self.heap.len() < self.k {
+            self.heap.push(c);
+        } else if let Some(top) = self.heap.peek() {
+            if c < *top {
+                self.heap.pop();
+                self.heap.push(c);
+            }
+        }
+    }
+    fn into_sorted(self) -> Vec<Cand> {
+        self.heap.into_sorted_vec()
+    }
+}
+
+impl State {
+    fn is_live(&self, iid: usize) -> bool {
+        self.slots.get(iid).is_some_and(|s| s.ext.is_some())
+    }
+    fn accepts(&self, iid: usize, filter: Option<&Filter>) -> bool {
+        match self.slots.get(iid) {
+            Some(s) if s.ext.is_some() => filter.is_none_or(|f| f.matches(s.payload.as_deref())),
+            _ => false,
+        }
+    }
+    fn tombstones(&self) -> u64 {
+        self.epoch_total.saturating_sub(self.live as u64)
+    }
+}
+
+fn badness(metric: Metric, s: f32) -> f32 {
+    if metric.higher_is_better() {
+        -s
+    } else {
+        s
+    }
+}
+
+impl Collection {
+    /// Creates a collection from persisted metadata and points (in iid order), loading its graph
+    /// dump when one matches, and starts its indexer.
+    pub fn open(
+        id: u64,
+        meta: &CollectionMeta,
+        points: Vec<(u64, StoredPoint)>,
+        opts: CollectionOptions,
+    ) -> Collection {
+        let mut slots: Vec<Slot> = Vec::with_capacity(meta.next_iid as usize);
+        let mut by_ext = HashMap::with_capacity(points.len());
+        for (iid, p) in points {
+            while (slots.len() as u64) < iid {
+                slots.push(Slot {
+                    ext: None,
+                    vector: None,
+                    payload: None,
+                });
+            }
+            let payload = p
+                .payload
+                .as_deref()
+                .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                .map(Arc::new);
+            by_ext.insert(p.id.clone(), iid);
+            slots.push(Slot {
+                ext: Some(p.id),
+                vector: Some(p.vector.into()),
+                payload,
+            });
+        }
+        while (slots.len() as u64) < meta.next_iid {
+            slots.push(Slot {
+                ext: None,
+                vector: None,
+                payload: None,
+            });
+        }
+        let live = by_ext.len();
+        let dir = opts.graph_dir.join(id.to_string());
+        let graph = match Graph::load(&dir, &meta.config) {
+            Some((g, m)) if m.collection_id == id && m.watermark <= meta.next_iid => g,
+            _ => Graph::new(&meta.config, live, 0, meta.epoch_since),
+        };
+        let pending_rebuild = graph.epoch_since < meta.epoch_since;
+        let state = State {
+            slots,
+            by_ext,
+            live,
+            epoch_since: meta.epoch_since,
+            epoch_total: meta.epoch_total,
+        };
+        let c = Collection::start(id, meta, state, graph, opts);
+        if pending_rebuild {
+            let st = c.shared.state.read();
+            let job = c.shared.rebuild_job(&st, meta.epoch_since);
+            drop(st);
+            c.shared.submit_rebuild(job);
+        }
+        c
+    }
+
+    /// A new, empty collection.
+    pub fn create(
+        id: u64,
+        name: &str,
+        config: CollectionConfig,
+        opts: CollectionOptions,
+    ) -> Collection {
+        let meta = CollectionMeta {
+            name: name.to_string(),
+            config,
+            next_iid: 0,
+            epoch_since: 0,
+            epoch_total: 0,
+        };
+        let _ = std::fs::remove_dir_all(opts.graph_dir.join(id.to_string()));
+        let state = State {
+            slots: Vec::new(),
+            by_ext: HashMap::new(),
+            live: 0,
+            epoch_since: 0,
+            epoch_total: 0,
+        };
+        let graph = Graph::new(&config, 0, 0, 0);
+        Collection::start(id, &meta, state, graph, opts)
+    }
+
+    fn start(
+        id: u64,
+        meta: &CollectionMeta,
+        state: State,
+        graph: Graph,
+        opts: CollectionOptions,
+    ) -> Collection {
+        let shared = Arc::new(Shared {
+            id,
+            name: meta.name.clone(),
+            config: meta.config,
+            opts,
+            next_iid: AtomicU64::new(state.slots.len() as u64),
+            state: RwLock::new(state),
+            graph: RwLock::new(Arc::new(graph)),
+            ctl: Mutex::new(Control::default()),
+            wake: Condvar::new(),
+            progress: Condvar::new(),
+            cancel: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("indexer-{}", meta.name))
+            .spawn(move || s.run_indexer())
+            .ok();
+        if handle.is_none() {
+            tracing::error!(collection = %meta.name, "cannot spawn indexer thread; searches stay exact");
+        }
+        Collection {
+            shared,
+            indexer: Mutex::new(handle),
+        }
+    }
+
+    /// The collection id (unique for the store's lifetime; names can be reused).
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &CollectionConfig {
+        &self.shared.config
+    }
+
+    /// The persisted form of its metadata.
+    fn meta(&self, st: &State) -> CollectionMeta {
+        CollectionMeta {
+            name: self.shared.name.clone(),
+            config: self.shared.config,
+            next_iid: st.slots.len() as u64,
+            epoch_since: st.epoch_since,
+            epoch_total: st.epoch_total,
+        }
+    }
+
+    /// Applies an upsert: validates every point first (all or nothing), then records it.
+    pub fn upsert(
+        &self,
+        points: Vec<PointWrite>,
+        batch: &mut WriteBatch,
+    ) -> Result<usize, ApplyError> {
+        let dim = self.shared.config.dim;
+        let mut parsed = Vec::with_capacity(points.len());
+        for (i, p) in points.iter().enumerate() {
+            if p.vector.len() != dim {
+                return Err(ApplyError::DimensionMismatch {
+                    index: i,
+                    expected: dim,
+                    got: p.vector.len(),
+                });
+            }
+            if p.vector.iter().any(|x| !x.is_finite()) {
+                return Err(ApplyError::Invalid(format!(
+                    "points[{i}].vector: values must be finite"
+                )));
+            }
+            let payload = match &p.payload {
+                Some(text) => Some(Arc::new(
+                    serde_json::from_str::<Value>(text)
+                        .map_err(|e| ApplyError::Invalid(format!("points[{i}].payload: {e}")))?,
+                )),
+                None => None,
+            };
+            parsed.push(payload);
+        }
+        let cid = self.shared.id;
+        let n = points.len();
+        let mut st = self.shared.state.write();
+        for (p, payload) in points.into_iter().zip(parsed) {
+            if let Some(old) = st.by_ext.remove(&p.id) {
+                Self::tombstone(&mut st, old);
+                batch.remove_point(cid, old);
+            }
+            let iid = st.slots.len() as u64;
+            let stored = StoredPoint {
+                id: p.id.clone(),
+                vector: p.vector,
+                payload: p.payload,
+            };
+            batch.put_point(cid, iid, &stored);
+            st.by_ext.insert(p.id.clone(), iid);
+            st.slots.push(Slot {
+                ext: Some(p.id),
+                vector: Some(stored.vector.into()),
+                payload,
+            });
+            st.live += 1;
+            st.epoch_total += 1;
+        }
+        let job = self.maybe_rebuild(&mut st);
+        batch.put_collection(cid, &self.meta(&st));
+        self.shared
+            .next_iid
+            .store(st.slots.len() as u64, Ordering::Release);
+        drop(st);
+        if let Some(job) = job {
+            self.shared.submit_rebuild(job);
+        }
+        self.shared.notify_indexer();
+        Ok(n)
+    }
+
+    fn tombstone(st: &mut State, iid: u64) {
+        if let Some(slot) = st.slots.get_mut(iid as usize) {
+            if slot.ext.take().is_some() {
+                slot.payload = None;
+                st.live -= 1;
+            }
+        }
+    }
+
+    /// Records the removal of every live point (the collection is being dropped).
+    pub fn remove_all(&self, batch: &mut WriteBatch) {
+        let st = self.shared.state.read();
+        for (iid, slot) in st.slots.iter().enumerate() {
+            if slot.ext.is_some() {
+                batch.remove_point(self.shared.id, iid as u64);
+            }
+        }
+    }
+
+    /// Deletes the given ids (missing ones are ignored); returns how many existed.
+    pub fn delete_ids(&self, ids: &[PointId], batch: &mut WriteBatch) -> usize {
+        let mut st = self.shared.state.write();
+        let iids: Vec<u64> = ids.iter().filter_map(|id| st.by_ext.remove(id)).collect();
+        self.finish_delete(st, iids, batch)
+    }
+
+    /// Deletes every point whose payload matches `filter`; returns how many.
+    pub fn delete_filter(&self, filter: &Filter, batch: &mut WriteBatch) -> usize {
+        let mut st = self.shared.state.write();
+        let iids: Vec<u64> = (0..st.slots.len())
+            .filter(|&i| st.accepts(i, Some(filter)))
+            .map(|i| i as u64)
+            .collect();
+        for &iid in &iids {
+            if let Some(id) = &st.slots[iid as usize].ext {
+                let id = id.clone();
+                st.by_ext.remove(&id);
+            }
+        }
+        self.finish_delete(st, iids, batch)
+    }
+
+    fn finish_delete(
+        &self,
+        mut st: parking_lot::RwLockWriteGuard<'_, State>,
+        iids: Vec<u64>,
+        batch: &mut WriteBatch,
+    ) -> usize {
+        let cid = self.shared.id;
+        for &iid in &iids {
+            Self::tombstone(&mut st, iid);
+            batch.remove_point(cid, iid);
+        }
+        let job = self.maybe_rebuild(&mut st);
+        if !iids.is_empty() {
+            batch.put_collection(cid, &self.meta(&st));
+        }
+        drop(st);
+        if let Some(job) = job {
+            self.shared.submit_rebuild(job);
+        }
+        iids.len()
+    }
+
+    /// Decides (deterministically, from applied state only) whether to start a new graph epoch.
+    fn maybe_rebuild(&self, st: &mut State) -> Option<RebuildJob> {
+        let opts = &self.shared.opts;
+        let tomb = st.tombstones();
+        if st.epoch_total < opts.rebuild_min_points
+            || (tomb as f64) <= opts.rebuild_ratio * st.epoch_total as f64
+        {
+            return None;
+        }
+        let since = st.slots.len() as u64;
+        st.epoch_since = since;
+        st.epoch_total = st.live as u64;
+        Some(self.shared.rebuild_job(st, since))
+    }
+
+    /// Blocks until the graph lags the applied points by at most `max_unindexed`, or `timeout`.
+    /// This is the ingest backpressure that keeps the exactly-searched tail short.
+    pub fn wait_for_room(&self, max_unindexed: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut ctl = self.shared.ctl.lock();
+        loop {
+            let lag = self
+                .shared
+                .next_iid
+                .load(Ordering::Acquire)
+                .saturating_sub(self.shared.graph.read().watermark());
+            if lag <= max_unindexed || ctl.stop {
+                return true;
+            }
+            if self
+                .shared
+                .progress
+                .wait_until(&mut ctl, deadline)
+                .timed_out()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Blocks until every applied point is in the graph and no rebuild is pending (tests, benches).
+    pub fn wait_indexed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut ctl = self.shared.ctl.lock();
+        loop {
+            let done = self.shared.graph.read().watermark()
+                >= self.shared.next_iid.load(Ordering::Acquire)
+                && ctl.job.is_none()
+                && ctl.built.is_none()
+                && !ctl.rebuilding;
+            if done || ctl.stop {
+                return done;
+            }
+            if self
+                .shared
+                .progress
+                .wait_until(&mut ctl, deadline)
+                .timed_out()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Stops the indexer (dumping the graph if it changed) and waits for it.
+    pub fn close(&self) {
+        {
+            let mut ctl = self.shared.ctl.lock();
+            ctl.stop = true;
+            self.shared.cancel.store(true, Ordering::Release);
+            self.shared.wake.notify_all();
+            self.shared.progress.notify_all();
+        }
+        if let Some(h) = self.indexer.lock().take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Stops the indexer without dumping and removes the graph dump (the collection was dropped).
+    pub fn destroy(&self) {
+        self.close();
+        let _ = std::fs::remove_dir_all(self.shared.graph_path());
+    }
+
+    /// Info for `GET /collections/{name}`.
+    pub fn info(&self) -> CollectionInfo {
+        let st = self.shared.state.read();
+        let wm = self.shared.graph.read().watermark();
+        CollectionInfo {
+            name: self.shared.name.clone(),
+            config: self.shared.config,
+            points: st.live,
+            tombstones: st.tombstones() as usize,
+            unindexed: (st.slots.len() as u64).saturating_sub(wm) as usize,
+        }
+    }
+
+    /// Live point count.
+    pub fn len(&self) -> usize {
+        self.shared.state.read().live
+    }
+
+    /// True when the collection holds no live point.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One point by id.
+    pub fn get(&self, id: &PointId) -> Option<PointRecord> {
+        let st = self.shared.state.read();
+        let iid = *st.by_ext.get(id)?;
+        let slot = &st.slots[iid as usize];
+        Some(PointRecord {
+            id: id.clone(),
+            vector: slot
+                .vector
+                .as_deref()
+                .map(<[f32]>::to_vec)
+                .unwrap_or_default(),
+            payload: slot.payload.as_deref().cloned(),
+        })
+    }
+
+    /// Nearest neighbours of `p.vector`. Exact when asked, when the collection is small, or when the
+    /// filter is selective; otherwise HNSW over the graph plus an exact scan of the unindexed tail.
+    pub fn search(&self, p: &SearchParams) -> Vec<Hit> {
+        let metric = self.shared.config.metric;
+        let graph = self.shared.graph.read().clone();
+        let st = self.shared.state.read();
+        let n = st.slots.len();
+        let wm = (graph.watermark() as usize).min(n);
+        let filter = p.filter.as_ref();
+        let q = &p.vector[..];
+        let exact_scan = |from: usize, top: &mut TopK| {
+            for iid in from..n {
+                if st.accepts(iid, filter) {
+                    if let Some(v) = &st.slots[iid].vector {
+                        top.push(Cand(badness(metric, score(metric, q, v)), iid as u64));
+                    }
+                }
+            }
+        };
+        let mut top = TopK::new(p.k);
+        let mut use_exact = p.exact || st.live <= self.shared.opts.exact_below || graph.is_empty();
+        let mut ef = p.ef.max(p.k);
+        if !use_exact {
+            if let Some(f) = filter {
+                // Estimate selectivity on an even sample; a selective filter starves the graph walk.
+                let step = (n / 256).max(1);
+                let (mut seen, mut hit) = (0usize, 0usize);
+                for iid in (0..n).step_by(step) {
+                    if st.is_live(iid) {
+                        seen += 1;
+                        if f.matches(st.slots[iid].payload.as_deref()) {
+                            hit += 1;
+                        }
+                    }
+                }
+                let frac = if seen == 0 {
+                    0.0
+                } else {
+                    hit as f64 / seen as f64
+                };
+                let est = frac * st.live as f64;
+                if frac < 0.05 || est < (4 * ef) as f64 {
+                    use_exact = true;
+                } else {
+                    ef = ((ef as f64 / frac) as usize).min(crate::model::MAX_K.max(ef));
+                }
+            }
+        }
+        if use_exact {
+            exact_scan(0, &mut top);
+        } else {
+            let keep = |iid: &usize| *iid < wm && st.accepts(*iid, filter);
+            let found = graph.search(q, p.k, ef, &keep);
+            let short = found.len() < p.k;
+            for (iid, _) in found {
+                if let Some(v) = &st.slots[iid as usize].vector {
+                    top.push(Cand(badness(metric, score(metric, q, v)), iid));
+                }
+            }
+            if short && filter.is_some() {
+                // The graph could not supply k matches: fall back to the exact answer.
+                top = TopK::new(p.k);
+                exact_scan(0, &mut top);
+            } else {
+                exact_scan(wm, &mut top);
+            }
+        }
+        top.into_sorted()
+            .into_iter()
+            .filter_map(|Cand(bad, iid)| {
+                let s = badness(metric, bad);
+                if let Some(t) = p.score_threshold {
+                    let pass = if metric.higher_is_better() {
+                        s >= t
+                    } else {
+                        s <= t
+                    };
+                    if !pass {
+                        return None;
+                    }
+                }
+                let slot = &st.slots[iid as usize];
+                Some(Hit {
+                    id: slot.ext.clone()?,
+                    score: s,
+                    payload: if p.with_payload {
+                        slot.payload.as_deref().cloned()
+                    } else {
+                        None
+                    },
+                    vector: if p.with_vector {
+                        slot.vector.as_deref().map(<[f32]>::to_vec)
+                    } else {
+                        None
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+impl Shared {
+    fn graph_path(&self) -> PathBuf {
+        self.opts.graph_dir.join(self.id.to_string())
+    }
+
+    fn notify_indexer(&self) {
+        let _ctl = self.ctl.lock();
+        self.wake.notify_all();
+    }
+
+    fn rebuild_job(&self, st: &State, since: u64) -> RebuildJob {
+        let base = st.slots[..since as usize]
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.ext.is_some())
+            .filter_map(|(i, s)| s.vector.clone().map(|v| (i as u64, v)))
+            .collect();
+        RebuildJob {
+            generation: 0,
+            base,
+            since,
+        }
+    }
+
+    fn submit_rebuild(&self, mut job: RebuildJob) {
+        let mut ctl = self.ctl.lock();
+        ctl.generation += 1;
+        job.generation = ctl.generation;
+        ctl.job = Some(job);
+        ctl.built = None;
+        self.wake.notify_all();
+    }
+
+    /// The indexer: inserts ids in order, starts rebuilds, swaps finished graphs, dumps when idle.
+    fn run_indexer(self: Arc<Self>) {
+        let mut dirty: u64 = 0;
+        loop {
+            let (job, built) = {
+                let mut ctl = self.ctl.lock();
+                loop {
+                    let pending =
+                        self.graph.read().watermark() < self.next_iid.load(Ordering::Acquire);
+                    if ctl.stop || ctl.job.is_some() || ctl.built.is_some() || pending {
+                        break;
+                    }
+                    if dirty >= self.opts.dump_after_inserts {
+                        break;
+                    }
+                    self.wake.wait_for(&mut ctl, Duration::from_secs(1));
+                }
+                if ctl.stop {
+                    drop(ctl);
+                    if dirty > 0 {
+                        self.dump();
+                    }
+                    return;
+                }
+                let job = ctl.job.take();
+                if job.is_some() {
+                    ctl.rebuilding = true;
+                }
+                let built = match ctl.built.take() {
+                    Some((g, graph)) if g == ctl.generation => Some(graph),
+                    _ => None,
+                };
+                (job, built)
+            };
+            if let Some(job) = job {
+                self.spawn_builder(job);
+            }
+            if let Some(graph) = built {
+                self.swap_in(graph);
+                dirty = self.opts.dump_after_inserts.max(1);
+                continue;
+            }
+            let inserted = self.insert_some(256);
+            dirty += inserted;
+            {
+                let _ctl = self.ctl.lock();
+                self.progress.notify_all();
+            }
+            if inserted == 0 && dirty >= self.opts.dump_after_inserts && dirty > 0 {
+                self.dump();
+                dirty = 0;
+            }
+        }
+    }
+
+    /// Inserts up to `max` pending ids into the current graph; returns how many it handled.
+    fn insert_some(&self, max: usize) -> u64 {
+        let graph = self.graph.read().clone();
+        let from = graph.watermark();
+        let batch: Vec<(u64, Option<Arc<[f32]>>)> = {
+            let st = self.state.read();
+            let to = (st.slots.len() as u64).min(from + max as u64);
+            (from..to)
+                .map(|i| (i, st.slots[i as usize].vector.clone()))
+                .collect()
+        };
+        for (iid, v) in &batch {
+            match v {
+                Some(v) => graph.insert(*iid, v),
+                None => graph.advance(iid + 1),
+            }
+        }
+        batch.len() as u64
+    }
+
+    fn spawn_builder(self: &Arc<Self>, job: RebuildJob) {
+        let s = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("rebuild-{}", self.name))
+            .spawn(move || {
+                let started = Instant::now();
+                let g = Graph::new(&s.config, job.base.len(), 0, job.since);
+                for (n, (iid, v)) in job.base.iter().enumerate() {
+                    if n % 64 == 0 && (s.cancel.load(Ordering::Acquire) || s.ctl.lock().generation != job.generation) {
+                        return;
+                    }
+                    g.insert(*iid, v);
+                }
+                g.advance(job.since);
+                tracing::info!(collection = %s.name, points = job.base.len(), secs = started.elapsed().as_secs_f64(), "graph rebuilt");
+                let mut ctl = s.ctl.lock();
+                if ctl.generation == job.generation {
+                    ctl.built = Some((job.generation, g));
+                    s.wake.notify_all();
+                }
+            });
+        if spawned.is_err() {
+            tracing::error!(collection = %self.name, "cannot spawn rebuild thread");
+            self.ctl.lock().rebuilding = false;
+        }
+    }
+
+    /// Brings a rebuilt graph up to the current one's watermark, swaps it in, frees dead vectors.
+    fn swap_in(&self, new: Graph) {
+        loop {
+            let target = self.graph.read().watermark();
+            let from = new.watermark();
+            if from >= target {
+                break;
+            }
+            let batch: Vec<(u64, Option<Arc<[f32]>>)> = {
+                let st = self.state.read();
+                (from..target.min(from + 256))
+                    .map(|i| (i, st.slots[i as usize].vector.clone()))
+                    .collect()
+            };
+            for (iid, v) in &batch {
+                match v {
+                    Some(v) => new.insert(*iid, v),
+                    None => new.advance(iid + 1),
+                }
+            }
+        }
+        let since = new.epoch_since;
+        *self.graph.write() = Arc::new(new);
+        let mut st = self.state.write();
+        for slot in st.slots[..since as usize].iter_mut() {
+            if slot.ext.is_none() {
+                slot.vector = None;
+            }
+        }
+        drop(st);
+        let mut ctl = self.ctl.lock();
+        ctl.rebuilding = ctl.job.is_some();
+        self.progress.notify_all();
+    }
+
+    fn dump(&self) {
+        let graph = self.graph.read().clone();
+        let meta = GraphMeta {
+            collection_id: self.id,
+            watermark: graph.watermark(),
+            epoch_since: graph.epoch_since,
+            config: self.config,
+        };
+        let started = Instant::now();
+        match graph.dump(&self.graph_path(), &meta) {
+            Ok(()) => {
+                tracing::debug!(collection = %self.name, points = graph.len(), secs = started.elapsed().as_secs_f64(), "graph dumped")
+            }
+            Err(e) => {
+                tracing::warn!(collection = %self.name, error = %e, "graph dump failed; a restart will rebuild")
+            }
+        }
+    }
+}

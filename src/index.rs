@@ -1,0 +1,337 @@
+//! One HNSW graph over hnsw_rs, plus the exact distance kernels used for brute force.
+//!
+//! The graph stores our dense internal ids as hnsw_rs `DataId`s. It never deletes: the engine
+//! filters tombstones during the search and replaces the whole graph when too many accumulate.
+//! `watermark` is the next internal id the graph expects: every id below it has been inserted
+//! (or deliberately skipped), so the engine searches ids at or above it exactly.
+//!
+//! Synchronous and CPU-bound: callers run it off the async runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hnsw_rs::api::AnnT;
+use hnsw_rs::hnswio::HnswIo;
+use hnsw_rs::prelude::{Distance, Hnsw};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CollectionConfig, Metric};
+
+/// hnsw_rs' layer cap.
+const MAX_LAYER: usize = 16;
+const BASENAME: &str = "graph";
+
+/// Dot product, written so that the compiler vectorises it (eight independent accumulators).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let chunks = n / 8;
+    for i in 0..chunks {
+        let (x, y) = (&a[i * 8..i * 8 + 8], &b[i * 8..i * 8 + 8]);
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// Squared Euclidean distance, vectorised like [`dot`].
+#[inline]
+pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let chunks = n / 8;
+    for i in 0..chunks {
+        let (x, y) = (&a[i * 8..i * 8 + 8], &b[i * 8..i * 8 + 8]);
+        for j in 0..8 {
+            let d = x[j] - y[j];
+            acc[j] += d * d;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..n {
+        let d = a[i] - b[i];
+        s += d * d;
+    }
+    s
+}
+
+/// Normalises in place to unit length; returns false for a zero (or non-finite-norm) vector.
+pub fn normalize(v: &mut [f32]) -> bool {
+    let norm = dot(v, v).sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return false;
+    }
+    v.iter_mut().for_each(|x| *x /= norm);
+    true
+}
+
+/// The user-facing score of `v` for query `q`: similarity for cosine/dot, distance for L2.
+#[inline]
+pub fn score(metric: Metric, q: &[f32], v: &[f32]) -> f32 {
+    match metric {
+        Metric::Cosine | Metric::Dot => dot(q, v),
+        Metric::L2 => l2_squared(q, v).sqrt(),
+    }
+}
+
+/// The graph's distance: non-negative (hnsw_rs asserts it) and increasing as points get further.
+/// Cosine vectors are unit length, so `1 - dot`. For raw dot products a strictly decreasing,
+/// overflow-free map of the dot product keeps the order: `1/(1+d)` for `d ≥ 0`, `1-d` below.
+#[derive(Clone, Copy, Debug)]
+pub struct GraphDistance(pub Metric);
+
+impl Distance<f32> for GraphDistance {
+    #[inline]
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        match self.0 {
+            Metric::Cosine => (1.0 - dot(a, b)).max(0.0),
+            Metric::L2 => l2_squared(a, b).sqrt(),
+            Metric::Dot => {
+                let d = dot(a, b);
+                if d >= 0.0 {
+                    1.0 / (1.0 + d)
+                } else {
+                    1.0 - d
+                }
+            }
+        }
+    }
+}
+
+/// What a dumped graph covers; written beside the hnsw_rs files.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct GraphMeta {
+    /// Collection id the graph belongs to.
+    pub collection_id: u64,
+    /// Every internal id below this was inserted (or skipped) in order.
+    pub watermark: u64,
+    /// First internal id of the graph's epoch (ids below it come from the rebuild base).
+    pub epoch_since: u64,
+    /// The configuration it was built with.
+    pub config: CollectionConfig,
+}
+
+/// An HNSW graph with its insertion watermark.
+pub struct Graph {
+    hnsw: Hnsw<'static, f32, GraphDistance>,
+    metric: Metric,
+    watermark: AtomicU64,
+    /// First internal id of this graph's epoch.
+    pub epoch_since: u64,
+    points: AtomicU64,
+}
+
+impl Graph {
+    /// An empty graph for a collection, starting at `watermark`.
+    pub fn new(
+        config: &CollectionConfig,
+        capacity: usize,
+        watermark: u64,
+        epoch_since: u64,
+    ) -> Graph {
+        let hnsw = Hnsw::new(
+            config.hnsw.m,
+            capacity.max(1_000),
+            MAX_LAYER,
+            config.hnsw.ef_construction,
+            GraphDistance(config.metric),
+        );
+        Graph {
+            hnsw,
+            metric: config.metric,
+            watermark: AtomicU64::new(watermark),
+            epoch_since,
+            points: AtomicU64::new(0),
+        }
+    }
+
+    /// The next internal id this graph expects.
+    pub fn watermark(&self) -> u64 {
+        self.watermark.load(Ordering::Acquire)
+    }
+
+    /// Number of vectors inserted.
+    pub fn len(&self) -> u64 {
+        self.points.load(Ordering::Relaxed)
+    }
+
+    /// True when no vector was inserted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Inserts `id` (which must be ≥ the watermark) and moves the watermark past it.
+    /// Only one thread inserts into a given graph (the collection's indexer).
+    pub fn insert(&self, id: u64, vector: &[f32]) {
+        self.hnsw.insert_slice((vector, id as usize));
+        self.points.fetch_add(1, Ordering::Relaxed);
+        self.advance(id + 1);
+    }
+
+    /// Moves the watermark to `to` without inserting (for ids that no longer exist).
+    pub fn advance(&self, to: u64) {
+        self.watermark.fetch_max(to, Ordering::AcqRel);
+    }
+
+    /// Approximate k nearest neighbours among ids accepted by `keep`, as (internal id, distance).
+    pub fn search(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        keep: &dyn Fn(&usize) -> bool,
+    ) -> Vec<(u64, f32)> {
+        let filter: &dyn Fn(&usize) -> bool = keep;
+        self.hnsw
+            .search_filter(q, k, ef.max(k), Some(&filter))
+            .into_iter()
+            .map(|n| (n.d_id as u64, n.distance))
+            .collect()
+    }
+
+    /// The metric the graph was built for.
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    /// Writes the graph and its meta into `dir` (created), replacing what was there atomically
+    /// enough for a crash: the new dump is built beside and renamed into place.
+    pub fn dump(&self, dir: &Path, meta: &GraphMeta) -> anyhow::Result<()> {
+        let parent = dir
+            .parent()
+            .ok_or_else(|| anyhow::anyhow!("graph dir has no parent"))?;
+        std::fs::create_dir_all(parent)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".graph-")
+            .tempdir_in(parent)?;
+        if !self.is_empty() {
+            self.hnsw.file_dump(tmp.path(), BASENAME)?;
+        }
+        std::fs::write(tmp.path().join("meta.json"), serde_json::to_vec(meta)?)?;
+        let old = parent.join(format!(
+            ".old-{}",
+            dir.file_name().and_then(|s| s.to_str()).unwrap_or("graph")
+        ));
+        let _ = std::fs::remove_dir_all(&old);
+        if dir.exists() {
+            std::fs::rename(dir, &old)?;
+        }
+        std::fs::rename(tmp.keep(), dir)?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// Loads a dumped graph, or `None` when there is none or it cannot be read (it is then rebuilt
+    /// from the store). hnsw_rs asserts on malformed files, so the load is guarded.
+    pub fn load(dir: &Path, config: &CollectionConfig) -> Option<(Graph, GraphMeta)> {
+        let meta: GraphMeta =
+            serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
+        if meta.config != *config {
+            return None;
+        }
+        if !dir.join(format!("{BASENAME}.hnsw.graph")).exists() {
+            return Some((
+                Graph::new(config, 0, meta.watermark, meta.epoch_since),
+                meta,
+            ));
+        }
+        let dir_owned: PathBuf = dir.to_path_buf();
+        let metric = config.metric;
+        let loaded = std::panic::catch_unwind(move || {
+            // The loaded graph borrows its reader; the reader is small, so leak it to get 'static.
+            let io: &'static HnswIo = Box::leak(Box::new(HnswIo::new(&dir_owned, BASENAME)));
+            io.load_hnsw_with_dist::<f32, GraphDistance>(GraphDistance(metric))
+        });
+        match loaded {
+            Ok(Ok(mut hnsw)) => {
+                hnsw.set_searching_mode(false);
+                let n = hnsw.get_nb_point() as u64;
+                let g = Graph {
+                    hnsw,
+                    metric,
+                    watermark: AtomicU64::new(meta.watermark),
+                    epoch_since: meta.epoch_since,
+                    points: AtomicU64::new(n),
+                };
+                Some((g, meta))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot load graph dump; rebuilding");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(dir = %dir.display(), "graph dump is malformed; rebuilding");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::HnswConfig;
+
+    fn cfg(metric: Metric) -> CollectionConfig {
+        CollectionConfig {
+            dim: 4,
+            metric,
+            hnsw: HnswConfig::default(),
+        }
+    }
+
+    #[test]
+    fn kernels_match_naive() {
+        let a: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
+        let d: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        let l: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+        assert!((dot(&a, &b) - d).abs() < 1e-4);
+        assert!((l2_squared(&a, &b) - l).abs() < 1e-4);
+    }
+
+    #[test]
+    fn dot_distance_is_positive_and_order_preserving() {
+        let g = GraphDistance(Metric::Dot);
+        let q = [1.0, 0.0];
+        let ds: Vec<f32> = [-100.0f32, -1.0, 0.0, 0.5, 1.0, 1e6]
+            .iter()
+            .map(|x| g.eval(&q, &[*x, 0.0]))
+            .collect();
+        assert!(ds.iter().all(|d| *d > 0.0));
+        assert!(ds.windows(2).all(|w| w[0] > w[1]), "{ds:?}");
+    }
+
+    #[test]
+    fn dump_and_load_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(Metric::L2);
+        let g = Graph::new(&c, 100, 0, 0);
+        for i in 0..50u64 {
+            g.insert(i, &[i as f32, 1.0, 0.0, 2.0]);
+        }
+        let meta = GraphMeta {
+            collection_id: 7,
+            watermark: 50,
+            epoch_since: 0,
+            config: c,
+        };
+        let path = dir.path().join("7");
+        g.dump(&path, &meta).unwrap();
+        g.dump(&path, &meta).unwrap();
+        let (h, m) = Graph::load(&path, &c).unwrap();
+        assert_eq!(m, meta);
+        assert_eq!(h.len(), 50);
+        let hit = h.search(&[20.0, 1.0, 0.0, 2.0], 1, 16, &|_| true);
+        assert_eq!(hit[0].0, 20);
+        assert!(Graph::load(&path, &cfg(Metric::Dot)).is_none());
+    }
+}

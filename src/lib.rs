@@ -1,0 +1,20 @@
+//! quiver: a replicated vector store.
+//!
+//! Writes flow `api → writer → engine → {store, index}`; reads flow `api → engine`.
+//! The engine is a deterministic, Raft-free state machine over sled and hnsw_rs; see
+//! [`engine`] for its invariants and the README's architecture section for the whole picture.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod dataset;
+pub mod engine;
+pub mod error;
+pub mod filter;
+pub mod index;
+pub mod model;
+pub mod node;
+pub mod store;
+pub mod writer;
+
+pub use error::{Error, Result};

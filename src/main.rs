@@ -1,0 +1,258 @@
+//! The `quiver` binary: CLI parsing and dispatch only.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use quiver::client::Client;
+use quiver::config::Config;
+use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "quiver", version, about = "A replicated vector store")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node.
+    Serve(Config),
+    /// Load vectors from an .fvecs or JSON Lines file into a collection, over HTTP.
+    Import(ImportArgs),
+    /// Run one search from the command line.
+    Search(SearchArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Fvecs,
+    Jsonl,
+}
+
+#[derive(Parser)]
+struct Target {
+    /// Node URL.
+    #[arg(long, env = "QUIVER_URL", default_value = "http://127.0.0.1:7070")]
+    url: String,
+    /// API key, if the node requires one.
+    #[arg(long, env = "QUIVER_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Collection name.
+    #[arg(long, short)]
+    collection: String,
+}
+
+#[derive(Parser)]
+struct ImportArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Input file: .fvecs (ids = row numbers) or .jsonl (one `{"id","vector","payload"}` per line).
+    #[arg(long)]
+    file: PathBuf,
+    /// Input format (default: from the file extension).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// For .fvecs: a text file whose line i becomes point i's payload `{"text": ...}`.
+    #[arg(long)]
+    texts: Option<PathBuf>,
+    /// Create the collection first (idempotent) with this metric; the dimension comes from the file.
+    #[arg(long, value_enum)]
+    create: Option<MetricArg>,
+    /// Points per request.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Import at most this many points.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MetricArg {
+    Cosine,
+    L2,
+    Dot,
+}
+
+impl From<MetricArg> for Metric {
+    fn from(m: MetricArg) -> Metric {
+        match m {
+            MetricArg::Cosine => Metric::Cosine,
+            MetricArg::L2 => Metric::L2,
+            MetricArg::Dot => Metric::Dot,
+        }
+    }
+}
+
+#[derive(Parser)]
+struct SearchArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Query vector as a JSON array.
+    #[arg(long, conflicts_with = "fvecs")]
+    vector: Option<String>,
+    /// Take the query from this .fvecs file ...
+    #[arg(long)]
+    fvecs: Option<PathBuf>,
+    /// ... at this row.
+    #[arg(long, default_value_t = 0)]
+    row: usize,
+    /// Neighbours wanted.
+    #[arg(long, short, default_value_t = 10)]
+    k: usize,
+    /// Search breadth.
+    #[arg(long)]
+    ef: Option<usize>,
+    /// Payload filter as JSON, e.g. '{"must":[{"key":"lang","match":{"value":"en"}}]}'.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Brute force.
+    #[arg(long)]
+    exact: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let log = match &cli.cmd {
+        Cmd::Serve(c) => c.log.clone(),
+        _ => "warn".to_string(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log)))
+        .init();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Serve(config) => quiver::node::run(config, quiver::node::shutdown_signal()).await,
+            Cmd::Import(args) => import(args).await,
+            Cmd::Search(args) => search(args).await,
+        }
+    })
+}
+
+fn load_points(args: &ImportArgs) -> anyhow::Result<Vec<PointInput>> {
+    let format = match args.format {
+        Some(f) => f,
+        None => match args.file.extension().and_then(|e| e.to_str()) {
+            Some("fvecs") => Format::Fvecs,
+            Some("jsonl") | Some("ndjson") | Some("json") => Format::Jsonl,
+            _ => bail!(
+                "cannot tell the format of {}; pass --format",
+                args.file.display()
+            ),
+        },
+    };
+    Ok(match format {
+        Format::Fvecs => {
+            let rows = quiver::dataset::read_fvecs(&args.file, args.limit)?;
+            let texts = match &args.texts {
+                Some(p) => Some(quiver::dataset::read_lines(p, args.limit)?),
+                None => None,
+            };
+            rows.into_iter()
+                .enumerate()
+                .map(|(i, vector)| PointInput {
+                    id: PointId::Num(i as u64),
+                    vector,
+                    payload: texts
+                        .as_ref()
+                        .and_then(|t| t.get(i))
+                        .map(|t| serde_json::json!({ "text": t })),
+                })
+                .collect()
+        }
+        Format::Jsonl => {
+            let lines = quiver::dataset::read_lines(&args.file, args.limit)?;
+            lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("line {}", i + 1)))
+                .collect::<anyhow::Result<_>>()?
+        }
+    })
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let points = load_points(&args)?;
+    anyhow::ensure!(!points.is_empty(), "no points in {}", args.file.display());
+    let client = Client::new(&args.target.url, args.target.api_key.clone())?;
+    let name = args.target.collection.clone();
+    if let Some(metric) = args.create {
+        let config = CollectionConfig {
+            dim: points[0].vector.len(),
+            metric: metric.into(),
+            hnsw: HnswConfig::default(),
+        };
+        client.create_collection(&name, &config).await?;
+    }
+    let bar = ProgressBar::new(points.len() as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} points, {per_sec}, eta {eta}",
+    )?);
+    let started = std::time::Instant::now();
+    let total = points.len();
+    let chunks: Vec<Vec<PointInput>> = points
+        .chunks(args.batch.max(1))
+        .map(|c| c.to_vec())
+        .collect();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in chunks {
+        let permit = sem.clone().acquire_owned().await?;
+        let (client, name, bar) = (client.clone(), name.clone(), bar.clone());
+        tasks.spawn(async move {
+            let n = chunk.len() as u64;
+            let r = client.upsert(&name, chunk).await;
+            bar.inc(n);
+            drop(permit);
+            r
+        });
+    }
+    let mut last_index = 0;
+    while let Some(r) = tasks.join_next().await {
+        last_index = last_index.max(r??.index);
+    }
+    bar.finish();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "imported {total} points in {secs:.1} s ({:.0} points/s), last index {last_index}",
+        total as f64 / secs
+    );
+    Ok(())
+}
+
+async fn search(args: SearchArgs) -> anyhow::Result<()> {
+    let vector: Vec<f32> = match (&args.vector, &args.fvecs) {
+        (Some(v), _) => {
+            serde_json::from_str(v).context("--vector must be a JSON array of numbers")?
+        }
+        (None, Some(p)) => {
+            let mut rows = quiver::dataset::read_fvecs(p, Some(args.row + 1))?;
+            anyhow::ensure!(
+                rows.len() == args.row + 1,
+                "row {} not in {}",
+                args.row,
+                p.display()
+            );
+            rows.pop().unwrap_or_default()
+        }
+        (None, None) => bail!("give --vector or --fvecs"),
+    };
+    let client = Client::new(&args.target.url, args.target.api_key.clone())?;
+    let mut req = SearchRequest::new(vector, args.k);
+    req.ef = args.ef;
+    req.exact = args.exact;
+    if let Some(f) = &args.filter {
+        req.filter = Some(serde_json::from_str(f).context("--filter must be a JSON filter")?);
+    }
+    let resp = client.search(&args.target.collection, &req).await?;
+    println!("{}", serde_json::to_string_pretty(&resp)?);
+    Ok(())
+}

@@ -1,0 +1,548 @@
+//! Wire and log types: collection configs, points, searches and the `Command`s that mutate state.
+//!
+//! Two encodings meet here. The HTTP API speaks JSON; the write log (and later the Raft log) carries
+//! `Command`s in bincode 1.3.3, which cannot express untagged enums or `serde_json::Value`. So
+//! payloads and filters travel inside commands as JSON text, and [`PointId`] picks its encoding by
+//! `is_human_readable()`: a bare string or number in JSON, a tagged enum in bincode.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use utoipa::ToSchema;
+
+use crate::filter::Filter;
+
+/// Largest dimension a collection may declare; beyond this a single vector is a denial of service.
+pub const MAX_DIM: usize = 65_536;
+/// Largest `k` (and `ef`) a search may ask for.
+pub const MAX_K: usize = 10_000;
+/// Upper bound on HNSW `m`; hnsw_rs calls `process::exit` above 256.
+pub const MAX_M: usize = 128;
+/// Upper bound on `ef_construction`.
+pub const MAX_EF_CONSTRUCTION: usize = 4_096;
+/// Longest collection name.
+pub const MAX_NAME_LEN: usize = 128;
+/// Longest string point id.
+pub const MAX_ID_LEN: usize = 512;
+
+/// A point's external id: a string (LangChain uses UUID strings) or an unsigned integer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PointId {
+    /// An unsigned integer id.
+    Num(u64),
+    /// A string id.
+    Str(String),
+}
+
+impl fmt::Display for PointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PointId::Num(n) => write!(f, "{n}"),
+            PointId::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+impl PointId {
+    /// Parses an id as it appears in a URL path: all digits means a number.
+    pub fn from_path(s: &str) -> PointId {
+        match s.parse::<u64>() {
+            Ok(n) if !s.starts_with('+') => PointId::Num(n),
+            _ => PointId::Str(s.to_string()),
+        }
+    }
+}
+
+impl utoipa::PartialSchema for PointId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .description(Some("A string (e.g. a UUID) or an unsigned integer"))
+            .into()
+    }
+}
+
+impl ToSchema for PointId {}
+
+#[derive(Serialize, Deserialize)]
+enum PointIdTagged {
+    Num(u64),
+    Str(String),
+}
+
+impl Serialize for PointId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            match self {
+                PointId::Num(n) => s.serialize_u64(*n),
+                PointId::Str(v) => s.serialize_str(v),
+            }
+        } else {
+            match self {
+                PointId::Num(n) => PointIdTagged::Num(*n).serialize(s),
+                PointId::Str(v) => PointIdTagged::Str(v.clone()).serialize(s),
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PointId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = PointId;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a non-empty string or an unsigned integer")
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PointId, E> {
+                    Ok(PointId::Num(v))
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PointId, E> {
+                    u64::try_from(v)
+                        .map(PointId::Num)
+                        .map_err(|_| E::custom("point id must be an unsigned integer or a string"))
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PointId, E> {
+                    if v.is_empty() || v.len() > MAX_ID_LEN {
+                        return Err(E::custom(format!(
+                            "string point id must have 1 to {MAX_ID_LEN} bytes"
+                        )));
+                    }
+                    Ok(PointId::Str(v.to_string()))
+                }
+            }
+            d.deserialize_any(V)
+        } else {
+            Ok(match PointIdTagged::deserialize(d)? {
+                PointIdTagged::Num(n) => PointId::Num(n),
+                PointIdTagged::Str(s) => PointId::Str(s),
+            })
+        }
+    }
+}
+
+/// How similarity is measured. Cosine vectors are normalised on write and searched by dot product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Cosine similarity (score in [-1, 1], higher is better).
+    Cosine,
+    /// Euclidean distance (score ≥ 0, lower is better).
+    L2,
+    /// Inner product (higher is better).
+    Dot,
+}
+
+impl Metric {
+    /// True when a higher score means a closer point.
+    pub fn higher_is_better(self) -> bool {
+        !matches!(self, Metric::L2)
+    }
+}
+
+/// HNSW graph parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HnswConfig {
+    /// Links per node on upper layers (layer 0 keeps 2·m).
+    #[serde(default = "default_m")]
+    pub m: usize,
+    /// Candidate list size while building; larger builds slower and recalls better.
+    #[serde(default = "default_ef_construction")]
+    pub ef_construction: usize,
+}
+
+fn default_m() -> usize {
+    16
+}
+fn default_ef_construction() -> usize {
+    100
+}
+
+impl Default for HnswConfig {
+    fn default() -> Self {
+        HnswConfig {
+            m: default_m(),
+            ef_construction: default_ef_construction(),
+        }
+    }
+}
+
+/// A collection's immutable configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionConfig {
+    /// Vector dimension, 1..=65536.
+    pub dim: usize,
+    /// Similarity measure.
+    pub metric: Metric,
+    /// Graph parameters (defaults m=16, ef_construction=100).
+    #[serde(default)]
+    pub hnsw: HnswConfig,
+}
+
+impl CollectionConfig {
+    /// Checks ranges; the error names the offending field.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.dim == 0 || self.dim > MAX_DIM {
+            return Err(("dim".into(), format!("must be between 1 and {MAX_DIM}")));
+        }
+        if self.hnsw.m < 2 || self.hnsw.m > MAX_M {
+            return Err(("hnsw.m".into(), format!("must be between 2 and {MAX_M}")));
+        }
+        if self.hnsw.ef_construction < self.hnsw.m
+            || self.hnsw.ef_construction > MAX_EF_CONSTRUCTION
+        {
+            return Err((
+                "hnsw.ef_construction".into(),
+                format!("must be between m and {MAX_EF_CONSTRUCTION}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a collection name: 1-128 characters of `[A-Za-z0-9_.-]`.
+pub fn validate_collection_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "collection name must be 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 _ - ."
+        ))
+    }
+}
+
+/// A point as it travels in the log: the vector is already validated (and normalised for cosine),
+/// the payload is JSON text (bincode cannot carry `serde_json::Value`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PointWrite {
+    /// External id.
+    pub id: PointId,
+    /// The vector, finite and of the collection's dimension.
+    pub vector: Vec<f32>,
+    /// Payload as JSON text (an object), if any.
+    pub payload: Option<String>,
+}
+
+/// Which points a delete removes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DeleteSelector {
+    /// These ids (missing ones are ignored).
+    Ids(Vec<PointId>),
+    /// Every point whose payload matches this filter, as JSON text; evaluated at apply time.
+    Filter(String),
+}
+
+/// Every mutation of the store. Applied deterministically, in log order, by `engine::Engine`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create a collection (idempotent when the config is equal).
+    CreateCollection {
+        /// Name.
+        name: String,
+        /// Configuration.
+        config: CollectionConfig,
+    },
+    /// Drop a collection and all its points.
+    DeleteCollection {
+        /// Name.
+        name: String,
+    },
+    /// Insert or replace points.
+    Upsert {
+        /// Collection name.
+        collection: String,
+        /// Points, each replacing any point with the same id.
+        points: Vec<PointWrite>,
+    },
+    /// Delete points.
+    Delete {
+        /// Collection name.
+        collection: String,
+        /// Which points.
+        selector: DeleteSelector,
+    },
+    /// Several commands coalesced into one log entry (group commit); applied in order.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// Number of points this command carries, for batching decisions.
+    pub fn weight(&self) -> usize {
+        match self {
+            Command::Upsert { points, .. } => points.len().max(1),
+            Command::Batch(cmds) => cmds.iter().map(Command::weight).sum(),
+            _ => 1,
+        }
+    }
+}
+
+/// The deterministic outcome of applying one command.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A collection was created (`created = false`: it already existed with the same config).
+    Created {
+        /// Whether this command created it.
+        created: bool,
+    },
+    /// A collection was dropped (`existed = false`: there was none).
+    Dropped {
+        /// Whether it existed.
+        existed: bool,
+    },
+    /// Points were written.
+    Upserted {
+        /// How many.
+        count: usize,
+    },
+    /// Points were deleted.
+    Deleted {
+        /// How many existed and were removed.
+        count: usize,
+    },
+    /// The command was rejected; nothing changed.
+    Rejected(ApplyError),
+    /// Replies of a `Command::Batch`, in order.
+    Batch(Vec<Reply>),
+}
+
+/// Why a command was rejected at apply time. Deterministic: every replica rejects it the same way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    /// No such collection.
+    #[error("collection '{0}' does not exist")]
+    CollectionNotFound(String),
+    /// Exists with another config.
+    #[error("collection '{0}' already exists with a different configuration")]
+    CollectionConflict(String),
+    /// A vector has the wrong length.
+    #[error("points[{index}].vector: expected dimension {expected}, got {got}")]
+    DimensionMismatch {
+        /// Position in the batch.
+        index: usize,
+        /// The collection's dimension.
+        expected: usize,
+        /// The vector's length.
+        got: usize,
+    },
+    /// A payload or filter could not be parsed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP DTOs
+
+/// A point as the API accepts it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PointInput {
+    /// String or unsigned integer id.
+    pub id: PointId,
+    /// The embedding.
+    pub vector: Vec<f32>,
+    /// Any JSON object.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// `PUT /collections/{name}/points` body.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertRequest {
+    /// Points to insert or replace.
+    pub points: Vec<PointInput>,
+}
+
+/// `POST /collections/{name}/points/delete` body: exactly one of `ids` and `filter`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRequest {
+    /// Ids to delete.
+    #[serde(default)]
+    pub ids: Option<Vec<PointId>>,
+    /// Delete every point matching this filter.
+    #[serde(default)]
+    pub filter: Option<Filter>,
+}
+
+/// A similarity search.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    /// Query vector, of the collection's dimension.
+    pub vector: Vec<f32>,
+    /// Number of neighbours wanted (1..=10000).
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// Search breadth; defaults to the node's `default_ef` (at least k).
+    #[serde(default)]
+    pub ef: Option<usize>,
+    /// Payload filter.
+    #[serde(default)]
+    pub filter: Option<Filter>,
+    /// Drop hits worse than this score.
+    #[serde(default)]
+    pub score_threshold: Option<f32>,
+    /// Include payloads in hits (default true).
+    #[serde(default = "default_true")]
+    pub with_payload: bool,
+    /// Include vectors in hits (default false).
+    #[serde(default)]
+    pub with_vector: bool,
+    /// Brute-force search instead of HNSW (for recall checks).
+    #[serde(default)]
+    pub exact: bool,
+}
+
+impl SearchRequest {
+    /// A plain top-`k` search with the defaults for everything else.
+    pub fn new(vector: Vec<f32>, k: usize) -> SearchRequest {
+        SearchRequest {
+            vector,
+            k,
+            ef: None,
+            filter: None,
+            score_threshold: None,
+            with_payload: true,
+            with_vector: false,
+            exact: false,
+        }
+    }
+}
+
+fn default_k() -> usize {
+    10
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A batch of searches against one collection.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSearchRequest {
+    /// The searches, answered in order.
+    pub searches: Vec<SearchRequest>,
+}
+
+/// One search result.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct Hit {
+    /// The point's id.
+    pub id: PointId,
+    /// Cosine similarity or dot product (higher is better) or Euclidean distance (lower is better).
+    pub score: f32,
+    /// The payload, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+    /// The stored vector (normalised for cosine), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vector: Option<Vec<f32>>,
+}
+
+/// A stored point.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct PointRecord {
+    /// The point's id.
+    pub id: PointId,
+    /// The stored vector (normalised for cosine).
+    pub vector: Vec<f32>,
+    /// The payload.
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// What `GET /collections/{name}` returns.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
+pub struct CollectionInfo {
+    /// Name.
+    pub name: String,
+    /// Configuration.
+    pub config: CollectionConfig,
+    /// Live points.
+    pub points: usize,
+    /// Deleted or replaced points still held in the graph until the next rebuild.
+    pub tombstones: usize,
+    /// Points applied but not yet inserted into the HNSW graph (searched exactly meanwhile).
+    pub unindexed: usize,
+}
+
+/// Liveness answer.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always "ok" when the process serves requests.
+    pub status: String,
+    /// Last applied log index.
+    pub index: u64,
+}
+
+/// The answer to every write.
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+pub struct WriteResponse {
+    /// Log index of the write; pass it back as `min_index` for read-your-writes.
+    pub index: u64,
+    /// Points written (upserts).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub upserted: Option<usize>,
+    /// Points deleted (deletes).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub deleted: Option<usize>,
+    /// Whether this request created the collection (false: it already existed, same config).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub created: Option<bool>,
+}
+
+/// `GET /collections`.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CollectionList {
+    /// Every collection.
+    pub collections: Vec<CollectionInfo>,
+}
+
+/// Search answer.
+#[derive(Serialize, Deserialize, ToSchema, Debug)]
+pub struct SearchResponse {
+    /// Best first.
+    pub hits: Vec<Hit>,
+    /// Applied log index the answer was served at.
+    pub index: u64,
+}
+
+/// Batch search answer.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct BatchSearchResponse {
+    /// One hit list per search, in order.
+    pub results: Vec<Vec<Hit>>,
+    /// Applied log index the answers were served at.
+    pub index: u64,
+}
+
+/// A point and the index it was read at.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct PointResponse {
+    /// The point.
+    #[serde(flatten)]
+    pub point: PointRecord,
+    /// Applied log index.
+    pub index: u64,
+}
