@@ -131,7 +131,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             Ok(v) => Ok(ApiJson(v)),
             Err(e) => {
                 let path = e.path().to_string();
-                let field = if path == "." || path.is_empty() {
+                let field = if path == "." || path == "?" || path.is_empty() {
                     "body".to_string()
                 } else {
                     path
@@ -199,8 +199,13 @@ async fn body_limit(
     next.run(req).await
 }
 
-async fn not_found() -> Error {
-    Error::invalid("path", "no such endpoint; see /openapi.json")
+async fn not_found() -> Response {
+    let detail = ErrorDetail {
+        code: "not_found",
+        message: "no such endpoint; see /openapi.json".into(),
+        field: None,
+    };
+    (StatusCode::NOT_FOUND, Json(ErrorBody { error: detail })).into_response()
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -26,6 +26,11 @@ use crate::model::{
 };
 use crate::store::{CollectionMeta, StoredPoint, WriteBatch};
 
+/// Refresh a graph's frozen search copy after this many inserts (and whenever the indexer idles).
+const FREEZE_EVERY: u64 = 4_096;
+/// Search the frozen copy (plus an exact scan of what it lacks) while it trails by at most this.
+const FLAT_MAX_LAG: u64 = 8_192;
+
 /// Tuning shared by all collections.
 #[derive(Clone, Debug)]
 pub struct CollectionOptions {
@@ -625,9 +630,16 @@ impl Collection {
         }
         if use_exact {
             exact_scan(0, &mut top);
-        } else {
-            let keep = |iid: &usize| *iid < wm && st.accepts(*iid, filter);
-            let found = graph.search(q, p.k, ef, &keep);
+        } else if let Some(flat) = graph
+            .flat()
+            .filter(|f| graph.watermark() - f.watermark() <= FLAT_MAX_LAG)
+        {
+            // The frozen copy covers ids below its watermark; everything above is scanned exactly.
+            let fw = (flat.watermark() as usize).min(n);
+            let keep = |iid: u32| (iid as usize) < fw && st.accepts(iid as usize, filter);
+            // Always filter: besides the user's filter, the graph may hold dead points (tombstones,
+            // or a whole old epoch while a rebuild is pending).
+            let found = flat.search(q, p.k, ef, Some(&keep));
             let short = found.len() < p.k;
             for (iid, _) in found {
                 if let Some(v) = &st.slots[iid as usize].vector {
@@ -635,7 +647,33 @@ impl Collection {
                 }
             }
             if short && filter.is_some() {
-                // The graph could not supply k matches: fall back to the exact answer.
+                top = TopK::new(p.k);
+                exact_scan(0, &mut top);
+            } else {
+                exact_scan(fw, &mut top);
+            }
+        } else {
+            // No usable frozen copy (a large graph mid-ingest): search hnsw_rs' graph directly.
+            let keep = |iid: &usize| *iid < wm && st.accepts(*iid, filter);
+            // Plain search first, post-filtered (the ef-wide candidate list comes at no extra cost).
+            // Only if that leaves fewer than k do we pay for hnsw_rs' filtered walk (which gives up
+            // its early exit), and if even that is short under a filter, for the exact answer.
+            let mut found: Vec<(u64, f32)> = graph
+                .search(q, ef, ef, None)
+                .into_iter()
+                .filter(|(iid, _)| keep(&(*iid as usize)))
+                .take(p.k)
+                .collect();
+            if found.len() < p.k && found.len() < st.live {
+                found = graph.search(q, p.k, ef, Some(&keep));
+            }
+            let short = found.len() < p.k;
+            for (iid, _) in found {
+                if let Some(v) = &st.slots[iid as usize].vector {
+                    top.push(Cand(badness(metric, score(metric, q, v)), iid));
+                }
+            }
+            if short && filter.is_some() {
                 top = TopK::new(p.k);
                 exact_scan(0, &mut top);
             } else {
@@ -753,6 +791,10 @@ impl Shared {
             }
             let inserted = self.insert_some(256);
             dirty += inserted;
+            let graph = self.graph.read().clone();
+            if graph.flat_lag() >= FREEZE_EVERY || (inserted == 0 && graph.flat_lag() > 0) {
+                graph.freeze();
+            }
             {
                 let _ctl = self.ctl.lock();
                 self.progress.notify_all();
@@ -832,6 +874,7 @@ impl Shared {
                 }
             }
         }
+        new.freeze();
         let since = new.epoch_since;
         *self.graph.write() = Arc::new(new);
         let mut st = self.state.write();

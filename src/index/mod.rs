@@ -9,6 +9,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use hnsw_rs::api::AnnT;
 use hnsw_rs::hnswio::HnswIo;
@@ -17,51 +20,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{CollectionConfig, Metric};
 
+mod flat;
+mod kernels;
+
+pub use flat::FlatGraph;
+pub use kernels::{dot, l2_squared};
+
 /// hnsw_rs' layer cap.
 const MAX_LAYER: usize = 16;
 const BASENAME: &str = "graph";
-
-/// Dot product, written so that the compiler vectorises it (eight independent accumulators).
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let chunks = n / 8;
-    for i in 0..chunks {
-        let (x, y) = (&a[i * 8..i * 8 + 8], &b[i * 8..i * 8 + 8]);
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..n {
-        s += a[i] * b[i];
-    }
-    s
-}
-
-/// Squared Euclidean distance, vectorised like [`dot`].
-#[inline]
-pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let chunks = n / 8;
-    for i in 0..chunks {
-        let (x, y) = (&a[i * 8..i * 8 + 8], &b[i * 8..i * 8 + 8]);
-        for j in 0..8 {
-            let d = x[j] - y[j];
-            acc[j] += d * d;
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..n {
-        let d = a[i] - b[i];
-        s += d * d;
-    }
-    s
-}
 
 /// Normalises in place to unit length; returns false for a zero (or non-finite-norm) vector.
 pub fn normalize(v: &mut [f32]) -> bool {
@@ -127,6 +94,8 @@ pub struct Graph {
     /// First internal id of this graph's epoch.
     pub epoch_since: u64,
     points: AtomicU64,
+    dim: usize,
+    flat: RwLock<Option<Arc<FlatGraph>>>,
 }
 
 impl Graph {
@@ -150,6 +119,8 @@ impl Graph {
             watermark: AtomicU64::new(watermark),
             epoch_since,
             points: AtomicU64::new(0),
+            dim: config.dim,
+            flat: RwLock::new(None),
         }
     }
 
@@ -181,20 +152,56 @@ impl Graph {
         self.watermark.fetch_max(to, Ordering::AcqRel);
     }
 
-    /// Approximate k nearest neighbours among ids accepted by `keep`, as (internal id, distance).
+    /// Approximate k nearest neighbours, as (internal id, distance), best first.
+    ///
+    /// Without `keep` this is hnsw_rs' plain search. With it, hnsw_rs' filtered search, which
+    /// gives up its early exit and walks much further: use it only when post-filtering a plain
+    /// search could not supply k accepted points.
     pub fn search(
         &self,
         q: &[f32],
         k: usize,
         ef: usize,
-        keep: &dyn Fn(&usize) -> bool,
+        keep: Option<&dyn Fn(&usize) -> bool>,
     ) -> Vec<(u64, f32)> {
-        let filter: &dyn Fn(&usize) -> bool = keep;
-        self.hnsw
-            .search_filter(q, k, ef.max(k), Some(&filter))
+        let found = match keep {
+            None => self.hnsw.search(q, k, ef.max(k)),
+            Some(keep) => {
+                let filter: &dyn Fn(&usize) -> bool = keep;
+                self.hnsw.search_filter(q, k, ef.max(k), Some(&filter))
+            }
+        };
+        found
             .into_iter()
             .map(|n| (n.d_id as u64, n.distance))
             .collect()
+    }
+
+    /// Refreshes the frozen search copy to cover everything inserted so far. Only the thread that
+    /// inserts may call it (the copy must not race an insert).
+    pub fn freeze(&self) {
+        let wm = self.watermark();
+        if self
+            .flat
+            .read()
+            .as_ref()
+            .is_some_and(|f| f.watermark() >= wm)
+        {
+            return;
+        }
+        let flat = FlatGraph::freeze(&self.hnsw, self.metric, self.dim, wm);
+        *self.flat.write() = Some(Arc::new(flat));
+    }
+
+    /// The frozen search copy, if one was made; it covers ids below its own watermark.
+    pub fn flat(&self) -> Option<Arc<FlatGraph>> {
+        self.flat.read().clone()
+    }
+
+    /// How far the frozen copy trails the graph, in ids.
+    pub fn flat_lag(&self) -> u64 {
+        let fw = self.flat.read().as_ref().map_or(0, |f| f.watermark());
+        self.watermark().saturating_sub(fw)
     }
 
     /// The metric the graph was built for.
@@ -260,6 +267,8 @@ impl Graph {
                     watermark: AtomicU64::new(meta.watermark),
                     epoch_since: meta.epoch_since,
                     points: AtomicU64::new(n),
+                    dim: config.dim,
+                    flat: RwLock::new(None),
                 };
                 Some((g, meta))
             }
@@ -286,16 +295,6 @@ mod tests {
             metric,
             hnsw: HnswConfig::default(),
         }
-    }
-
-    #[test]
-    fn kernels_match_naive() {
-        let a: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
-        let b: Vec<f32> = (0..37).map(|i| (i as f32 * 0.11).cos()).collect();
-        let d: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        let l: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
-        assert!((dot(&a, &b) - d).abs() < 1e-4);
-        assert!((l2_squared(&a, &b) - l).abs() < 1e-4);
     }
 
     #[test]
@@ -330,8 +329,12 @@ mod tests {
         let (h, m) = Graph::load(&path, &c).unwrap();
         assert_eq!(m, meta);
         assert_eq!(h.len(), 50);
-        let hit = h.search(&[20.0, 1.0, 0.0, 2.0], 1, 16, &|_| true);
+        let hit = h.search(&[20.0, 1.0, 0.0, 2.0], 1, 16, None);
         assert_eq!(hit[0].0, 20);
+        h.freeze();
+        let flat = h.flat().unwrap();
+        assert_eq!(flat.len(), 50);
+        assert_eq!(flat.search(&[20.0, 1.0, 0.0, 2.0], 1, 16, None)[0].0, 20);
         assert!(Graph::load(&path, &cfg(Metric::Dot)).is_none());
     }
 }

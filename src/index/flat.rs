@@ -1,0 +1,282 @@
+//! A frozen, read-optimised copy of an hnsw_rs graph.
+//!
+//! hnsw_rs builds good graphs but searches them slowly: every visited point is an `Arc` behind a
+//! lock, the visited set is a `HashMap`, and a filtered search gives up the early exit. Its graph
+//! is only ever changed by the collection's single indexer thread, so between inserts that thread
+//! copies it into this layout: vectors in one contiguous array indexed by internal id, layer-0
+//! links in CSR form, upper layers per node, and a search in the style of hnswlib (generation-
+//! stamped visited list reused per thread, filter applied to results while the walk keeps its
+//! early exit). The copy covers ids below its `watermark`; the engine searches the rest exactly.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use hnsw_rs::prelude::{Distance, Hnsw};
+
+use super::kernels::{dot, l2_squared};
+use crate::model::Metric;
+
+/// The frozen graph.
+pub struct FlatGraph {
+    metric: Metric,
+    dim: usize,
+    watermark: u64,
+    /// Row `iid` holds the vector of internal id `iid` (zeros for ids absent from the graph).
+    vectors: Vec<f32>,
+    /// Layer-0 neighbours of `iid`: `links[offsets[iid]..offsets[iid + 1]]`.
+    offsets: Vec<u32>,
+    links: Vec<u32>,
+    /// Upper-layer neighbours of the few nodes above layer 0; `upper[&iid][l - 1]` is layer `l`.
+    upper: HashMap<u32, Vec<Vec<u32>>>,
+    entry: Option<(u32, usize)>,
+    points: usize,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct D(f32, u32);
+impl Eq for D {}
+impl PartialOrd for D {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for D {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
+    }
+}
+
+thread_local! {
+    /// Per-thread visited marks: `marks[i] == generation` means visited in the current search.
+    static VISITED: RefCell<(Vec<u32>, u32)> = const { RefCell::new((Vec::new(), 0)) };
+}
+
+impl FlatGraph {
+    /// Copies `hnsw`, which holds every inserted id below `watermark`. Must not run concurrently
+    /// with inserts into `hnsw` (the indexer calls it between inserts).
+    pub fn freeze<D2: Distance<f32> + Send + Sync>(
+        hnsw: &Hnsw<'_, f32, D2>,
+        metric: Metric,
+        dim: usize,
+        watermark: u64,
+    ) -> FlatGraph {
+        let n = watermark as usize;
+        let mut vectors = vec![0f32; n * dim];
+        let mut adjacency: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut upper = HashMap::new();
+        let mut entry: Option<(u32, usize)> = None;
+        let mut points = 0;
+        for point in hnsw.get_point_indexation() {
+            let iid = point.get_origin_id();
+            if iid >= n {
+                continue;
+            }
+            points += 1;
+            let v = point.get_v();
+            vectors[iid * dim..iid * dim + dim.min(v.len())]
+                .copy_from_slice(&v[..dim.min(v.len())]);
+            let mut layers = point.get_neighborhood_id();
+            let level = point.get_point_id().0 as usize;
+            let ids = |l: &Vec<hnsw_rs::prelude::Neighbour>| -> Vec<u32> {
+                l.iter()
+                    .map(|nb| nb.d_id)
+                    .filter(|&d| d < n)
+                    .map(|d| d as u32)
+                    .collect()
+            };
+            if !layers.is_empty() {
+                adjacency[iid] = ids(&layers[0]);
+            }
+            if level > 0 {
+                let ups: Vec<Vec<u32>> = layers.drain(1..).take(level).map(|l| ids(&l)).collect();
+                upper.insert(iid as u32, ups);
+                // hnsw_rs' entry point is the first point to reach the top level.
+                if entry.is_none_or(|(_, l)| level > l) {
+                    entry = Some((iid as u32, level));
+                }
+            } else if entry.is_none() {
+                entry = Some((iid as u32, 0));
+            }
+        }
+        // Points sit in the layer of their level, layers are walked bottom-up and each in
+        // insertion order, so the first point met on the top level is hnsw_rs' entry point.
+        let mut offsets = Vec::with_capacity(n + 1);
+        let mut links = Vec::with_capacity(adjacency.iter().map(Vec::len).sum());
+        offsets.push(0u32);
+        for a in adjacency {
+            links.extend_from_slice(&a);
+            offsets.push(links.len() as u32);
+        }
+        FlatGraph {
+            metric,
+            dim,
+            watermark,
+            vectors,
+            offsets,
+            links,
+            upper,
+            entry,
+            points,
+        }
+    }
+
+    /// Ids below this are covered.
+    pub fn watermark(&self) -> u64 {
+        self.watermark
+    }
+
+    /// Points in the copy.
+    pub fn len(&self) -> usize {
+        self.points
+    }
+
+    /// True when the copy holds no point.
+    pub fn is_empty(&self) -> bool {
+        self.points == 0
+    }
+
+    #[inline]
+    fn row(&self, iid: u32) -> &[f32] {
+        let s = iid as usize * self.dim;
+        &self.vectors[s..s + self.dim]
+    }
+
+    /// Smaller is closer; same order as the graph's distance.
+    #[inline]
+    fn dist(&self, q: &[f32], iid: u32) -> f32 {
+        match self.metric {
+            Metric::Cosine | Metric::Dot => -dot(q, self.row(iid)),
+            Metric::L2 => l2_squared(q, self.row(iid)),
+        }
+    }
+
+    /// The `k` nearest accepted ids, best first, as (iid, distance in this graph's order).
+    pub fn search(
+        &self,
+        q: &[f32],
+        k: usize,
+        ef: usize,
+        keep: Option<&dyn Fn(u32) -> bool>,
+    ) -> Vec<(u64, f32)> {
+        let Some((mut ep, top_level)) = self.entry else {
+            return Vec::new();
+        };
+        let ef = ef.max(k);
+        let mut d_ep = self.dist(q, ep);
+        for level in (1..=top_level).rev() {
+            loop {
+                let mut changed = false;
+                if let Some(nbs) = self.upper.get(&ep).and_then(|u| u.get(level - 1)) {
+                    for &nb in nbs {
+                        let d = self.dist(q, nb);
+                        if d < d_ep {
+                            d_ep = d;
+                            ep = nb;
+                            changed = true;
+                        }
+                    }
+                }
+                if !changed {
+                    break;
+                }
+            }
+        }
+        let accepts = |iid: u32| keep.is_none_or(|f| f(iid));
+        VISITED.with(|cell| {
+            let mut guard = cell.borrow_mut();
+            let (marks, generation) = &mut *guard;
+            let n = self.offsets.len() - 1;
+            if marks.len() < n {
+                marks.resize(n, 0);
+            }
+            *generation = generation.wrapping_add(1);
+            if *generation == 0 {
+                marks.iter_mut().for_each(|m| *m = 0);
+                *generation = 1;
+            }
+            let g = *generation;
+            let mut candidates: BinaryHeap<Reverse<D>> = BinaryHeap::with_capacity(ef * 2);
+            let mut top: BinaryHeap<D> = BinaryHeap::with_capacity(ef + 1);
+            let mut bound = f32::INFINITY;
+            marks[ep as usize] = g;
+            candidates.push(Reverse(D(d_ep, ep)));
+            if accepts(ep) {
+                top.push(D(d_ep, ep));
+                bound = d_ep;
+            }
+            while let Some(Reverse(D(dc, c))) = candidates.pop() {
+                if dc > bound && top.len() >= ef {
+                    break;
+                }
+                let (s, e) = (
+                    self.offsets[c as usize] as usize,
+                    self.offsets[c as usize + 1] as usize,
+                );
+                for &nb in &self.links[s..e] {
+                    let m = &mut marks[nb as usize];
+                    if *m == g {
+                        continue;
+                    }
+                    *m = g;
+                    let d = self.dist(q, nb);
+                    if top.len() < ef || d < bound {
+                        candidates.push(Reverse(D(d, nb)));
+                        if accepts(nb) {
+                            top.push(D(d, nb));
+                            if top.len() > ef {
+                                top.pop();
+                            }
+                            if let Some(t) = top.peek() {
+                                bound = t.0;
+                            }
+                        }
+                    }
+                }
+            }
+            let mut out = top.into_sorted_vec();
+            out.truncate(k);
+            out.into_iter().map(|D(d, i)| (i as u64, d)).collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::GraphDistance;
+
+    #[test]
+    fn frozen_search_finds_exact_neighbours_on_a_small_graph() {
+        let dim = 8;
+        let hnsw = Hnsw::new(16, 1000, 16, 100, GraphDistance(Metric::L2));
+        let data: Vec<Vec<f32>> = (0..1000)
+            .map(|i| {
+                (0..dim)
+                    .map(|d| (i as f32 * 0.37 + d as f32 * 1.3).sin() * (1.0 + i as f32 / 1000.0))
+                    .collect()
+            })
+            .collect();
+        for (i, v) in data.iter().enumerate() {
+            hnsw.insert_slice((v, i));
+        }
+        let flat = FlatGraph::freeze(&hnsw, Metric::L2, dim, 1000);
+        assert_eq!(flat.len(), 1000);
+        let mut hits = 0;
+        for (i, q) in data.iter().enumerate().step_by(50) {
+            let r = flat.search(q, 1, 32, None);
+            hits += usize::from(r[0].0 == i as u64);
+        }
+        assert!(hits >= 19, "{hits}/20 points found themselves");
+        // A filter is applied to results.
+        let r = flat.search(&data[10], 5, 64, Some(&|iid| iid % 2 == 1));
+        assert_eq!(r.len(), 5);
+        assert!(r.iter().all(|(i, _)| i % 2 == 1));
+        // A watermark below the graph's size leaves later ids out.
+        let part = FlatGraph::freeze(&hnsw, Metric::L2, dim, 500);
+        assert!(part
+            .search(&data[900], 10, 64, None)
+            .iter()
+            .all(|(i, _)| *i < 500));
+    }
+}

@@ -1,0 +1,337 @@
+//! Property tests of the engine against a brute-force model:
+//! - random create / upsert / delete / drop / search sequences: every reply and every exact
+//!   search equals the model's;
+//! - two engines fed the same commands return identical (HNSW) results;
+//! - HNSW recall@10 ≥ 0.9 on random data;
+//! - a reopened engine holds the same data.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use quiver::engine::{Engine, EngineOptions, SearchParams};
+use quiver::filter::Filter;
+use quiver::index::{dot, l2_squared, normalize};
+use quiver::model::{
+    CollectionConfig, Command, DeleteSelector, HnswConfig, Metric, PointId, PointWrite, Reply,
+};
+
+const DIM: usize = 4;
+const NAMES: [&str; 2] = ["a", "b"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create(usize, Metric),
+    Drop(usize),
+    Upsert(usize, Vec<(u64, Vec<f32>, u8)>),
+    DeleteIds(usize, Vec<u64>),
+    DeleteTag(usize, u8),
+    Search(usize, Vec<f32>, usize, Option<u8>),
+}
+
+fn metric() -> impl Strategy<Value = Metric> {
+    prop_oneof![Just(Metric::Cosine), Just(Metric::L2), Just(Metric::Dot)]
+}
+
+fn vector() -> impl Strategy<Value = Vec<f32>> {
+    prop::collection::vec(-1.0f32..1.0, DIM)
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => (0..2usize, metric()).prop_map(|(c, m)| Op::Create(c, m)),
+        1 => (0..2usize).prop_map(Op::Drop),
+        6 => (0..2usize, prop::collection::vec((0..40u64, vector(), 0..3u8), 1..30)).prop_map(|(c, p)| Op::Upsert(c, p)),
+        2 => (0..2usize, prop::collection::vec(0..40u64, 1..8)).prop_map(|(c, i)| Op::DeleteIds(c, i)),
+        1 => (0..2usize, 0..3u8).prop_map(|(c, t)| Op::DeleteTag(c, t)),
+        4 => (0..2usize, vector(), 1..12usize, prop::option::of(0..3u8)).prop_map(|(c, q, k, f)| Op::Search(c, q, k, f)),
+    ]
+}
+
+fn opts(dir: &std::path::Path) -> EngineOptions {
+    let mut o = EngineOptions::new(dir);
+    o.cache_bytes = 8 << 20;
+    o.exact_below = 0;
+    o.rebuild_min_points = 16;
+    o
+}
+
+fn tag_filter(t: u8) -> Filter {
+    serde_json::from_value(serde_json::json!({"must": [{"key": "tag", "match": {"value": t}}]}))
+        .unwrap()
+}
+
+/// The model: per collection, its metric and id → (stored vector, tag).
+type Model = BTreeMap<String, (Metric, BTreeMap<u64, (Vec<f32>, u8)>)>;
+
+fn model_score(m: Metric, q: &[f32], v: &[f32]) -> f32 {
+    match m {
+        Metric::Cosine | Metric::Dot => dot(q, v),
+        Metric::L2 => l2_squared(q, v).sqrt(),
+    }
+}
+
+/// Turns an op into a command (as the API would: cosine vectors normalised, zero vectors dropped).
+fn command(op: &Op, model: &Model) -> Option<Command> {
+    Some(match op {
+        Op::Create(c, m) => Command::CreateCollection {
+            name: NAMES[*c].into(),
+            config: CollectionConfig {
+                dim: DIM,
+                metric: *m,
+                hnsw: HnswConfig {
+                    m: 8,
+                    ef_construction: 32,
+                },
+            },
+        },
+        Op::Drop(c) => Command::DeleteCollection {
+            name: NAMES[*c].into(),
+        },
+        Op::Upsert(c, pts) => {
+            let metric = model.get(NAMES[*c]).map(|x| x.0).unwrap_or(Metric::L2);
+            let points = pts
+                .iter()
+                .filter_map(|(id, v, tag)| {
+                    let mut v = v.clone();
+                    if metric == Metric::Cosine && !normalize(&mut v) {
+                        return None;
+                    }
+                    Some(PointWrite {
+                        id: PointId::Num(*id),
+                        vector: v,
+                        payload: Some(format!("{{\"tag\":{tag}}}")),
+                    })
+                })
+                .collect::<Vec<_>>();
+            if points.is_empty() {
+                return None;
+            }
+            Command::Upsert {
+                collection: NAMES[*c].into(),
+                points,
+            }
+        }
+        Op::DeleteIds(c, ids) => Command::Delete {
+            collection: NAMES[*c].into(),
+            selector: DeleteSelector::Ids(ids.iter().map(|i| PointId::Num(*i)).collect()),
+        },
+        Op::DeleteTag(c, t) => Command::Delete {
+            collection: NAMES[*c].into(),
+            selector: DeleteSelector::Filter(serde_json::to_string(&tag_filter(*t)).unwrap()),
+        },
+        Op::Search(..) => return None,
+    })
+}
+
+/// Applies a command to the model; returns the reply the engine must give.
+fn model_apply(model: &mut Model, cmd: &Command) -> Reply {
+    match cmd {
+        Command::CreateCollection { name, config } => match model.get(name) {
+            Some((m, _)) if *m == config.metric => Reply::Created { created: false },
+            Some(_) => Reply::Rejected(quiver::model::ApplyError::CollectionConflict(name.clone())),
+            None => {
+                model.insert(name.clone(), (config.metric, BTreeMap::new()));
+                Reply::Created { created: true }
+            }
+        },
+        Command::DeleteCollection { name } => Reply::Dropped {
+            existed: model.remove(name).is_some(),
+        },
+        Command::Upsert { collection, points } => match model.get_mut(collection) {
+            None => Reply::Rejected(quiver::model::ApplyError::CollectionNotFound(
+                collection.clone(),
+            )),
+            Some((_, pts)) => {
+                for p in points {
+                    let PointId::Num(id) = p.id else {
+                        unreachable!()
+                    };
+                    let tag: serde_json::Value =
+                        serde_json::from_str(p.payload.as_deref().unwrap()).unwrap();
+                    pts.insert(id, (p.vector.clone(), tag["tag"].as_u64().unwrap() as u8));
+                }
+                Reply::Upserted {
+                    count: points.len(),
+                }
+            }
+        },
+        Command::Delete {
+            collection,
+            selector,
+        } => match model.get_mut(collection) {
+            None => Reply::Rejected(quiver::model::ApplyError::CollectionNotFound(
+                collection.clone(),
+            )),
+            Some((_, pts)) => {
+                let before = pts.len();
+                match selector {
+                    DeleteSelector::Ids(ids) => {
+                        for id in ids {
+                            let PointId::Num(id) = id else { unreachable!() };
+                            pts.remove(id);
+                        }
+                    }
+                    DeleteSelector::Filter(text) => {
+                        let f: Filter = serde_json::from_str(text).unwrap();
+                        let t = f.must[0]
+                            .matches
+                            .as_ref()
+                            .unwrap()
+                            .value
+                            .as_ref()
+                            .unwrap()
+                            .as_u64()
+                            .unwrap() as u8;
+                        pts.retain(|_, (_, tag)| *tag != t);
+                    }
+                }
+                Reply::Deleted {
+                    count: before - pts.len(),
+                }
+            }
+        },
+        Command::Batch(_) => unreachable!(),
+    }
+}
+
+fn params(
+    q: &[f32],
+    k: usize,
+    tag: Option<u8>,
+    metric: Metric,
+    exact: bool,
+) -> Option<SearchParams> {
+    let mut v = q.to_vec();
+    if metric == Metric::Cosine && !normalize(&mut v) {
+        return None;
+    }
+    Some(SearchParams {
+        vector: v,
+        k,
+        ef: 32,
+        filter: tag.map(tag_filter),
+        score_threshold: None,
+        with_payload: true,
+        with_vector: false,
+        exact,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_matches_brute_force_model_and_is_deterministic(ops in prop::collection::vec(op(), 1..60)) {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let e1 = Engine::open(opts(d1.path())).unwrap();
+        let e2 = Engine::open(opts(d2.path())).unwrap();
+        let mut model = Model::new();
+        let mut index = 0;
+        let mut approx_queries = Vec::new();
+        for op in &ops {
+            if let Op::Search(c, q, k, tag) = op {
+                let name = NAMES[*c];
+                let Some((metric, pts)) = model.get(name) else {
+                    prop_assert!(e1.get(name).is_err());
+                    continue;
+                };
+                let Some(p) = params(q, *k, *tag, *metric, true) else { continue };
+                let hits = e1.search(name, &p).unwrap();
+                let mut want: Vec<(f32, u64)> = pts
+                    .iter()
+                    .filter(|(_, (_, t))| tag.is_none_or(|x| x == *t))
+                    .map(|(id, (v, _))| (model_score(*metric, &p.vector, v), *id))
+                    .collect();
+                want.sort_by(|a, b| if metric.higher_is_better() { b.0.total_cmp(&a.0) } else { a.0.total_cmp(&b.0) });
+                want.truncate(*k);
+                prop_assert_eq!(hits.len(), want.len());
+                for (h, w) in hits.iter().zip(&want) {
+                    prop_assert!((h.score - w.0).abs() < 1e-4, "score {} vs {}", h.score, w.0);
+                    let PointId::Num(id) = h.id else { unreachable!() };
+                    let (v, _) = &pts[&id];
+                    prop_assert!((model_score(*metric, &p.vector, v) - h.score).abs() < 1e-4);
+                }
+                approx_queries.push((name, params(q, *k, *tag, *metric, false).unwrap()));
+                continue;
+            }
+            let Some(cmd) = command(op, &model) else { continue };
+            index += 1;
+            let want = model_apply(&mut model, &cmd);
+            let got1 = e1.apply(&[(index, cmd.clone())]).unwrap();
+            let got2 = e2.apply(&[(index, cmd)]).unwrap();
+            prop_assert_eq!(&got1[0], &want);
+            prop_assert_eq!(&got2[0], &want);
+        }
+        // Point counts agree with the model.
+        for (name, (_, pts)) in &model {
+            prop_assert_eq!(e1.info(name).unwrap().points, pts.len());
+        }
+        // Once both indexers are idle, approximate searches agree exactly between the engines.
+        prop_assert!(e1.wait_indexed(Duration::from_secs(30)));
+        prop_assert!(e2.wait_indexed(Duration::from_secs(30)));
+        for (name, p) in &approx_queries {
+            if model.contains_key(*name) {
+                prop_assert_eq!(e1.search(name, p).unwrap(), e2.search(name, p).unwrap());
+            }
+        }
+        // A reopened engine holds the same data and gives the same exact answers.
+        let before: Vec<_> = approx_queries.iter().filter(|(n, _)| model.contains_key(*n))
+            .map(|(n, p)| { let mut p = p.clone(); p.exact = true; e1.search(n, &p).unwrap() }).collect();
+        e1.close().unwrap();
+        drop(e1);
+        let e1 = Engine::open(opts(d1.path())).unwrap();
+        prop_assert_eq!(e1.last_applied(), index);
+        let after: Vec<_> = approx_queries.iter().filter(|(n, _)| model.contains_key(*n))
+            .map(|(n, p)| { let mut p = p.clone(); p.exact = true; e1.search(n, &p).unwrap() }).collect();
+        prop_assert_eq!(before, after);
+    }
+}
+
+fn random_vectors(seed: u64, n: usize, dim: usize) -> Vec<Vec<f32>> {
+    // xorshift: deterministic, no extra dependency.
+    let mut s = seed.max(1);
+    (0..n)
+        .map(|_| {
+            (0..dim)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    (s % 20_000) as f32 / 10_000.0 - 1.0
+                })
+                .collect()
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
+
+    #[test]
+    fn hnsw_recall_at_10_is_at_least_0_9(seed in 1u64..u64::MAX, metric in metric()) {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(opts(dir.path())).unwrap();
+        let (n, dim) = (2_000, 16);
+        let config = CollectionConfig { dim, metric, hnsw: HnswConfig::default() };
+        e.apply(&[(1, Command::CreateCollection { name: "r".into(), config })]).unwrap();
+        let mut data = random_vectors(seed, n + 50, dim);
+        if metric == Metric::Cosine {
+            data.iter_mut().for_each(|v| { normalize(v); });
+        }
+        let points = data[..n].iter().enumerate()
+            .map(|(i, v)| PointWrite { id: PointId::Num(i as u64), vector: v.clone(), payload: None })
+            .collect();
+        e.apply(&[(2, Command::Upsert { collection: "r".into(), points })]).unwrap();
+        prop_assert!(e.wait_indexed(Duration::from_secs(60)));
+        let mut total = 0.0;
+        for q in &data[n..] {
+            let approx = e.search("r", &params(q, 10, None, metric, false).unwrap()).unwrap();
+            let exact = e.search("r", &params(q, 10, None, metric, true).unwrap()).unwrap();
+            let want: std::collections::HashSet<_> = exact.iter().map(|h| h.id.clone()).collect();
+            total += approx.iter().filter(|h| want.contains(&h.id)).count() as f64 / 10.0;
+        }
+        let recall = total / 50.0;
+        prop_assert!(recall >= 0.9, "recall@10 {recall} for {metric:?}");
+    }
+}

@@ -1,0 +1,890 @@
+//! HTTP integration tests against a real node bound to port 0: every endpoint, every error case,
+//! restart persistence, API keys, concurrent writes (group commit).
+
+use quiver::config::Config;
+use quiver::node::Node;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Harness {
+    node: Node,
+    http: reqwest::Client,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::for_test(dir.path());
+        Harness::with(config, Some(dir)).await
+    }
+
+    async fn with(config: Config, dir: Option<tempfile::TempDir>) -> Harness {
+        let node = Node::start(config).await.unwrap();
+        Harness {
+            node,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_with(method, path, body, None).await
+    }
+
+    async fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(m, format!("{}{}", self.node.url(), path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn raw(&self, method: &str, path: &str, body: &str) -> (StatusCode, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = self
+            .http
+            .request(m, format!("{}{}", self.node.url(), path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Asserts a 4xx JSON error naming `field`.
+fn assert_field_error(got: (StatusCode, Value), status: StatusCode, field: &str) {
+    assert_eq!(got.0, status, "body: {}", got.1);
+    assert_eq!(got.1["error"]["field"], json!(field), "body: {}", got.1);
+    assert!(got.1["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+}
+
+async fn create_docs(h: &Harness) {
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/collections/docs",
+            Some(json!({"dim": 3, "metric": "cosine"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/collections/docs/points",
+            Some(json!({"points": [
+                {"id": 1, "vector": [1.0, 0.0, 0.0], "payload": {"lang": "en", "n": 1}},
+                {"id": "b7e2c7f0-1b7e-4d5a-9f00-000000000002", "vector": [0.0, 1.0, 0.0], "payload": {"lang": "de", "n": 2}},
+                {"id": 3, "vector": [0.7, 0.7, 0.0], "payload": {"lang": "en", "n": 3}},
+                {"id": 4, "vector": [0.0, 0.0, 5.0]}
+            ]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["upserted"], 4);
+}
+
+#[tokio::test]
+async fn collections_lifecycle_and_errors() {
+    let h = Harness::start().await;
+    let (s, b) = h.call("GET", "/healthz", None).await;
+    assert_eq!((s, &b["status"]), (StatusCode::OK, &json!("ok")));
+
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/collections/c1",
+            Some(json!({"dim": 4, "metric": "l2", "hnsw": {"m": 8}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["created"], true);
+    let first_index = b["index"].as_u64().unwrap();
+    // Idempotent with the same config, 409 with another.
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/collections/c1",
+            Some(json!({"dim": 4, "metric": "l2", "hnsw": {"m": 8}})),
+        )
+        .await;
+    assert_eq!((s, &b["created"]), (StatusCode::OK, &json!(false)));
+    assert!(b["index"].as_u64().unwrap() > first_index);
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/collections/c1",
+            Some(json!({"dim": 5, "metric": "l2"})),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (StatusCode::CONFLICT, &json!("conflict"))
+    );
+
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/c2",
+            Some(json!({"dim": 0, "metric": "l2"})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "dim",
+    );
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/c2",
+            Some(json!({"dim": 4, "metric": "hamming"})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "metric",
+    );
+    assert_field_error(
+        h.call("PUT", "/collections/c2", Some(json!({"metric": "l2"})))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "body",
+    );
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/c2",
+            Some(json!({"dim": 4, "metric": "l2", "hnsw": {"m": 100000}})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "hnsw.m",
+    );
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/c2",
+            Some(json!({"dim": 4, "metric": "l2", "size": 1})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "size",
+    );
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/bad%20name",
+            Some(json!({"dim": 4, "metric": "l2"})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "name",
+    );
+    assert_field_error(
+        h.raw("PUT", "/collections/c2", "{not json").await,
+        StatusCode::BAD_REQUEST,
+        "body",
+    );
+    assert_field_error(
+        h.raw("PUT", "/collections/c2", "").await,
+        StatusCode::BAD_REQUEST,
+        "body",
+    );
+
+    let (s, b) = h.call("GET", "/collections", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["collections"].as_array().unwrap().len(), 1);
+    let (s, b) = h.call("GET", "/collections/c1", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["config"]["hnsw"]["m"], 8);
+    assert_eq!(b["points"], 0);
+    let (s, b) = h.call("GET", "/collections/nope", None).await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("collection_not_found"))
+    );
+
+    let (s, _) = h.call("DELETE", "/collections/c1", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = h.call("DELETE", "/collections/c1", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h.call("GET", "/collections/c1", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, b) = h.call("GET", "/no/such/route", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+
+    let (s, b) = h.call("GET", "/openapi.json", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b["paths"]["/collections/{name}/points/search"]["post"].is_object());
+    assert!(b["components"]["schemas"]["SearchRequest"].is_object());
+    h.node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn points_and_search() {
+    let h = Harness::start().await;
+    create_docs(&h).await;
+
+    // Get by integer id, by string id; cosine vectors come back normalised.
+    let (s, b) = h.call("GET", "/collections/docs/points/4", None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["vector"], json!([0.0, 0.0, 1.0]));
+    let (s, b) = h
+        .call(
+            "GET",
+            "/collections/docs/points/b7e2c7f0-1b7e-4d5a-9f00-000000000002",
+            None,
+        )
+        .await;
+    assert_eq!((s, &b["payload"]["lang"]), (StatusCode::OK, &json!("de")));
+    let (s, b) = h.call("GET", "/collections/docs/points/99", None).await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("point_not_found"))
+    );
+
+    // Search: best first, payload by default, vectors on request.
+    let (s, b) = h
+        .call(
+            "POST",
+            "/collections/docs/points/search",
+            Some(json!({"vector": [1.0, 0.1, 0.0], "k": 2, "with_vector": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let hits = b["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[0]["id"], 1);
+    assert_eq!(hits[1]["id"], 3);
+    assert!(hits[0]["score"].as_f64().unwrap() > hits[1]["score"].as_f64().unwrap());
+    assert!(hits[0]["vector"].is_array() && hits[0]["payload"].is_object());
+    assert!(b["index"].as_u64().unwrap() >= 2);
+
+    // Filters, score threshold, without payload.
+    let (_, b) = h
+        .call(
+            "POST",
+            "/collections/docs/points/search",
+            Some(json!({"vector": [1.0, 0.0, 0.0], "k": 10,
+            "filter": {"must": [{"key": "lang", "match": {"value": "de"}}]}})),
+        )
+        .await;
+    assert_eq!(b["hits"].as_array().unwrap().len(), 1);
+    let (_, b) = h
+        .call("POST", "/collections/docs/points/search", Some(json!({"vector": [1.0, 0.0, 0.0], "k": 10,
+            "filter": {"must_not": [{"key": "n", "range": {"gte": 2}}], "should": [{"key": "lang", "match": {"any": ["en", "fr"]}}]}})))
+        .await;
+    assert_eq!(
+        b["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["id"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(1)]
+    );
+    let (_, b) = h
+        .call("POST", "/collections/docs/points/search", Some(json!({"vector": [1.0, 0.0, 0.0], "k": 10, "score_threshold": 0.5, "with_payload": false})))
+        .await;
+    let hits = b["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 2);
+    assert!(hits.iter().all(|h| h.get("payload").is_none()));
+
+    // Batch search.
+    let (s, b) = h
+        .call("POST", "/collections/docs/points/search/batch", Some(json!({"searches": [
+            {"vector": [1.0, 0.0, 0.0], "k": 1}, {"vector": [0.0, 0.0, 1.0], "k": 1, "exact": true}]})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["results"][0][0]["id"], 1);
+    assert_eq!(b["results"][1][0]["id"], 4);
+
+    // Upsert replaces.
+    let (_, b) = h.call("PUT", "/collections/docs/points", Some(json!({"points": [{"id": 1, "vector": [0.0, 0.0, 1.0], "payload": {"lang": "fr"}}]}))).await;
+    assert_eq!(b["upserted"], 1);
+    let (_, b) = h.call("GET", "/collections/docs/points/1", None).await;
+    assert_eq!(b["payload"]["lang"], "fr");
+    let (_, b) = h.call("GET", "/collections/docs", None).await;
+    assert_eq!(
+        (b["points"].as_u64(), b["tombstones"].as_u64()),
+        (Some(4), Some(1))
+    );
+
+    // Deletes by ids and by filter.
+    let (s, b) = h
+        .call(
+            "POST",
+            "/collections/docs/points/delete",
+            Some(json!({"ids": [1, 99]})),
+        )
+        .await;
+    assert_eq!((s, &b["deleted"]), (StatusCode::OK, &json!(1)));
+    let (s, b) = h
+        .call(
+            "POST",
+            "/collections/docs/points/delete",
+            Some(json!({"filter": {"must": [{"key": "lang", "match": {"value": "de"}}]}})),
+        )
+        .await;
+    assert_eq!((s, &b["deleted"]), (StatusCode::OK, &json!(1)));
+    let (_, b) = h.call("GET", "/collections/docs", None).await;
+    assert_eq!(b["points"], 2);
+    let (_, b) = h
+        .call(
+            "POST",
+            "/collections/docs/points/search",
+            Some(json!({"vector": [0.0, 1.0, 0.0], "k": 10})),
+        )
+        .await;
+    let ids: Vec<Value> = b["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].clone())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(!ids.contains(&json!(1)));
+
+    let (s, b) = h.call("GET", "/metrics", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let text = b.as_str().unwrap();
+    assert!(
+        text.contains("quiver_collection_points{collection=\"docs\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("quiver_collection_tombstones{collection=\"docs\"}"));
+    assert!(text.contains("quiver_http_request_duration_seconds_bucket"));
+    assert!(text.contains("route=\"/collections/{name}/points/search\""));
+    h.node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_bad_input_is_a_4xx_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.max_body_bytes = 64 * 1024;
+    let h = Harness::with(config, Some(dir)).await;
+    create_docs(&h).await;
+    let bad = StatusCode::BAD_REQUEST;
+    let up = |points: Value| json!({ "points": points });
+    assert_field_error(
+        h.call("PUT", "/collections/docs/points", Some(up(json!([]))))
+            .await,
+        bad,
+        "points",
+    );
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/docs/points",
+            Some(up(
+                json!([{"id": 9, "vector": [1, 0, 0]}, {"id": 10, "vector": [1, 0]}]),
+            )),
+        )
+        .await,
+        bad,
+        "points[1].vector",
+    );
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/docs/points",
+            Some(up(json!([{"id": 9, "vector": [0, 0, 0]}]))),
+        )
+        .await,
+        bad,
+        "points[0].vector",
+    );
+    assert_field_error(
+        h.raw(
+            "PUT",
+            "/collections/docs/points",
+            r#"{"points":[{"id":9,"vector":[1e39,0,0]}]}"#,
+        )
+        .await,
+        bad,
+        "points[0].vector[0]",
+    );
+    assert_field_error(
+        h.raw(
+            "PUT",
+            "/collections/docs/points",
+            r#"{"points":[{"id":9,"vector":[NaN,0,0]}]}"#,
+        )
+        .await,
+        bad,
+        "points[0].vector[0]",
+    );
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/docs/points",
+            Some(up(json!([{"id": 9, "vector": [1, "x", 0]}]))),
+        )
+        .await,
+        bad,
+        "points[0].vector[1]",
+    );
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/docs/points",
+            Some(up(json!([{"id": -1, "vector": [1, 0, 0]}]))),
+        )
+        .await,
+        bad,
+        "points[0].id",
+    );
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/docs/points",
+            Some(up(json!([{"id": "", "vector": [1, 0, 0]}]))),
+        )
+        .await,
+        bad,
+        "points[0].id",
+    );
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/docs/points",
+            Some(up(json!([{"id": 1.5, "vector": [1, 0, 0]}]))),
+        )
+        .await,
+        bad,
+        "points[0].id",
+    );
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/docs/points",
+            Some(up(json!([{"id": 9, "vector": [1, 0, 0], "payload": [1]}]))),
+        )
+        .await,
+        bad,
+        "points[0].payload",
+    );
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/docs/points",
+            Some(up(json!([{"vector": [1, 0, 0]}]))),
+        )
+        .await,
+        bad,
+        "points[0]",
+    );
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/collections/nope/points",
+            Some(up(json!([{"id": 9, "vector": [1, 0, 0]}]))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    let big: Vec<f32> = vec![0.5; 3];
+    let many: Vec<Value> = (0..3000).map(|i| json!({"id": i, "vector": big})).collect();
+    let (s, b) = h
+        .call("PUT", "/collections/docs/points", Some(up(json!(many))))
+        .await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (StatusCode::PAYLOAD_TOO_LARGE, &json!("payload_too_large"))
+    );
+
+    let search = |body: Value| async {
+        h.call("POST", "/collections/docs/points/search", Some(body))
+            .await
+    };
+    assert_field_error(search(json!({"vector": [1, 0, 0], "k": 0})).await, bad, "k");
+    assert_field_error(
+        search(json!({"vector": [1, 0, 0], "k": 1_000_000})).await,
+        bad,
+        "k",
+    );
+    assert_field_error(
+        search(json!({"vector": [1, 0, 0], "k": 3, "ef": 0})).await,
+        bad,
+        "ef",
+    );
+    assert_field_error(
+        search(json!({"vector": [1, 0, 0], "k": 3, "ef": 1_000_000_000u64})).await,
+        bad,
+        "ef",
+    );
+    assert_field_error(
+        search(json!({"vector": [1, 0], "k": 3})).await,
+        bad,
+        "vector",
+    );
+    assert_field_error(
+        search(json!({"vector": [0, 0, 0], "k": 3})).await,
+        bad,
+        "vector",
+    );
+    assert_field_error(
+        search(json!({"vector": [1, 0, 0], "k": -3})).await,
+        bad,
+        "k",
+    );
+    assert_field_error(search(json!({"k": 3})).await, bad, "body");
+    assert_field_error(
+        search(json!({"vector": [1, 0, 0], "filter": {"must": [{"key": "a"}]}})).await,
+        bad,
+        "filter.must[0]",
+    );
+    assert_field_error(search(json!({"vector": [1, 0, 0], "filter": {"must": [{"key": "a", "match": {"value": {"x": 1}}}]}})).await, bad, "filter.must[0].match.value");
+    assert_field_error(
+        search(json!({"vector": [1, 0, 0], "filter": {"must": [{"key": "a", "range": {}}]}})).await,
+        bad,
+        "filter.must[0].range",
+    );
+    assert_field_error(
+        search(json!({"vector": [1, 0, 0], "filter": {"muts": []}})).await,
+        bad,
+        "filter.muts",
+    );
+    let batch = |body: Value| async {
+        h.call("POST", "/collections/docs/points/search/batch", Some(body))
+            .await
+    };
+    assert_field_error(batch(json!({"searches": []})).await, bad, "searches");
+    assert_field_error(
+        batch(json!({"searches": [{"vector": [1, 0, 0]}, {"vector": [1, 0, 0], "k": 0}]})).await,
+        bad,
+        "searches[1].k",
+    );
+    let del = |body: Value| async {
+        h.call("POST", "/collections/docs/points/delete", Some(body))
+            .await
+    };
+    assert_field_error(del(json!({})).await, bad, "body");
+    assert_field_error(del(json!({"ids": []})).await, bad, "ids");
+    assert_field_error(del(json!({"ids": [1], "filter": {}})).await, bad, "body");
+
+    // Nothing above changed the data.
+    let (_, b) = h.call("GET", "/collections/docs", None).await;
+    assert_eq!(
+        (b["points"].as_u64(), b["tombstones"].as_u64()),
+        (Some(4), Some(0))
+    );
+    h.node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn selective_filter_returns_the_true_top_k() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.exact_below = 0;
+    let h = Harness::with(config, Some(dir)).await;
+    let (s, _) = h
+        .call(
+            "PUT",
+            "/collections/f",
+            Some(json!({"dim": 8, "metric": "l2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let points: Vec<Value> = (0..3000)
+        .map(|i| {
+            let v: Vec<f32> = (0..8).map(|d| ((i * 31 + d * 7) % 97) as f32 / 97.0).collect();
+            json!({"id": i, "vector": v, "payload": {"kind": if i % 500 == 7 { "rare" } else { "common" }}})
+        })
+        .collect();
+    let (s, _) = h
+        .call(
+            "PUT",
+            "/collections/f/points",
+            Some(json!({ "points": points })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let filter = json!({"must": [{"key": "kind", "match": {"value": "rare"}}]});
+    let q = json!([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]);
+    let (_, approx) = h
+        .call(
+            "POST",
+            "/collections/f/points/search",
+            Some(json!({"vector": q, "k": 5, "filter": filter})),
+        )
+        .await;
+    let (_, exact) = h
+        .call(
+            "POST",
+            "/collections/f/points/search",
+            Some(json!({"vector": q, "k": 5, "filter": filter, "exact": true})),
+        )
+        .await;
+    assert_eq!(approx["hits"].as_array().unwrap().len(), 5);
+    assert_eq!(approx["hits"], exact["hits"]);
+    h.node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn restart_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.exact_below = 0;
+    let h = Harness::with(config.clone(), None).await;
+    let (s, _) = h
+        .call(
+            "PUT",
+            "/collections/p",
+            Some(json!({"dim": 4, "metric": "dot"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    for batch in 0..4 {
+        let points: Vec<Value> = (0..500)
+            .map(|i| {
+                let id = batch * 500 + i;
+                json!({"id": format!("id-{id}"), "vector": [id as f32 / 2000.0, 1.0, (id % 7) as f32, -1.0], "payload": {"b": batch}})
+            })
+            .collect();
+        let (s, _) = h
+            .call(
+                "PUT",
+                "/collections/p/points",
+                Some(json!({ "points": points })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let (_, d) = h
+        .call(
+            "POST",
+            "/collections/p/points/delete",
+            Some(json!({"filter": {"must": [{"key": "b", "match": {"value": 3}}]}})),
+        )
+        .await;
+    assert_eq!(d["deleted"], 500);
+    // Exact searches must give identical answers; approximate ones the same scores (ties may
+    // resolve to other ids when the restarted node's graph differs, e.g. a rebuild was pending).
+    let queries: Vec<Value> = (0..10)
+        .map(|i| json!({"vector": [i as f32, 0.5, 1.0, 0.0], "k": 7, "exact": i % 2 == 0}))
+        .collect();
+    let scores = |hits: &Value| -> Vec<f64> {
+        hits.as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["score"].as_f64().unwrap())
+            .collect()
+    };
+    let mut before = Vec::new();
+    for q in &queries {
+        before.push(
+            h.call("POST", "/collections/p/points/search", Some(q.clone()))
+                .await
+                .1["hits"]
+                .clone(),
+        );
+    }
+    let (_, info_before) = h.call("GET", "/collections/p", None).await;
+    let (_, point_before) = h.call("GET", "/collections/p/points/id-42", None).await;
+    let last_index = d["index"].as_u64().unwrap();
+    h.node.stop().await.unwrap();
+
+    let h = Harness::with(config, None).await;
+    let (_, health) = h.call("GET", "/healthz", None).await;
+    assert_eq!(health["index"].as_u64(), Some(last_index));
+    let (_, info_after) = h.call("GET", "/collections/p", None).await;
+    assert_eq!(info_after["points"], info_before["points"]);
+    assert_eq!(info_after["points"], 1500);
+    let (_, point_after) = h.call("GET", "/collections/p/points/id-42", None).await;
+    assert_eq!(point_after["vector"], point_before["vector"]);
+    for (q, want) in queries.iter().zip(&before) {
+        let (_, got) = h
+            .call("POST", "/collections/p/points/search", Some(q.clone()))
+            .await;
+        assert_eq!(got["hits"].as_array().unwrap().len(), 7);
+        if q["exact"] == json!(true) {
+            assert_eq!(&got["hits"], want);
+        } else {
+            assert_eq!(scores(&got["hits"]), scores(want));
+        }
+    }
+    // Writes continue with increasing indices.
+    let (_, w) = h
+        .call(
+            "PUT",
+            "/collections/p/points",
+            Some(json!({"points": [{"id": 5, "vector": [1, 1, 1, 1]}]})),
+        )
+        .await;
+    assert!(w["index"].as_u64().unwrap() > last_index);
+    h.node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn api_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.api_key = Some("admin-secret".into());
+    config.read_only_api_key = Some("reader-secret".into());
+    let h = Harness::with(config, Some(dir)).await;
+    let body = json!({"dim": 2, "metric": "l2"});
+    let (s, b) = h
+        .call_with("PUT", "/collections/k", Some(body.clone()), None)
+        .await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (StatusCode::UNAUTHORIZED, &json!("unauthorized"))
+    );
+    let (s, _) = h
+        .call_with("PUT", "/collections/k", Some(body.clone()), Some("wrong"))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, b) = h
+        .call_with(
+            "PUT",
+            "/collections/k",
+            Some(body.clone()),
+            Some("reader-secret"),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (StatusCode::FORBIDDEN, &json!("forbidden"))
+    );
+    let (s, _) = h
+        .call_with("PUT", "/collections/k", Some(body), Some("admin-secret"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = h
+        .call_with(
+            "PUT",
+            "/collections/k/points",
+            Some(json!({"points": [{"id": 1, "vector": [1, 2]}]})),
+            Some("admin-secret"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = h
+        .call_with(
+            "PUT",
+            "/collections/k/points",
+            Some(json!({"points": [{"id": 2, "vector": [1, 2]}]})),
+            Some("reader-secret"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = h
+        .call_with(
+            "POST",
+            "/collections/k/points/delete",
+            Some(json!({"ids": [1]})),
+            Some("reader-secret"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = h
+        .call_with("DELETE", "/collections/k", None, Some("reader-secret"))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, b) = h
+        .call_with(
+            "POST",
+            "/collections/k/points/search",
+            Some(json!({"vector": [1, 2], "k": 1})),
+            Some("reader-secret"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["hits"][0]["id"], 1);
+    let (s, _) = h
+        .call_with(
+            "POST",
+            "/collections/k/points/search",
+            Some(json!({"vector": [1, 2], "k": 1})),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = h
+        .call_with(
+            "GET",
+            "/collections/k/points/1",
+            None,
+            Some("reader-secret"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = h.call_with("GET", "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // The liveness probe stays open so that orchestrators can use it.
+    let (s, _) = h.call_with("GET", "/healthz", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    // The header form `api-key:` works too.
+    let resp = h
+        .http
+        .get(format!("{}/collections", h.node.url()))
+        .header("api-key", "reader-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    h.node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_writes_are_group_committed_and_all_visible() {
+    let h = Harness::start().await;
+    let (s, _) = h
+        .call(
+            "PUT",
+            "/collections/g",
+            Some(json!({"dim": 2, "metric": "l2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let client = quiver::client::Client::new(&h.node.url(), None).unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..32u64 {
+        let c = client.clone();
+        set.spawn(async move {
+            let points = (0..20)
+                .map(|i| quiver::model::PointInput {
+                    id: quiver::model::PointId::Num(w * 100 + i),
+                    vector: vec![w as f32, i as f32],
+                    payload: None,
+                })
+                .collect();
+            c.upsert("g", points).await.unwrap().index
+        });
+    }
+    let mut indices = Vec::new();
+    while let Some(i) = set.join_next().await {
+        indices.push(i.unwrap());
+    }
+    let info = client.collection("g").await.unwrap();
+    assert_eq!(info.points, 640);
+    // Every write got an index; concurrent ones may share one durable batch.
+    assert!(indices.iter().all(|i| *i >= 2));
+    // Each acknowledged write is visible immediately, before the graph catches up.
+    let p = client
+        .get_point("g", &quiver::model::PointId::Num(3119))
+        .await
+        .unwrap();
+    assert_eq!(p.point.vector, vec![31.0, 19.0]);
+    h.node.stop().await.unwrap();
+}
