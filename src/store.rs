@@ -47,6 +47,9 @@ pub struct StoredPoint {
     pub payload: Option<String>,
 }
 
+/// A collection as loaded: its id, metadata and points in internal-id order.
+pub type LoadedCollection = (u64, CollectionMeta, Vec<(u64, StoredPoint)>);
+
 /// Everything persisted, as read at start-up.
 pub struct Loaded {
     /// Last applied log index.
@@ -54,7 +57,7 @@ pub struct Loaded {
     /// Next collection id.
     pub next_cid: u64,
     /// Collections with their points in internal-id order.
-    pub collections: Vec<(u64, CollectionMeta, Vec<(u64, StoredPoint)>)>,
+    pub collections: Vec<LoadedCollection>,
 }
 
 /// Handle to the sled database (cheap to clone).
