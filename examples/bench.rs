@@ -254,6 +254,10 @@ fn main() -> anyhow::Result<()> {
     // In-process sweep, one thread.
     let coll = node.engine.get(COLLECTION)?;
     let mut rows = Vec::new();
+    for q in queries.iter().take(200) {
+        let p = SearchParams { vector: q.clone(), k: K, ef: 64, filter: None, score_threshold: None, with_payload: false, with_vector: false, exact: false };
+        coll.search(&p);
+    }
     for &ef in &args.efs {
         let mut lat = Vec::with_capacity(queries.len());
         let mut recall = 0.0;

@@ -42,6 +42,58 @@ fn l2_generic(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Sixteen accumulators: one 512-bit register's worth, for the AVX-512 build of the loop.
+#[inline(always)]
+fn dot_wide(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..16 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut s = 0.0;
+    for j in 0..8 {
+        s += acc[j] + acc[j + 8];
+    }
+    s + dot_generic(ra, rb)
+}
+
+#[inline(always)]
+fn l2_wide(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..16 {
+            let d = x[j] - y[j];
+            acc[j] += d * d;
+        }
+    }
+    let mut s = 0.0;
+    for j in 0..8 {
+        s += acc[j] + acc[j + 8];
+    }
+    s + l2_generic(ra, rb)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        super::dot_wide(a, b)
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub fn l2(a: &[f32], b: &[f32]) -> f32 {
+        super::l2_wide(a, b)
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     #[target_feature(enable = "avx2,fma")]
@@ -54,20 +106,35 @@ mod avx2 {
     }
 }
 
+/// Which kernel build this CPU runs: 0 portable, 1 AVX2+FMA, 2 AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn has_avx2() -> bool {
-    // std caches the CPUID answer; this is a load and a test.
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+fn level() -> u8 {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static LEVEL: AtomicU8 = AtomicU8::new(u8::MAX);
+    let l = LEVEL.load(Ordering::Relaxed);
+    if l != u8::MAX {
+        return l;
+    }
+    let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    let l = if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+        2
+    } else {
+        u8::from(avx2)
+    };
+    LEVEL.store(l, Ordering::Relaxed);
+    l
 }
 
 /// Dot product of the common prefix of `a` and `b`.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports the features the function was compiled for (checked above).
-        return unsafe { avx2::dot(a, b) };
+    match level() {
+        // SAFETY: the CPU supports the features each function was compiled for (`level`).
+        2 => return unsafe { avx512::dot(a, b) },
+        1 => return unsafe { avx2::dot(a, b) },
+        _ => {}
     }
     dot_generic(a, b)
 }
@@ -76,9 +143,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU supports the features the function was compiled for (checked above).
-        return unsafe { avx2::l2(a, b) };
+    match level() {
+        // SAFETY: the CPU supports the features each function was compiled for (`level`).
+        2 => return unsafe { avx512::l2(a, b) },
+        1 => return unsafe { avx2::l2(a, b) },
+        _ => {}
     }
     l2_generic(a, b)
 }
@@ -97,6 +166,8 @@ mod tests {
             assert!((dot(&a, &b) - d).abs() < 1e-4);
             assert!((l2_squared(&a, &b) - l).abs() < 1e-4);
             assert!((dot_generic(&a, &b) - d).abs() < 1e-4);
+            assert!((dot_wide(&a, &b) - d).abs() < 1e-4);
+            assert!((l2_wide(&a, &b) - l).abs() < 1e-4);
         }
     }
 }
