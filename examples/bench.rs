@@ -47,6 +47,9 @@ struct Args {
     /// HNSW m.
     #[arg(long, default_value_t = HnswConfig::default().m)]
     m: usize,
+    /// Skip the HTTP sweeps.
+    #[arg(long)]
+    no_http: bool,
     /// Skip the restart measurements.
     #[arg(long)]
     no_restart: bool,
@@ -251,11 +254,22 @@ fn main() -> anyhow::Result<()> {
     );
     println!("peak RSS after build: {:.0} MiB", peak_rss_mib());
 
+    // Let the indexer's background graph dump (it follows a large ingest) finish first.
+    std::thread::sleep(Duration::from_secs(3));
     // In-process sweep, one thread.
     let coll = node.engine.get(COLLECTION)?;
     let mut rows = Vec::new();
     for q in queries.iter().take(200) {
-        let p = SearchParams { vector: q.clone(), k: K, ef: 64, filter: None, score_threshold: None, with_payload: false, with_vector: false, exact: false };
+        let p = SearchParams {
+            vector: q.clone(),
+            k: K,
+            ef: 64,
+            filter: None,
+            score_threshold: None,
+            with_payload: false,
+            with_vector: false,
+            exact: false,
+        };
         coll.search(&p);
     }
     for &ef in &args.efs {
@@ -292,7 +306,11 @@ fn main() -> anyhow::Result<()> {
     // HTTP sweeps.
     let qa = Arc::new(queries.clone());
     let ta = Arc::new(truth.clone());
-    for &clients in &args.clients {
+    for &clients in if args.no_http {
+        &[][..]
+    } else {
+        &args.clients[..]
+    } {
         for &ef in &args.efs {
             rows.push(client_rt.block_on(http_sweep(&url, &qa, &ta, ef, clients))?);
         }

@@ -142,13 +142,28 @@ impl WriteBatch {
 
 impl Store {
     /// Opens (or creates) the database under `dir` with a page cache of `cache_bytes`.
+    ///
+    /// sled's background flusher holds the directory lock for a moment after the last handle is
+    /// dropped, so a lock conflict is retried for up to `LOCK_WAIT` before giving up.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(1000))
-            .open()?;
+        const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+        let started = std::time::Instant::now();
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .mode(sled::Mode::HighThroughput)
+                .flush_every_ms(Some(1000))
+                .open();
+            match opened {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && started.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         let state = db.open_tree("state")?;
         Ok(Store { db, state })
     }

@@ -219,7 +219,7 @@ fn params(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_matches_brute_force_model_and_is_deterministic(ops in prop::collection::vec(op(), 1..60)) {

@@ -142,6 +142,27 @@ impl FlatGraph {
         &self.vectors[s..s + self.dim]
     }
 
+    /// Asks the CPU to start loading the first cache lines of a vector.
+    #[inline(always)]
+    fn prefetch(&self, iid: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let row = self.row(iid);
+            let bytes = std::mem::size_of_val(row);
+            let base = row.as_ptr() as *const i8;
+            let mut off = 0;
+            while off < bytes {
+                // SAFETY: prefetch is only a hint, and the address lies inside `row`.
+                #[allow(unused_unsafe)]
+                unsafe {
+                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(off))
+                };
+                off += 64;
+            }
+        }
+    }
+
     /// Smaller is closer; same order as the graph's distance.
     #[inline]
     fn dist(&self, q: &[f32], iid: u32) -> f32 {
@@ -199,6 +220,7 @@ impl FlatGraph {
             let mut candidates: BinaryHeap<Reverse<D>> = BinaryHeap::with_capacity(ef * 2);
             let mut top: BinaryHeap<D> = BinaryHeap::with_capacity(ef + 1);
             let mut bound = f32::INFINITY;
+            let mut fresh: Vec<u32> = Vec::with_capacity(64);
             marks[ep as usize] = g;
             candidates.push(Reverse(D(d_ep, ep)));
             if accepts(ep) {
@@ -213,12 +235,18 @@ impl FlatGraph {
                     self.offsets[c as usize] as usize,
                     self.offsets[c as usize + 1] as usize,
                 );
+                // Mark the unvisited neighbours first and prefetch their vectors, so that the
+                // memory fetches overlap with the distance computations (as hnswlib does).
+                fresh.clear();
                 for &nb in &self.links[s..e] {
                     let m = &mut marks[nb as usize];
-                    if *m == g {
-                        continue;
+                    if *m != g {
+                        *m = g;
+                        fresh.push(nb);
+                        self.prefetch(nb);
                     }
-                    *m = g;
+                }
+                for &nb in fresh.iter() {
                     let d = self.dist(q, nb);
                     if top.len() < ef || d < bound {
                         candidates.push(Reverse(D(d, nb)));

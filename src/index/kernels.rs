@@ -116,7 +116,8 @@ fn level() -> u8 {
     if l != u8::MAX {
         return l;
     }
-    let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    let avx2 =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     let l = if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
         2
     } else {
