@@ -157,7 +157,8 @@ impl Store {
                 .open();
             match opened {
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && started.elapsed() < LOCK_WAIT =>
+                    if e.to_string().contains("could not acquire lock")
+                        && started.elapsed() < LOCK_WAIT =>
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }

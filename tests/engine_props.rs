@@ -280,7 +280,10 @@ proptest! {
             .map(|(n, p)| { let mut p = p.clone(); p.exact = true; e1.search(n, &p).unwrap() }).collect();
         e1.close().unwrap();
         drop(e1);
-        let e1 = Engine::open(opts(d1.path())).unwrap();
+        let e1 = match Engine::open(opts(d1.path())) {
+            Ok(e) => e,
+            Err(e) => panic!("reopen failed: {e:?}"),
+        };
         prop_assert_eq!(e1.last_applied(), index);
         let after: Vec<_> = approx_queries.iter().filter(|(n, _)| model.contains_key(*n))
             .map(|(n, p)| { let mut p = p.clone(); p.exact = true; e1.search(n, &p).unwrap() }).collect();
