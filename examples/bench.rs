@@ -47,6 +47,9 @@ struct Args {
     /// HNSW m.
     #[arg(long, default_value_t = HnswConfig::default().m)]
     m: usize,
+    /// The server's backpressure bound (points outside the graph before writes wait).
+    #[arg(long, default_value_t = 20_000)]
+    max_unindexed: u64,
     /// Skip the HTTP sweeps.
     #[arg(long)]
     no_http: bool,
@@ -201,6 +204,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let mut config = Config::for_test(dir.path());
     config.log = "warn".into();
+    config.max_unindexed = args.max_unindexed;
     let node = server_rt.block_on(Node::start(config.clone()))?;
     let url = node.url();
 
