@@ -44,6 +44,33 @@ pub struct Config {
     /// Most points coalesced into one durable write (group commit).
     #[arg(long, env = "QUIVER_MAX_BATCH_POINTS", default_value_t = 20_000)]
     pub max_batch_points: usize,
+    /// URL peers and clients use to reach this node (default: `http://` + the bound address).
+    #[arg(long, env = "QUIVER_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Join the cluster at this URL (any member) as a read replica (a Raft learner).
+    #[arg(long, env = "QUIVER_JOIN")]
+    pub join: Option<String>,
+    /// With `--join`: join as a voter instead (for a 3-voter primary group with failover).
+    #[arg(long, env = "QUIVER_VOTER")]
+    pub voter: bool,
+    /// Secret required on Raft RPC and cluster membership calls, and sent to peers.
+    #[arg(long, env = "QUIVER_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Longest a `min_index` or linearizable read waits for this node to catch up, in ms.
+    #[arg(long, env = "QUIVER_READ_WAIT_MS", default_value_t = 5_000)]
+    pub read_wait_ms: u64,
+    /// `/readyz` fails while this node trails the leader's commit index by more entries.
+    #[arg(long, env = "QUIVER_READY_MAX_LAG", default_value_t = 100)]
+    pub ready_max_lag: u64,
+    /// The leader removes a learner that has not answered for this long, in seconds.
+    #[arg(long, env = "QUIVER_LEARNER_EXPIRY_SECS", default_value_t = 30)]
+    pub learner_expiry_secs: u64,
+    /// Raft heartbeat interval, in ms (elections time out after 5 to 10 heartbeats).
+    #[arg(long, env = "QUIVER_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Build a snapshot (and purge the log) after this many log entries.
+    #[arg(long, env = "QUIVER_SNAPSHOT_LOGS", default_value_t = 1_000)]
+    pub snapshot_logs: u64,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info,quiver=debug`.
     #[arg(long, env = "QUIVER_LOG", default_value = "info")]
     pub log: String,
@@ -64,6 +91,15 @@ impl Config {
             exact_below: 1_000,
             cache_mb: 64,
             max_batch_points: 20_000,
+            advertise: None,
+            join: None,
+            voter: false,
+            cluster_secret: None,
+            read_wait_ms: 5_000,
+            ready_max_lag: 100,
+            learner_expiry_secs: 30,
+            heartbeat_ms: 50,
+            snapshot_logs: 1_000,
             log: "warn".into(),
         }
     }
@@ -94,6 +130,23 @@ impl Config {
             anyhow::ensure!(a != b, "--api-key and --read-only-api-key must differ");
         }
         Ok(())
+    }
+
+    /// openraft's settings.
+    pub fn raft_config(&self) -> anyhow::Result<openraft::Config> {
+        let cfg = openraft::Config {
+            cluster_name: "quiver".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.heartbeat_ms * 5,
+            election_timeout_max: self.heartbeat_ms * 10,
+            // Per snapshot chunk; the last chunk also waits for the receiver's install.
+            install_snapshot_timeout: 120_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            max_in_snapshot_log_to_keep: 100,
+            max_payload_entries: 64,
+            ..Default::default()
+        };
+        Ok(cfg.validate()?)
     }
 
     /// The engine's share of the settings.

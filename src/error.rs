@@ -34,6 +34,20 @@ pub enum Error {
     /// The request body is larger than the configured limit.
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    /// This node is not the leader and cannot forward (no leader known, or leadership moved).
+    #[error("not the leader{}", .0.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_default())]
+    NotLeader(Option<String>),
+    /// A read could not reach the requested index in time.
+    #[error("timed out waiting for applied index {wanted}; this node has applied {applied}")]
+    ReadTimeout {
+        /// The index asked for.
+        wanted: u64,
+        /// This node's applied index.
+        applied: u64,
+    },
+    /// A bounded-staleness read found this node too stale.
+    #[error("{0}")]
+    Stale(String),
     /// The node is shutting down or its writer has stopped after a storage failure.
     #[error("node unavailable: {0}")]
     Unavailable(String),
@@ -60,10 +74,35 @@ impl Error {
         }
     }
 
+    /// A copy to hand to each request of a failed group (errors from sled or io are not `Clone`).
+    pub fn clone_for_reply(&self) -> Error {
+        match self {
+            Error::InvalidInput { field, message } => Error::InvalidInput {
+                field: field.clone(),
+                message: message.clone(),
+            },
+            Error::CollectionNotFound(s) => Error::CollectionNotFound(s.clone()),
+            Error::PointNotFound(s) => Error::PointNotFound(s.clone()),
+            Error::Conflict(s) => Error::Conflict(s.clone()),
+            Error::NotLeader(s) => Error::NotLeader(s.clone()),
+            Error::Stale(s) => Error::Stale(s.clone()),
+            Error::ReadTimeout { wanted, applied } => Error::ReadTimeout {
+                wanted: *wanted,
+                applied: *applied,
+            },
+            Error::Unavailable(s) => Error::Unavailable(s.clone()),
+            other => Error::Unavailable(other.to_string()),
+        }
+    }
+
     /// Whether the same request may succeed if retried later (possibly on another node).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Unavailable(_) | Error::Io(_) => true,
+            Error::Unavailable(_)
+            | Error::Io(_)
+            | Error::NotLeader(_)
+            | Error::ReadTimeout { .. }
+            | Error::Stale(_) => true,
             Error::InvalidInput { .. }
             | Error::CollectionNotFound(_)
             | Error::PointNotFound(_)
@@ -88,6 +127,9 @@ impl Error {
             | Error::Forbidden
             | Error::PayloadTooLarge(_) => true,
             Error::Unavailable(_)
+            | Error::NotLeader(_)
+            | Error::ReadTimeout { .. }
+            | Error::Stale(_)
             | Error::Corrupt(_)
             | Error::Storage(_)
             | Error::Io(_)

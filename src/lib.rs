@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod dataset;
 pub mod engine;
@@ -14,6 +15,7 @@ pub mod filter;
 pub mod index;
 pub mod model;
 pub mod node;
+pub mod raft;
 pub mod store;
 pub mod writer;
 

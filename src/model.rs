@@ -281,6 +281,8 @@ pub enum Command {
     },
     /// Several commands coalesced into one log entry (group commit); applied in order.
     Batch(Vec<Command>),
+    /// Changes nothing (Raft's blank and membership entries still advance the applied index).
+    Noop,
 }
 
 impl Command {
@@ -321,6 +323,8 @@ pub enum Reply {
     Rejected(ApplyError),
     /// Replies of a `Command::Batch`, in order.
     Batch(Vec<Reply>),
+    /// The reply to `Command::Noop`.
+    Noop,
 }
 
 /// Why a command was rejected at apply time. Deterministic: every replica rejects it the same way.
@@ -384,6 +388,67 @@ pub struct DeleteRequest {
     pub filter: Option<Filter>,
 }
 
+/// How fresh a read must be. JSON: `"eventual"` (default), `"linearizable"`,
+/// `{"min_index": N}` or `{"max_lag_ms": T}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Consistency {
+    /// A named level.
+    Level(ConsistencyLevel),
+    /// Read-your-writes: wait (bounded) until this node has applied index N.
+    MinIndex {
+        /// The index a write returned.
+        min_index: u64,
+    },
+    /// Bounded staleness: answer only if caught up with the leader within T ms.
+    MaxLag {
+        /// Largest acceptable staleness, in ms.
+        max_lag_ms: u64,
+    },
+}
+
+/// Named consistency levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyLevel {
+    /// Answer from local state at once.
+    Eventual,
+    /// Answer at or after the leader's commit index at the time of the request.
+    Linearizable,
+}
+
+impl Default for Consistency {
+    fn default() -> Self {
+        Consistency::Level(ConsistencyLevel::Eventual)
+    }
+}
+
+/// Query parameters of reads that have no body (`GET .../points/{id}`).
+#[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct ReadParams {
+    /// `eventual` or `linearizable`.
+    pub consistency: Option<ConsistencyLevel>,
+    /// Read-your-writes: wait until this index is applied.
+    pub min_index: Option<u64>,
+    /// Bounded staleness in ms.
+    pub max_lag_ms: Option<u64>,
+}
+
+impl ReadParams {
+    /// The consistency these parameters ask for (the strictest given wins).
+    pub fn consistency(&self) -> Consistency {
+        if let Some(ConsistencyLevel::Linearizable) = self.consistency {
+            Consistency::Level(ConsistencyLevel::Linearizable)
+        } else if let Some(n) = self.min_index {
+            Consistency::MinIndex { min_index: n }
+        } else if let Some(t) = self.max_lag_ms {
+            Consistency::MaxLag { max_lag_ms: t }
+        } else {
+            Consistency::default()
+        }
+    }
+}
+
 /// A similarity search.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -411,6 +476,9 @@ pub struct SearchRequest {
     /// Brute-force search instead of HNSW (for recall checks).
     #[serde(default)]
     pub exact: bool,
+    /// How fresh the answer must be (default eventual).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
 }
 
 impl SearchRequest {
@@ -425,6 +493,7 @@ impl SearchRequest {
             with_payload: true,
             with_vector: false,
             exact: false,
+            consistency: None,
         }
     }
 }
@@ -442,6 +511,9 @@ fn default_true() -> bool {
 pub struct BatchSearchRequest {
     /// The searches, answered in order.
     pub searches: Vec<SearchRequest>,
+    /// How fresh the answers must be (default eventual); applies to the whole batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
 }
 
 /// One search result.

@@ -1,19 +1,28 @@
-//! Wiring: open the engine, start the writer, bind the listener, serve until shutdown, then stop
-//! cleanly (drain requests, stop indexers, dump graphs, flush sled).
+//! Wiring: open the engine, start Raft over it, bind the listener, bootstrap (initialise a
+//! single-voter cluster, or join one), serve until shutdown, then stop cleanly: a read replica
+//! leaves the cluster, Raft stops, indexers dump their graphs, sled flushes.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{router, AppState};
+use crate::cluster::{Cluster, MemberRequest};
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::raft::{LogStore, Network, NodeId, PeerHealth, Raft, StateMachine, SECRET_HEADER};
 use crate::writer::Writer;
+
+/// How long a joining node keeps asking before giving up.
+const JOIN_DEADLINE: Duration = Duration::from_secs(600);
 
 /// A running node (for tests and embedding): its address and a way to stop it.
 pub struct Node {
@@ -21,23 +30,36 @@ pub struct Node {
     pub addr: SocketAddr,
     /// The engine, for in-process inspection.
     pub engine: Arc<Engine>,
+    /// Raft and membership.
+    pub cluster: Arc<Cluster>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Node {
-    /// Opens the data dir, binds `config.listen` and serves in the background.
+    /// Opens the data dir, starts Raft, binds `config.listen`, serves in the background and
+    /// bootstraps: a fresh node without `--join` initialises a single-voter cluster and waits to
+    /// lead it; with `--join` it asks to be added (in the background).
     pub async fn start(config: Config) -> anyhow::Result<Node> {
+        config.validate()?;
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
-        let engine = open_engine(&config).await?;
+        let (engine, cluster, pristine) = open(&config, addr).await?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, engine.clone(), config, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(serve(
+            listener,
+            engine.clone(),
+            cluster.clone(),
+            config.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        bootstrap(&cluster, &config, pristine).await?;
         Ok(Node {
             addr,
             engine,
+            cluster,
             stop: Some(stop),
             task,
         })
@@ -48,30 +70,150 @@ impl Node {
         format!("http://{}", self.addr)
     }
 
-    /// Stops serving and closes the store; the data dir can be reopened afterwards.
+    /// This node's Raft id.
+    pub fn id(&self) -> NodeId {
+        self.cluster.id
+    }
+
+    /// Stops serving and closes the store (without leaving the cluster: a restart rejoins as
+    /// the same member). The data dir can be reopened afterwards.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         let engine = self.engine.clone();
         drop(self.engine);
+        drop(self.cluster);
         self.task.await??;
         release(engine).await;
         Ok(())
     }
+
+    /// Leaves the cluster (a read replica scaling down), then stops.
+    pub async fn leave_and_stop(self) -> anyhow::Result<()> {
+        leave(&self.cluster).await;
+        self.stop().await
+    }
 }
 
-async fn open_engine(config: &Config) -> anyhow::Result<Arc<Engine>> {
+/// Reads this node's id from the data dir, or creates a fresh random one: a wiped data dir always
+/// means a new id, never a reused one.
+fn node_id(data_dir: &Path) -> anyhow::Result<NodeId> {
+    let path = data_dir.join("node_id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(text.trim().parse()?);
+    }
+    let id = loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            break id;
+        }
+    };
+    let tmp = data_dir.join("node_id.tmp");
+    std::fs::write(&tmp, id.to_string())?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
+async fn open(
+    config: &Config,
+    addr: SocketAddr,
+) -> anyhow::Result<(Arc<Engine>, Arc<Cluster>, bool)> {
     let opts = config.engine_options();
     let started = Instant::now();
-    let engine = tokio::task::spawn_blocking(move || Engine::open(opts)).await??;
+    let engine = Arc::new(tokio::task::spawn_blocking(move || Engine::open(opts)).await??);
+    let id = node_id(&config.data_dir)?;
+    let log = LogStore::open(engine.store().db())?;
+    let pristine = log.is_pristine();
+    let sm = StateMachine::new(engine.clone())?;
+    let health = PeerHealth::default();
+    let network = Network::new(config.cluster_secret.clone(), health.clone());
+    let raft = Raft::new(id, Arc::new(config.raft_config()?), network, log, sm).await?;
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     tracing::info!(
+        id,
+        %advertise,
         secs = started.elapsed().as_secs_f64(),
         collections = engine.list().len(),
         applied = engine.last_applied(),
         "store opened"
     );
-    Ok(Arc::new(engine))
+    let cluster = Arc::new(Cluster::new(
+        raft,
+        id,
+        advertise,
+        config.cluster_secret.clone(),
+        health,
+        Duration::from_millis(config.read_wait_ms),
+        config.ready_max_lag,
+    ));
+    cluster.spawn_learner_expiry(Duration::from_secs(config.learner_expiry_secs));
+    Ok((engine, cluster, pristine))
+}
+
+async fn bootstrap(cluster: &Arc<Cluster>, config: &Config, pristine: bool) -> anyhow::Result<()> {
+    match &config.join {
+        None if pristine => {
+            let members = BTreeMap::from([(
+                cluster.id,
+                BasicNode {
+                    addr: cluster.advertise.clone(),
+                },
+            )]);
+            cluster.raft.initialize(members).await?;
+            cluster
+                .raft
+                .wait(Some(Duration::from_secs(30)))
+                .current_leader(cluster.id, "initialise")
+                .await?;
+            tracing::info!(id = cluster.id, "initialised a single-voter cluster");
+        }
+        None => {}
+        Some(url) => {
+            // Also on restart: a replica that was expired while away asks to be added again.
+            let (c, url, voter) = (cluster.clone(), url.clone(), config.voter);
+            tokio::spawn(async move {
+                match c.request_join(&url, voter, JOIN_DEADLINE).await {
+                    Ok(index) => tracing::info!(index, "joined the cluster"),
+                    Err(e) => tracing::error!(error = %e, "could not join the cluster"),
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Best effort: a learner asks the leader to remove it (scale-down), so that it is not retried.
+async fn leave(cluster: &Cluster) {
+    let m = cluster.metrics();
+    let is_voter = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|v| v == cluster.id);
+    if is_voter {
+        return;
+    }
+    let Some((_, leader)) = cluster.leader() else {
+        return;
+    };
+    let mut req = cluster
+        .http()
+        .post(format!("{leader}/cluster/leave"))
+        .timeout(Duration::from_secs(5))
+        .json(&MemberRequest { id: cluster.id });
+    if let Some(s) = &cluster.secret {
+        req = req.header(SECRET_HEADER, s);
+    }
+    match req.send().await {
+        Ok(r) if r.status().is_success() => tracing::info!("left the cluster"),
+        Ok(r) => tracing::warn!(status = %r.status(), "leaving the cluster failed"),
+        Err(e) => tracing::warn!(error = %e, "leaving the cluster failed"),
+    }
 }
 
 /// Waits (briefly) until no request still holds the engine, so sled's directory lock is released.
@@ -99,37 +241,41 @@ async fn release(engine: Arc<Engine>) {
 async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
+    cluster: Arc<Cluster>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let writer = Writer::start(engine.clone(), config.max_batch_points);
+    let writer = Writer::start(cluster.raft.clone(), config.max_batch_points);
     let state = AppState {
         engine: engine.clone(),
         writer,
         config: Arc::new(config),
+        cluster: cluster.clone(),
     };
     let app = router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;
+    if let Err(e) = cluster.raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not shut down cleanly");
+    }
+    drop(cluster);
     let e = engine.clone();
     tokio::task::spawn_blocking(move || e.close()).await??;
     tracing::info!("stopped cleanly");
     Ok(())
 }
 
-/// Runs a node until `shutdown` resolves (the `quiver serve` entry point).
+/// Runs a node until `shutdown` resolves (the `quiver serve` entry point). A read replica leaves
+/// the cluster before it stops.
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    config.validate()?;
-    let listener = TcpListener::bind(config.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "quiver listening");
-    let engine = open_engine(&config).await?;
-    serve(listener, engine.clone(), config, shutdown).await?;
-    release(engine).await;
-    Ok(())
+    let node = Node::start(config).await?;
+    tracing::info!(addr = %node.addr, id = node.id(), "quiver listening");
+    shutdown.await;
+    node.leave_and_stop().await
 }
 
 /// Resolves on ctrl-c or SIGTERM (docker stop).

@@ -126,6 +126,12 @@ impl WriteBatch {
         self.batch.remove(&point_key(cid, iid)[..]);
         self.ops += 1;
     }
+    /// Records an arbitrary metadata key (used by the Raft adapter for its applied log id and
+    /// membership, so that they land atomically with the data).
+    pub fn put_raw(&mut self, key: &[u8], value: Vec<u8>) {
+        self.batch.insert(key, value);
+        self.ops += 1;
+    }
     /// Records the next collection id.
     pub fn set_next_cid(&mut self, next: u64) {
         self.batch.insert(NEXT_CID, &next.to_be_bytes());
@@ -217,6 +223,58 @@ impl Store {
             next_cid,
             collections,
         })
+    }
+
+    /// Reads a metadata key written with [`WriteBatch::put_raw`].
+    pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.state.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Streams every key and value of the state tree (a snapshot) into `w`: for each pair a u32
+    /// key length, the key, a u32 value length, the value (little-endian). The caller must keep
+    /// writers out meanwhile (sled iterators are not point-in-time).
+    pub fn export(&self, w: &mut impl std::io::Write) -> Result<u64> {
+        let mut n = 0;
+        for kv in self.state.iter() {
+            let (k, v) = kv?;
+            w.write_all(&(k.len() as u32).to_le_bytes())?;
+            w.write_all(&k)?;
+            w.write_all(&(v.len() as u32).to_le_bytes())?;
+            w.write_all(&v)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Replaces the whole state tree with what [`Store::export`] wrote, then flushes. Not atomic:
+    /// the caller writes the key that marks the state valid (the applied log id) last.
+    pub fn import(&self, r: &mut impl std::io::Read) -> Result<u64> {
+        self.state.clear()?;
+        let mut batch = sled::Batch::default();
+        let (mut n, mut pending) = (0u64, 0usize);
+        let mut len = [0u8; 4];
+        loop {
+            match r.read_exact(&mut len) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e.into()),
+            }
+            let mut k = vec![0u8; u32::from_le_bytes(len) as usize];
+            r.read_exact(&mut k)?;
+            r.read_exact(&mut len)?;
+            let mut v = vec![0u8; u32::from_le_bytes(len) as usize];
+            r.read_exact(&mut v)?;
+            batch.insert(k, v);
+            n += 1;
+            pending += 1;
+            if pending >= 2_000 {
+                self.state.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+        self.state.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(n)
     }
 
     /// Bytes sled uses on disk.

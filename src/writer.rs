@@ -1,22 +1,20 @@
-//! The write path on a single node: group commit.
+//! The write path: group commit into Raft.
 //!
 //! Handlers send `Command`s to one writer task. It takes whatever has queued up (up to a point
-//! budget), applies it as one log entry (a `Command::Batch` when several), fsyncs once, and only
-//! then answers every request with the entry's index. Under load, the requests that arrive during
-//! one fsync share the next one. Replication (Raft) will take this task's place: the same batch
-//! becomes one Raft entry.
+//! budget) and proposes it as one Raft entry (a `Command::Batch` when several), so that one log
+//! fsync and one replication round cover many requests. A few entries may be in flight at once.
+//! Each request is answered once its entry is committed and applied, with the entry's index.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::model::{Command, Reply};
+use crate::raft::Raft;
 
-/// How long a write waits for the indexer to make room before applying anyway.
-const BACKPRESSURE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Entries proposed concurrently by one writer.
+const IN_FLIGHT: usize = 4;
 
 struct Pending {
     cmd: Command,
@@ -30,14 +28,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task over `engine`.
-    pub fn start(engine: Arc<Engine>, max_batch_points: usize) -> Writer {
+    /// Starts the writer task proposing to `raft`.
+    pub fn start(raft: Raft, max_batch_points: usize) -> Writer {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run(engine, rx, max_batch_points));
+        tokio::spawn(run(raft, rx, max_batch_points));
         Writer { tx }
     }
 
-    /// Submits a command; resolves once it is applied and durable, with its log index and reply.
+    /// Submits a command; resolves once it is committed and applied, with its index and reply.
     pub async fn write(&self, cmd: Command) -> Result<(u64, Reply)> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -49,9 +47,13 @@ impl Writer {
     }
 }
 
-async fn run(engine: Arc<Engine>, mut rx: mpsc::Receiver<Pending>, max_batch_points: usize) {
-    let mut failed: Option<String> = None;
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_batch_points: usize) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // Whatever queued while we waited for a slot joins this entry.
         let mut group = vec![first];
         let mut weight = group[0].cmd.weight();
         while weight < max_batch_points {
@@ -63,63 +65,35 @@ async fn run(engine: Arc<Engine>, mut rx: mpsc::Receiver<Pending>, max_batch_poi
                 Err(_) => break,
             }
         }
-        if let Some(why) = &failed {
-            for p in group {
-                let _ = p.reply.send(Err(Error::Unavailable(format!(
-                    "writes disabled after a storage failure: {why}"
-                ))));
-            }
-            continue;
-        }
-        let (cmds, replies): (Vec<Command>, Vec<_>) =
-            group.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-        let eng = engine.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let cmd = if cmds.len() == 1 {
-                cmds.into_iter()
-                    .next()
-                    .unwrap_or(Command::Batch(Vec::new()))
-            } else {
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (cmds, replies): (Vec<Command>, Vec<_>) =
+                group.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+            let batched = cmds.len() > 1;
+            let cmd = if batched {
                 Command::Batch(cmds)
+            } else {
+                cmds.into_iter().next().unwrap_or(Command::Noop)
             };
-            if !eng.wait_for_room(&cmd, BACKPRESSURE_TIMEOUT) {
-                tracing::warn!("indexer is behind; applying a write past the backpressure bound");
-            }
-            let index = eng.last_applied() + 1;
-            let mut out = eng.apply(&[(index, cmd)])?;
-            eng.flush()?;
-            Ok::<_, Error>((index, out.pop()))
-        })
-        .await;
-        match outcome {
-            Ok(Ok((index, Some(reply)))) => {
-                let parts = match reply {
-                    Reply::Batch(parts) if replies.len() > 1 => parts,
-                    single => vec![single],
-                };
-                for (tx, r) in replies.into_iter().zip(parts) {
-                    let _ = tx.send(Ok((index, r)));
+            match raft.client_write(cmd).await {
+                Ok(resp) => {
+                    let index = resp.log_id.index;
+                    let parts = match resp.data {
+                        Reply::Batch(parts) if batched => parts,
+                        single => vec![single],
+                    };
+                    for (tx, r) in replies.into_iter().zip(parts) {
+                        let _ = tx.send(Ok((index, r)));
+                    }
+                }
+                Err(e) => {
+                    let err = crate::cluster::client_write_error(e);
+                    for tx in replies {
+                        let _ = tx.send(Err(err.clone_for_reply()));
+                    }
                 }
             }
-            Ok(Ok((_, None))) => {
-                for tx in replies {
-                    let _ = tx.send(Err(Error::Internal("no reply from apply".into())));
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "storage failure; refusing further writes");
-                failed = Some(e.to_string());
-                for tx in replies {
-                    let _ = tx.send(Err(Error::Unavailable(format!("storage failure: {e}"))));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "writer task panicked; refusing further writes");
-                failed = Some("apply panicked".into());
-                for tx in replies {
-                    let _ = tx.send(Err(Error::Internal("apply panicked".into())));
-                }
-            }
-        }
+            drop(permit);
+        });
     }
 }

@@ -191,7 +191,7 @@ fn model_apply(model: &mut Model, cmd: &Command) -> Reply {
                 }
             }
         },
-        Command::Batch(_) => unreachable!(),
+        Command::Batch(_) | Command::Noop => unreachable!(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Request handlers: validate, then write through the writer or read from the engine.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::Json;
 use utoipa::OpenApi;
 
@@ -12,8 +12,8 @@ use crate::index::normalize;
 use crate::model::{
     validate_collection_name, BatchSearchRequest, BatchSearchResponse, CollectionConfig,
     CollectionInfo, CollectionList, Command, DeleteRequest, DeleteSelector, Health, Hit,
-    HnswConfig, Metric, PointId, PointInput, PointRecord, PointResponse, PointWrite, Reply,
-    SearchRequest, SearchResponse, UpsertRequest, WriteResponse, MAX_K,
+    HnswConfig, Metric, PointId, PointInput, PointRecord, PointResponse, PointWrite, ReadParams,
+    Reply, SearchRequest, SearchResponse, UpsertRequest, WriteResponse, MAX_K,
 };
 
 /// Most searches in one batch request.
@@ -124,7 +124,9 @@ pub async fn create_collection(
 pub async fn get_collection(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    Query(read): Query<ReadParams>,
 ) -> Result<Json<CollectionInfo>> {
+    state.cluster.ensure_read(&read.consistency()).await?;
     let engine = state.engine.clone();
     Ok(Json(blocking(move || engine.info(&name)).await?))
 }
@@ -233,8 +235,9 @@ pub async fn upsert_points(
 pub async fn get_point(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
+    Query(read): Query<ReadParams>,
 ) -> Result<Json<PointResponse>> {
-    let index = state.engine.last_applied();
+    let index = state.cluster.ensure_read(&read.consistency()).await?;
     // A path segment of digits may name an integer id or a string id made of digits.
     let point = match state.engine.get_point(&name, &PointId::from_path(&id)) {
         Err(Error::PointNotFound(_)) if matches!(PointId::from_path(&id), PointId::Num(_)) => {
@@ -344,9 +347,11 @@ pub async fn search(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<SearchRequest>,
 ) -> Result<Json<SearchResponse>> {
+    // Consistency first: the collection itself may only exist from the awaited index on.
+    let consistency = req.consistency.clone().unwrap_or_default();
+    let index = state.cluster.ensure_read(&consistency).await?;
     let collection = state.engine.get(&name)?;
     let params = prepare_search(req, collection.config(), state.config.default_ef, "")?;
-    let index = state.engine.last_applied();
     let hits = blocking(move || Ok(collection.search(&params))).await?;
     Ok(Json(SearchResponse { hits, index }))
 }
@@ -358,6 +363,8 @@ pub async fn search_batch(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<BatchSearchRequest>,
 ) -> Result<Json<BatchSearchResponse>> {
+    let consistency = req.consistency.clone().unwrap_or_default();
+    let index = state.cluster.ensure_read(&consistency).await?;
     let collection = state.engine.get(&name)?;
     if req.searches.is_empty() || req.searches.len() > MAX_BATCH_SEARCHES {
         return Err(Error::invalid(
@@ -378,7 +385,6 @@ pub async fn search_batch(
             )
         })
         .collect::<Result<Vec<_>>>()?;
-    let index = state.engine.last_applied();
     let results =
         blocking(move || Ok(params.iter().map(|p| collection.search(p)).collect())).await?;
     Ok(Json(BatchSearchResponse { results, index }))

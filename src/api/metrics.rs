@@ -56,41 +56,30 @@ pub async fn track(req: Request, next: Next) -> Response {
 pub async fn render(State(state): State<AppState>) -> Response {
     let mut out = handle().map(|h| h.render()).unwrap_or_default();
     let cols = state.engine.list();
-    let _ = writeln!(
-        out,
-        "# HELP quiver_collection_points Live points per collection."
-    );
-    let _ = writeln!(out, "# TYPE quiver_collection_points gauge");
-    for c in &cols {
-        let _ = writeln!(
-            out,
-            "quiver_collection_points{{collection=\"{}\"}} {}",
-            c.name, c.points
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP quiver_collection_tombstones Deleted points still in the graph."
-    );
-    let _ = writeln!(out, "# TYPE quiver_collection_tombstones gauge");
-    for c in &cols {
-        let _ = writeln!(
-            out,
-            "quiver_collection_tombstones{{collection=\"{}\"}} {}",
-            c.name, c.tombstones
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP quiver_collection_unindexed Points applied but not yet in the graph."
-    );
-    let _ = writeln!(out, "# TYPE quiver_collection_unindexed gauge");
-    for c in &cols {
-        let _ = writeln!(
-            out,
-            "quiver_collection_unindexed{{collection=\"{}\"}} {}",
-            c.name, c.unindexed
-        );
+    type Gauge = fn(&crate::model::CollectionInfo) -> usize;
+    let gauges: [(&str, &str, Gauge); 3] = [
+        (
+            "quiver_collection_points",
+            "Live points per collection.",
+            |c| c.points,
+        ),
+        (
+            "quiver_collection_tombstones",
+            "Deleted points still in the graph.",
+            |c| c.tombstones,
+        ),
+        (
+            "quiver_collection_unindexed",
+            "Points applied but not yet in the graph.",
+            |c| c.unindexed,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for c in &cols {
+            let _ = writeln!(out, "{name}{{collection=\"{}\"}} {}", c.name, value(c));
+        }
     }
     let _ = writeln!(
         out,

@@ -4,6 +4,7 @@
 //! sends can panic the server. Writes go through the [`Writer`] (durable before the answer);
 //! reads go straight to the engine on the blocking pool.
 
+mod cluster;
 mod handlers;
 mod metrics;
 
@@ -36,6 +37,8 @@ pub struct AppState {
     pub writer: Writer,
     /// Settings.
     pub config: Arc<Config>,
+    /// Raft and membership.
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 /// The JSON error body: `{"error": {"code", "message", "field"?}}`.
@@ -68,11 +71,14 @@ impl IntoResponse for Error {
             Error::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::NotLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
+            Error::ReadTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "read_timeout"),
+            Error::Stale(_) => (StatusCode::SERVICE_UNAVAILABLE, "stale"),
             Error::Corrupt(_) | Error::Storage(_) | Error::Io(_) | Error::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
         };
-        let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "internal error");
             "internal error; see the server log".to_string()
         } else {
@@ -146,7 +152,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 struct BodyLimit(usize);
 
 /// Equal-time comparison, so that a key cannot be guessed byte by byte from response times.
-fn key_eq(a: &str, b: &str) -> bool {
+pub(crate) fn key_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -160,7 +166,8 @@ fn is_read(method: &Method, path: &str) -> bool {
 async fn auth(state: axum::extract::State<AppState>, req: Request, next: Next) -> Response {
     let cfg = &state.config;
     let path = req.uri().path();
-    let open = path == "/healthz" || path == "/readyz";
+    // Health probes stay open; cluster-internal calls are checked against the cluster secret.
+    let open = path == "/healthz" || path == "/readyz" || cluster::is_internal(path);
     if cfg.api_key.is_none() && cfg.read_only_api_key.is_none() || open {
         return next.run(req).await;
     }
@@ -212,13 +219,28 @@ async fn openapi() -> impl IntoResponse {
     Json(ApiDoc::openapi())
 }
 
+/// Largest Raft RPC body (an append of large batches, or a snapshot chunk).
+const RAFT_BODY_LIMIT: usize = 1 << 30;
+
 /// The public router.
 pub fn router(state: AppState) -> Router {
     use handlers::*;
     let limit = state.config.max_body_bytes;
+    // Raft RPC bodies carry whole batches of vectors and snapshot chunks.
+    let raft = Router::new()
+        .route("/raft/append", post(cluster::raft_append))
+        .route("/raft/vote", post(cluster::raft_vote))
+        .route("/raft/snapshot", post(cluster::raft_snapshot))
+        .layer(axum::extract::DefaultBodyLimit::max(RAFT_BODY_LIMIT));
     Router::new()
+        .merge(raft)
         .route("/healthz", get(healthz))
-        .route("/readyz", get(healthz))
+        .route("/readyz", get(cluster::readyz))
+        .route("/cluster", get(cluster::cluster_status))
+        .route("/cluster/join", post(cluster::cluster_join))
+        .route("/cluster/leave", post(cluster::cluster_leave))
+        .route("/cluster/promote", post(cluster::cluster_promote))
+        .route("/cluster/read_index", post(cluster::cluster_read_index))
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi))
         .route("/collections", get(list_collections))
@@ -239,6 +261,14 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            cluster::forward_writes,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            cluster::require_secret,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn(metrics::track))
         .with_state(state)

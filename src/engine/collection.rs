@@ -628,6 +628,21 @@ impl Collection {
                 }
             }
         }
+        // Merges graph results, then scans exactly what the graph did not cover (`from`).
+        // A graph short of k answers (a selective filter, or many dead points: e.g. an old epoch's
+        // graph serving while its rebuild is pending) falls back to the exact answer.
+        let finish = |found: Vec<(u64, f32)>, from: usize, top: &mut TopK| {
+            if found.len() < p.k.min(st.live) {
+                exact_scan(0, top);
+                return;
+            }
+            for (iid, _) in found {
+                if let Some(v) = &st.slots[iid as usize].vector {
+                    top.push(Cand(badness(metric, score(metric, q, v)), iid));
+                }
+            }
+            exact_scan(from, top);
+        };
         if use_exact {
             exact_scan(0, &mut top);
         } else if let Some(flat) = graph
@@ -639,25 +654,13 @@ impl Collection {
             let keep = |iid: u32| (iid as usize) < fw && st.accepts(iid as usize, filter);
             // Always filter: besides the user's filter, the graph may hold dead points (tombstones,
             // or a whole old epoch while a rebuild is pending).
-            let found = flat.search(q, p.k, ef, Some(&keep));
-            let short = found.len() < p.k;
-            for (iid, _) in found {
-                if let Some(v) = &st.slots[iid as usize].vector {
-                    top.push(Cand(badness(metric, score(metric, q, v)), iid));
-                }
-            }
-            if short && filter.is_some() {
-                top = TopK::new(p.k);
-                exact_scan(0, &mut top);
-            } else {
-                exact_scan(fw, &mut top);
-            }
+            finish(flat.search(q, p.k, ef, Some(&keep)), fw, &mut top);
         } else {
             // No usable frozen copy (a large graph mid-ingest): search hnsw_rs' graph directly.
             let keep = |iid: &usize| *iid < wm && st.accepts(*iid, filter);
             // Plain search first, post-filtered (the ef-wide candidate list comes at no extra cost).
             // Only if that leaves fewer than k do we pay for hnsw_rs' filtered walk (which gives up
-            // its early exit), and if even that is short under a filter, for the exact answer.
+            // its early exit).
             let mut found: Vec<(u64, f32)> = graph
                 .search(q, ef, ef, None)
                 .into_iter()
@@ -667,18 +670,7 @@ impl Collection {
             if found.len() < p.k && found.len() < st.live {
                 found = graph.search(q, p.k, ef, Some(&keep));
             }
-            let short = found.len() < p.k;
-            for (iid, _) in found {
-                if let Some(v) = &st.slots[iid as usize].vector {
-                    top.push(Cand(badness(metric, score(metric, q, v)), iid));
-                }
-            }
-            if short && filter.is_some() {
-                top = TopK::new(p.k);
-                exact_scan(0, &mut top);
-            } else {
-                exact_scan(wm, &mut top);
-            }
+            finish(found, wm, &mut top);
         }
         top.into_sorted()
             .into_iter()

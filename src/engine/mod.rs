@@ -144,6 +144,16 @@ impl Engine {
     /// Entries at or below `last_applied` are skipped (replayed logs are harmless).
     /// An `Err` is a storage failure: the caller must stop taking writes.
     pub fn apply(&self, entries: &[(u64, Command)]) -> Result<Vec<Reply>> {
+        self.apply_with(entries, Vec::new())
+    }
+
+    /// [`Engine::apply`], also writing `extra` metadata keys in the same atomic batch (the Raft
+    /// adapter's applied log id and membership).
+    pub fn apply_with(
+        &self,
+        entries: &[(u64, Command)],
+        extra: Vec<(&[u8], Vec<u8>)>,
+    ) -> Result<Vec<Reply>> {
         let mut st = self.apply_state.lock();
         let mut batch = WriteBatch::default();
         let mut replies = Vec::with_capacity(entries.len());
@@ -162,6 +172,9 @@ impl Engine {
         if next_cid != st.next_cid {
             batch.set_next_cid(next_cid);
             st.next_cid = next_cid;
+        }
+        for (k, v) in extra {
+            batch.put_raw(k, v);
         }
         self.store.commit(batch, last)?;
         self.applied.store(last, Ordering::Release);
@@ -236,12 +249,54 @@ impl Engine {
                 };
                 Reply::Deleted { count }
             }
+            Command::Noop => Reply::Noop,
             Command::Batch(cmds) => Reply::Batch(
                 cmds.into_iter()
                     .map(|c| self.apply_one(c, batch, next_cid))
                     .collect(),
             ),
         }
+    }
+
+    /// Writes a snapshot of the whole state into `w`, with no apply running meanwhile, and returns
+    /// what `inspect` read from the store at that same moment (the Raft adapter reads its applied
+    /// log id and membership).
+    pub fn snapshot<T>(
+        &self,
+        w: &mut impl std::io::Write,
+        inspect: impl FnOnce(&Store) -> Result<T>,
+    ) -> Result<T> {
+        let _st = self.apply_state.lock();
+        let seen = inspect(&self.store)?;
+        self.store.export(w)?;
+        Ok(seen)
+    }
+
+    /// Replaces the whole state with a snapshot written by [`Engine::snapshot`]: drops every
+    /// collection, imports the store, reloads collections (graphs rebuild from the points).
+    pub fn install_snapshot(&self, r: &mut impl std::io::Read) -> Result<()> {
+        let mut st = self.apply_state.lock();
+        let old: Vec<Arc<Collection>> = std::mem::take(&mut *self.collections.write())
+            .into_values()
+            .collect();
+        for c in old {
+            c.destroy();
+        }
+        self.store.import(r)?;
+        let loaded = self.store.load()?;
+        let copts = Self::collection_options(&self.opts);
+        let mut cols = BTreeMap::new();
+        for (cid, meta, points) in loaded.collections {
+            let _ = std::fs::remove_dir_all(copts.graph_dir.join(cid.to_string()));
+            cols.insert(
+                meta.name.clone(),
+                Arc::new(Collection::open(cid, &meta, points, copts.clone())),
+            );
+        }
+        *self.collections.write() = cols;
+        st.next_cid = loaded.next_cid;
+        self.applied.store(loaded.applied, Ordering::Release);
+        Ok(())
     }
 
     /// Makes every applied write durable (one fsync for everything since the last flush).

@@ -1,0 +1,233 @@
+//! Cluster endpoints: Raft RPC (`/raft/*`, bincode), membership (`/cluster/*`), readiness, and the
+//! forwarding of writes that reach a non-leader (one hop, with the client's auth).
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Serialize;
+
+use super::{key_eq, ApiJson, AppState};
+use crate::cluster::{ClusterStatus, IndexResponse, JoinRequest, MemberRequest};
+use crate::error::{Error, Result};
+use crate::raft::{decode, encode, TypeConfig, SECRET_HEADER};
+
+/// Marks a request already forwarded once, so that it is never forwarded again.
+const FORWARDED_HEADER: &str = "x-quiver-forwarded";
+
+/// Whether a path is cluster-internal (authenticated by the cluster secret, not an API key).
+pub fn is_internal(path: &str) -> bool {
+    path.starts_with("/raft/")
+        || matches!(
+            path,
+            "/cluster/join" | "/cluster/leave" | "/cluster/promote" | "/cluster/read_index"
+        )
+}
+
+/// Middleware for internal paths: the cluster secret, when set, is required.
+pub async fn require_secret(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if is_internal(req.uri().path()) {
+        if let Some(secret) = &state.config.cluster_secret {
+            let given = req
+                .headers()
+                .get(SECRET_HEADER)
+                .and_then(|v| v.to_str().ok());
+            if !given.is_some_and(|g| key_eq(g, secret)) {
+                return Error::Unauthorized.into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+fn is_write(method: &Method, path: &str) -> bool {
+    if path.starts_with("/raft/") || path == "/cluster/read_index" {
+        return false;
+    }
+    if path.starts_with("/cluster/") {
+        return method == Method::POST;
+    }
+    path.starts_with("/collections/")
+        && (method == Method::PUT
+            || method == Method::DELETE
+            || (method == Method::POST && path.ends_with("/points/delete")))
+}
+
+/// Middleware: a write that reaches a follower or learner is forwarded to the leader, and the
+/// leader's answer returned as it is.
+pub async fn forward_writes(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !is_write(req.method(), req.uri().path()) || state.cluster.is_leader() {
+        return next.run(req).await;
+    }
+    if req.headers().contains_key(FORWARDED_HEADER) {
+        return Error::NotLeader(state.cluster.leader().map(|l| l.1)).into_response();
+    }
+    let Some((_, leader)) = state.cluster.leader() else {
+        return Error::NotLeader(None).into_response();
+    };
+    match forward(&state, &leader, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn forward(state: &AppState, leader: &str, req: Request) -> Result<Response> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, state.config.max_body_bytes)
+        .await
+        .map_err(|_| Error::PayloadTooLarge(state.config.max_body_bytes))?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let mut out = state
+        .cluster
+        .http()
+        .request(method, format!("{}{path}", leader.trim_end_matches('/')))
+        .body(bytes);
+    for name in [
+        header::AUTHORIZATION.as_str(),
+        "api-key",
+        SECRET_HEADER,
+        header::CONTENT_TYPE.as_str(),
+    ] {
+        if let Some(v) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
+            out = out.header(name, v);
+        }
+    }
+    out = out.header(FORWARDED_HEADER, "1");
+    let resp = out.send().await.map_err(|e| {
+        Error::Unavailable(format!("forwarding to the leader at {leader} failed: {e}"))
+    })?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let ctype = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::Unavailable(format!("reading the leader's answer failed: {e}")))?;
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    if let Some(c) = ctype.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(header::CONTENT_TYPE, c);
+    }
+    Ok(r)
+}
+
+fn bincode_response<T: Serialize>(v: &T) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    (StatusCode::OK, headers, encode(v)).into_response()
+}
+
+fn bad_rpc(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        format!("undecodable raft rpc: {e}"),
+    )
+        .into_response()
+}
+
+/// `POST /raft/append`.
+pub async fn raft_append(State(state): State<AppState>, body: Bytes) -> Response {
+    let req: AppendEntriesRequest<TypeConfig> = match decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_rpc(e),
+    };
+    state
+        .cluster
+        .record_contact(req.leader_commit.map(|l| l.index));
+    bincode_response(&state.cluster.raft.append_entries(req).await)
+}
+
+/// `POST /raft/vote`.
+pub async fn raft_vote(State(state): State<AppState>, body: Bytes) -> Response {
+    let req: VoteRequest<u64> = match decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_rpc(e),
+    };
+    bincode_response(&state.cluster.raft.vote(req).await)
+}
+
+/// `POST /raft/snapshot` (one chunk).
+pub async fn raft_snapshot(State(state): State<AppState>, body: Bytes) -> Response {
+    let req: InstallSnapshotRequest<TypeConfig> = match decode(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_rpc(e),
+    };
+    state.cluster.record_contact(None);
+    bincode_response(&state.cluster.raft.install_snapshot(req).await)
+}
+
+/// `GET /cluster`: this node's view of the cluster.
+#[utoipa::path(get, path = "/cluster", responses((status = 200, body = ClusterStatus)))]
+pub async fn cluster_status(State(state): State<AppState>) -> Json<ClusterStatus> {
+    Json(state.cluster.status())
+}
+
+/// `POST /cluster/join` (leader; others forward).
+#[utoipa::path(post, path = "/cluster/join", request_body = JoinRequest, responses((status = 200, body = IndexResponse)))]
+pub async fn cluster_join(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<JoinRequest>,
+) -> Result<Json<IndexResponse>> {
+    if !req.addr.starts_with("http://") && !req.addr.starts_with("https://") {
+        return Err(Error::invalid("addr", "must be an http(s) URL"));
+    }
+    Ok(Json(IndexResponse {
+        index: state.cluster.join(&req).await?,
+    }))
+}
+
+/// `POST /cluster/leave` (leader; others forward).
+#[utoipa::path(post, path = "/cluster/leave", request_body = MemberRequest, responses((status = 200, body = IndexResponse)))]
+pub async fn cluster_leave(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<MemberRequest>,
+) -> Result<Json<IndexResponse>> {
+    Ok(Json(IndexResponse {
+        index: state.cluster.leave(req.id).await?,
+    }))
+}
+
+/// `POST /cluster/promote` (leader; others forward).
+#[utoipa::path(post, path = "/cluster/promote", request_body = MemberRequest, responses((status = 200, body = IndexResponse)))]
+pub async fn cluster_promote(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<MemberRequest>,
+) -> Result<Json<IndexResponse>> {
+    Ok(Json(IndexResponse {
+        index: state.cluster.promote(req.id).await?,
+    }))
+}
+
+/// `POST /cluster/read_index`: the leader's read index, for linearizable reads on replicas.
+pub async fn cluster_read_index(State(state): State<AppState>) -> Result<Json<IndexResponse>> {
+    Ok(Json(IndexResponse {
+        index: state.cluster.read_index().await?,
+    }))
+}
+
+/// `GET /readyz`: 200 once this node is a member and caught up with the leader.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    match state.cluster.ready() {
+        Ok(index) => (
+            StatusCode::OK,
+            Json(serde_json::json!({"status": "ready", "index": index})),
+        )
+            .into_response(),
+        Err(why) => Error::Unavailable(why).into_response(),
+    }
+}

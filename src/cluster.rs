@@ -1,0 +1,550 @@
+//! This node's view of the cluster: the Raft handle plus what the API needs around it:
+//! read consistency (min_index, bounded staleness, linearizable), membership changes (join,
+//! leave, promote, serialised on the leader), readiness, and expiry of learners that vanished.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::{Error, Result};
+use crate::model::{Consistency, ConsistencyLevel};
+use crate::raft::{NodeId, PeerHealth, Raft, SECRET_HEADER};
+
+/// One member as `GET /cluster` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct MemberInfo {
+    /// Node id.
+    pub id: NodeId,
+    /// Its advertised URL.
+    pub addr: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// On the leader: the last log index known to be replicated there.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub matched: Option<u64>,
+    /// On the leader: how many entries it trails the leader's log.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lag: Option<u64>,
+}
+
+/// `GET /cluster`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClusterStatus {
+    /// This node's id.
+    pub id: NodeId,
+    /// leader, follower, learner or candidate.
+    pub role: String,
+    /// Current Raft term.
+    pub term: u64,
+    /// The leader's id, if known.
+    pub leader_id: Option<NodeId>,
+    /// The leader's URL, if known.
+    pub leader_addr: Option<String>,
+    /// Last applied log index.
+    pub applied_index: u64,
+    /// Commit index: the leader's own on the leader, the last one the leader told us elsewhere.
+    pub committed_index: u64,
+    /// Last index in this node's log.
+    pub last_log_index: u64,
+    /// Members, voters first.
+    pub members: Vec<MemberInfo>,
+}
+
+/// A join request (`POST /cluster/join`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The joining node's id.
+    pub id: NodeId,
+    /// Its advertised URL.
+    pub addr: String,
+    /// Join as a voter (default: learner, i.e. a read replica).
+    #[serde(default)]
+    pub voter: bool,
+}
+
+/// Names a member (`POST /cluster/leave`, `/cluster/promote`).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRequest {
+    /// The member's id.
+    pub id: NodeId,
+}
+
+/// Answer to membership calls and `/cluster/read_index`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct IndexResponse {
+    /// The log index of the change (or the read index).
+    pub index: u64,
+}
+
+/// The cluster as this node sees it.
+pub struct Cluster {
+    /// The Raft handle.
+    pub raft: Raft,
+    /// This node's id.
+    pub id: NodeId,
+    /// This node's URL.
+    pub advertise: String,
+    /// The cluster secret, if any.
+    pub secret: Option<String>,
+    /// When peers last answered (leader side).
+    pub health: PeerHealth,
+    http: reqwest::Client,
+    /// When the leader last reached us, and the commit index it told us then.
+    contact: Mutex<Option<(Instant, u64)>>,
+    membership_lock: tokio::sync::Mutex<()>,
+    read_wait: Duration,
+    ready_max_lag: u64,
+}
+
+fn role_of(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Learner => "learner",
+        ServerState::Candidate => "candidate",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// Maps a failed proposal to the crate's error.
+pub fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Error::NotLeader(f.leader_node.map(|n| n.addr))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            ChangeMembershipError::InProgress(_) => {
+                Error::Unavailable(format!("membership change in progress: {c}"))
+            }
+            other => Error::invalid("id", other.to_string()),
+        },
+        RaftError::Fatal(f) => Error::Unavailable(format!("raft stopped: {f}")),
+    }
+}
+
+impl Cluster {
+    /// Wraps a started Raft.
+    pub fn new(
+        raft: Raft,
+        id: NodeId,
+        advertise: String,
+        secret: Option<String>,
+        health: PeerHealth,
+        read_wait: Duration,
+        ready_max_lag: u64,
+    ) -> Cluster {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default();
+        Cluster {
+            raft,
+            id,
+            advertise,
+            secret,
+            health,
+            http,
+            contact: Mutex::new(None),
+            membership_lock: tokio::sync::Mutex::new(()),
+            read_wait,
+            ready_max_lag,
+        }
+    }
+
+    /// A snapshot of Raft's metrics.
+    pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Whether this node leads.
+    pub fn is_leader(&self) -> bool {
+        self.metrics().current_leader == Some(self.id)
+    }
+
+    /// The leader's id and URL, if known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.metrics();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?;
+        Some((id, node.addr.clone()))
+    }
+
+    /// Last applied log index.
+    pub fn applied(&self) -> u64 {
+        self.metrics().last_applied.map_or(0, |l| l.index)
+    }
+
+    /// The HTTP client for calls to peers.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Called on every AppendEntries from the leader (heartbeats included).
+    pub fn record_contact(&self, leader_commit: Option<u64>) {
+        let mut c = self.contact.lock();
+        let prev = c.map_or(0, |(_, i)| i);
+        *c = Some((Instant::now(), prev.max(leader_commit.unwrap_or(0))));
+    }
+
+    /// The commit index: the leader's own, or the last the leader told us.
+    pub fn committed(&self) -> u64 {
+        let m = self.metrics();
+        if m.current_leader == Some(self.id) {
+            // On the leader, applied trails commit by at most the entries in flight.
+            m.last_applied.map_or(0, |l| l.index)
+        } else {
+            self.contact.lock().map_or(0, |(_, i)| i)
+        }
+    }
+
+    async fn wait_applied(&self, index: u64) -> Result<u64> {
+        match self
+            .raft
+            .wait(Some(self.read_wait))
+            .applied_index_at_least(Some(index), "read")
+            .await
+        {
+            Ok(m) => Ok(m.last_applied.map_or(0, |l| l.index)),
+            Err(_) => Err(Error::ReadTimeout {
+                wanted: index,
+                applied: self.applied(),
+            }),
+        }
+    }
+
+    /// Makes a read meet `c`; returns the applied index it may be served at.
+    pub async fn ensure_read(&self, c: &Consistency) -> Result<u64> {
+        match c {
+            Consistency::Level(ConsistencyLevel::Eventual) => Ok(self.applied()),
+            Consistency::MinIndex { min_index } => self.wait_applied(*min_index).await,
+            Consistency::MaxLag { max_lag_ms } => {
+                let m = self.metrics();
+                if m.current_leader == Some(self.id) {
+                    match m.millis_since_quorum_ack {
+                        Some(ms) if ms <= *max_lag_ms => Ok(self.applied()),
+                        other => Err(Error::Stale(format!(
+                            "leader has not heard from a quorum for {} ms (max_lag_ms {max_lag_ms})",
+                            other.map_or("ever".to_string(), |v| v.to_string())
+                        ))),
+                    }
+                } else {
+                    let applied = self.applied();
+                    match *self.contact.lock() {
+                        Some((at, commit)) if at.elapsed().as_millis() as u64 <= *max_lag_ms && applied >= commit => Ok(applied),
+                        Some((at, commit)) => Err(Error::Stale(format!(
+                            "last heard from the leader {} ms ago, applied {applied} of commit {commit} (max_lag_ms {max_lag_ms})",
+                            at.elapsed().as_millis()
+                        ))),
+                        None => Err(Error::Stale("this node has not heard from a leader".into())),
+                    }
+                }
+            }
+            Consistency::Level(ConsistencyLevel::Linearizable) => {
+                let index = if self.is_leader() {
+                    self.read_index().await?
+                } else {
+                    let (_, addr) = self.leader().ok_or(Error::NotLeader(None))?;
+                    let mut req = self.http.post(format!("{addr}/cluster/read_index"));
+                    if let Some(s) = &self.secret {
+                        req = req.header(SECRET_HEADER, s);
+                    }
+                    let resp = req
+                        .send()
+                        .await
+                        .map_err(|e| Error::Unavailable(format!("leader unreachable: {e}")))?;
+                    if !resp.status().is_success() {
+                        return Err(Error::Unavailable(format!(
+                            "leader answered {} to read_index",
+                            resp.status()
+                        )));
+                    }
+                    resp.json::<IndexResponse>()
+                        .await
+                        .map_err(|e| Error::Unavailable(e.to_string()))?
+                        .index
+                };
+                self.wait_applied(index).await
+            }
+        }
+    }
+
+    /// Leader only: confirms leadership with a quorum and returns the read index.
+    pub async fn read_index(&self) -> Result<u64> {
+        match self.raft.ensure_linearizable().await {
+            Ok(id) => Ok(id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Error::NotLeader(f.leader_node.map(|n| n.addr)))
+            }
+            Err(RaftError::APIError(e)) => Err(Error::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(Error::Unavailable(format!("raft stopped: {f}"))),
+        }
+    }
+
+    /// Retries a membership change while another is in progress (joins arrive together).
+    async fn change<F, Fut>(&self, f: F) -> Result<u64>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<
+            Output = std::result::Result<
+                openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
+                RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+            >,
+        >,
+    {
+        let _guard = self.membership_lock.lock().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match f().await {
+                Ok(r) => return Ok(r.log_id.index),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(client_write_error(e)),
+            }
+        }
+    }
+
+    /// Leader only: adds a node as a learner (not blocking on its catch-up), then as a voter if asked.
+    pub async fn join(&self, req: &JoinRequest) -> Result<u64> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if let Some(existing) = membership.get_node(&req.id) {
+            if existing.addr != req.addr {
+                return Err(Error::Conflict(format!(
+                    "node {} is already a member at {}",
+                    req.id, existing.addr
+                )));
+            }
+        }
+        self.health.touch(req.id);
+        let node = BasicNode {
+            addr: req.addr.clone(),
+        };
+        let mut index = self
+            .change(|| self.raft.add_learner(req.id, node.clone(), false))
+            .await?;
+        if req.voter && !membership.voter_ids().any(|v| v == req.id) {
+            index = self
+                .change(|| {
+                    self.raft.change_membership(
+                        ChangeMembers::AddVoterIds(BTreeSet::from([req.id])),
+                        false,
+                    )
+                })
+                .await?;
+        }
+        tracing::info!(id = req.id, addr = %req.addr, voter = req.voter, index, "node joined");
+        Ok(index)
+    }
+
+    /// Leader only: removes a member (a learner, or a voter leaving the voter set).
+    pub async fn leave(&self, id: NodeId) -> Result<u64> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(Error::invalid("id", format!("node {id} is not a member")));
+        }
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        let index = if is_voter {
+            self.change(|| {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+            })
+            .await?;
+            self.change(|| {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            })
+            .await?
+        } else {
+            self.change(|| {
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            })
+            .await?
+        };
+        self.health.forget(id);
+        tracing::info!(id, index, "node left");
+        Ok(index)
+    }
+
+    /// Leader only: turns a learner into a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<u64> {
+        let m = self.metrics();
+        if m.membership_config.membership().get_node(&id).is_none() {
+            return Err(Error::invalid("id", format!("node {id} is not a member")));
+        }
+        self.change(|| {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+        })
+        .await
+    }
+
+    /// `GET /cluster`.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let matched: BTreeMap<NodeId, u64> = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, l)| (*id, l.map_or(0, |l| l.index)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut members: Vec<MemberInfo> = membership
+            .nodes()
+            .map(|(id, node)| {
+                let mm = matched.get(id).copied();
+                MemberInfo {
+                    id: *id,
+                    addr: node.addr.clone(),
+                    role: if voters.contains(id) {
+                        "voter"
+                    } else {
+                        "learner"
+                    }
+                    .to_string(),
+                    matched: mm,
+                    lag: mm.map(|x| last_log.saturating_sub(x)),
+                }
+            })
+            .collect();
+        members.sort_by_key(|x| (x.role != "voter", x.id));
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l))
+            .map(|n| n.addr.clone());
+        ClusterStatus {
+            id: self.id,
+            role: role_of(m.state).to_string(),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            leader_addr,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            committed_index: self.committed(),
+            last_log_index: last_log,
+            members,
+        }
+    }
+
+    /// `/readyz`: a member that has applied the leader's commit index within the allowed lag.
+    pub fn ready(&self) -> std::result::Result<u64, String> {
+        let m = self.metrics();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        if m.membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_none()
+        {
+            return Err("not a member of the cluster yet".into());
+        }
+        if m.current_leader == Some(self.id) {
+            return Ok(applied);
+        }
+        let Some((at, commit)) = *self.contact.lock() else {
+            return Err("has not heard from a leader".into());
+        };
+        if at.elapsed() > Duration::from_secs(5) {
+            return Err(format!(
+                "last heard from the leader {} ms ago",
+                at.elapsed().as_millis()
+            ));
+        }
+        if applied + self.ready_max_lag < commit {
+            return Err(format!("catching up: applied {applied} of {commit}"));
+        }
+        Ok(applied)
+    }
+
+    /// Leader duty: removes learners that have not answered for `expiry` (a replica that died
+    /// without leaving), so that scaling down leaves a clean membership.
+    pub fn spawn_learner_expiry(self: &Arc<Self>, expiry: Duration) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1).min(expiry));
+            loop {
+                tick.tick().await;
+                let Some(c) = me.upgrade() else { return };
+                if !c.is_leader() {
+                    continue;
+                }
+                let m = c.metrics();
+                let membership = m.membership_config.membership();
+                let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+                let learners: Vec<NodeId> = membership
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .filter(|id| !voters.contains(id))
+                    .collect();
+                for id in learners {
+                    c.health.touch(id);
+                    if c.health.silent_for(id).is_some_and(|d| d > expiry) {
+                        tracing::warn!(id, "learner unreachable past the expiry; removing it");
+                        if let Err(e) = c.leave(id).await {
+                            tracing::warn!(id, error = %e, "could not remove an expired learner");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Asks the cluster at `url` to add this node (retrying until it succeeds or `deadline`).
+    pub async fn request_join(&self, url: &str, voter: bool, deadline: Duration) -> Result<u64> {
+        let started = Instant::now();
+        let body = JoinRequest {
+            id: self.id,
+            addr: self.advertise.clone(),
+            voter,
+        };
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let mut req = self
+                .http
+                .post(format!("{}/cluster/join", url.trim_end_matches('/')))
+                .json(&body);
+            if let Some(s) = &self.secret {
+                req = req.header(SECRET_HEADER, s);
+            }
+            let outcome = match req.send().await {
+                Ok(r) if r.status().is_success() => match r.json::<IndexResponse>().await {
+                    Ok(ix) => return Ok(ix.index),
+                    Err(e) => e.to_string(),
+                },
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    if status.is_client_error() && status != reqwest::StatusCode::NOT_FOUND {
+                        return Err(Error::Unavailable(format!("join refused: {status} {text}")));
+                    }
+                    format!("{status} {text}")
+                }
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() > deadline {
+                return Err(Error::Unavailable(format!(
+                    "could not join {url}: {outcome}"
+                )));
+            }
+            tracing::info!(url, %outcome, "join not accepted yet; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+}

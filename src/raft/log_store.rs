@@ -1,0 +1,183 @@
+//! The Raft log in sled: tree `raft_log` maps big-endian index → bincode entry; tree `raft_meta`
+//! holds the vote, the committed log id and the last purged log id. An append is reported to
+//! openraft only after `flush_async` (fsync) returns.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+
+use super::typ::{Entry, LogId};
+use super::{decode, encode, NodeId, TypeConfig};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const PURGED: &[u8] = b"last_purged";
+
+/// The log store (cheap to clone; clones share the trees).
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_logs(&e).into()
+}
+fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&e).into()
+}
+
+impl LogStore {
+    /// Opens the log trees in `db` (the same database as the state machine: one fsync covers both).
+    pub fn open(db: &sled::Db) -> Result<LogStore, sled::Error> {
+        Ok(LogStore {
+            db: db.clone(),
+            log: db.open_tree("raft_log")?,
+            meta: db.open_tree("raft_meta")?,
+        })
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError<NodeId>> {
+        match self.meta.get(key).map_err(read_err)? {
+            Some(v) => Ok(Some(decode(&v).map_err(|e| read_err(*e))?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        v: &T,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.meta.insert(key, encode(v)).map_err(write_err)?;
+        self.db.flush_async().await.map_err(write_err)?;
+        Ok(())
+    }
+
+    /// True when this node has never voted nor logged anything (a fresh data dir).
+    pub fn is_pristine(&self) -> bool {
+        self.log.is_empty() && self.meta.get(VOTE).ok().flatten().is_none()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError<NodeId>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        for kv in self.log.range(start.to_be_bytes()..) {
+            let (k, v) = kv.map_err(read_err)?;
+            let idx = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0xff; 8]));
+            if !range.contains(&idx) {
+                break;
+            }
+            out.push(decode::<Entry>(&v).map_err(|e| read_err(*e))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged: Option<LogId> = self.get_meta(PURGED)?;
+        let last = match self.log.last().map_err(read_err)? {
+            Some((_, v)) => Some(decode::<Entry>(&v).map_err(|e| read_err(*e))?.log_id),
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.put_meta(VOTE, vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.get_meta(VOTE)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId>,
+    ) -> Result<(), StorageError<NodeId>> {
+        // Not flushed on its own: losing it only means re-applying already committed entries.
+        self.meta
+            .insert(COMMITTED, encode(&committed))
+            .map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<NodeId>> {
+        Ok(self.get_meta::<Option<LogId>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            batch.insert(&e.log_id.index.to_be_bytes(), encode(&e));
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        let flushed = self.db.flush_async().await;
+        match flushed {
+            Ok(_) => callback.log_io_completed(Ok(())),
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                return Err(write_err(e));
+            }
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
+        let mut batch = sled::Batch::default();
+        for kv in self.log.range(log_id.index.to_be_bytes()..) {
+            let (k, _) = kv.map_err(read_err)?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        self.db.flush_async().await.map_err(write_err)?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
+        self.meta
+            .insert(PURGED, encode(&Some(log_id)))
+            .map_err(write_err)?;
+        let mut batch = sled::Batch::default();
+        for kv in self.log.range(..=log_id.index.to_be_bytes()) {
+            let (k, _) = kv.map_err(read_err)?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(write_err)?;
+        self.db.flush_async().await.map_err(write_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,83 @@
+//! Replication: openraft glue over the engine.
+//!
+//! The primary is the Raft leader; read replicas are learners. Every node applies the same
+//! committed log to its own engine (sled + HNSW), so the engine's determinism is what makes the
+//! replicas identical. This module owns the type config, the sled-backed log store, the state
+//! machine adapter, snapshots, and the HTTP network client; `api::cluster` serves the RPCs.
+//!
+//! Invariants:
+//! - A log append is acknowledged to openraft only after sled has flushed it.
+//! - `apply` writes the applied log id and membership in the same sled batch as the data, so a
+//!   restart resumes exactly after the last applied entry (openraft replays the rest of the log).
+//! - A learner may serve reads at any applied index; the `consistency` of a request decides how
+//!   fresh that must be (see `api`).
+
+// openraft's trait signatures fix `StorageError` (over 200 bytes) as the error type.
+#![allow(clippy::result_large_err)]
+
+mod log_store;
+mod network;
+mod state_machine;
+
+use std::sync::Arc;
+
+pub use log_store::LogStore;
+pub use network::{Network, PeerHealth, SECRET_HEADER};
+pub use state_machine::StateMachine;
+
+use crate::model::{Command, Reply};
+
+openraft::declare_raft_types!(
+    /// quiver's Raft types: log entries carry `Command`s, applying one yields a `Reply`.
+    pub TypeConfig:
+        D = Command,
+        R = Reply,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+);
+
+/// A node id: random, kept in the data dir, never reused.
+pub type NodeId = u64;
+/// The Raft handle.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Aliases for openraft's generic types, specialised to ours.
+pub mod typ {
+    use super::{NodeId, TypeConfig};
+    use openraft::BasicNode;
+
+    /// RPC error of a Raft call.
+    pub type RpcError<E = openraft::error::Infallible> =
+        openraft::error::RPCError<NodeId, BasicNode, openraft::error::RaftError<NodeId, E>>;
+    /// A client write's error.
+    pub type ClientWriteError =
+        openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>;
+    /// Log entry.
+    pub type Entry = openraft::Entry<TypeConfig>;
+    /// Snapshot metadata.
+    pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
+    /// Membership as stored.
+    pub type StoredMembership = openraft::StoredMembership<NodeId, BasicNode>;
+    /// Log id.
+    pub type LogId = openraft::LogId<NodeId>;
+}
+
+/// Decodes bincode with a size limit (network input must not allocate without bound).
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(1 << 30)
+        .deserialize(bytes)
+}
+
+/// Encodes with bincode 1.3's default (fixint) format.
+pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    bincode::serialize(v).unwrap_or_default()
+}
+
+/// Shared handle passed around the node.
+pub type SharedRaft = Arc<Raft>;

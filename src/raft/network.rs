@@ -1,0 +1,178 @@
+//! Raft RPC over HTTP: one reqwest client per peer, bincode bodies (decoded with a size limit),
+//! the cluster secret in a header. A connection failure maps to `Unreachable` (openraft backs off),
+//! a 413 to `PayloadTooLarge` (the leader sends fewer entries). Each successful RPC is recorded in
+//! [`PeerHealth`], which the leader uses to expire learners that have disappeared.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::BasicNode;
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{decode, encode, NodeId, TypeConfig};
+
+/// Header carrying the cluster secret on `/raft/*` and `/cluster/*` calls.
+pub const SECRET_HEADER: &str = "x-quiver-cluster-secret";
+
+/// When each peer last answered a Raft RPC.
+#[derive(Clone, Default)]
+pub struct PeerHealth(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl PeerHealth {
+    fn ok(&self, id: NodeId) {
+        self.0.lock().insert(id, Instant::now());
+    }
+    /// Time since `id` last answered, if it ever did.
+    pub fn silent_for(&self, id: NodeId) -> Option<Duration> {
+        self.0.lock().get(&id).map(|t| t.elapsed())
+    }
+    /// Starts the clock for `id` (a member just added), so that one that never answers expires too.
+    pub fn touch(&self, id: NodeId) {
+        self.0.lock().entry(id).or_insert_with(Instant::now);
+    }
+    /// Forgets `id`.
+    pub fn forget(&self, id: NodeId) {
+        self.0.lock().remove(&id);
+    }
+}
+
+/// Builds one [`Peer`] per replication target.
+#[derive(Clone)]
+pub struct Network {
+    secret: Option<String>,
+    health: PeerHealth,
+}
+
+impl Network {
+    /// A network factory; `secret` is sent to peers when set.
+    pub fn new(secret: Option<String>, health: PeerHealth) -> Network {
+        Network { secret, health }
+    }
+}
+
+/// The connection to one peer.
+pub struct Peer {
+    target: NodeId,
+    node: BasicNode,
+    client: reqwest::Client,
+    secret: Option<String>,
+    health: PeerHealth,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(4)
+            .build()
+            .unwrap_or_default();
+        Peer {
+            target,
+            node: node.clone(),
+            client,
+            secret: self.secret.clone(),
+            health: self.health.clone(),
+        }
+    }
+}
+
+impl Peer {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        path: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let url = format!("{}/raft/{path}", self.node.addr.trim_end_matches('/'));
+        let mut r = self
+            .client
+            .post(url)
+            .timeout(option.hard_ttl())
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(encode(req));
+        if let Some(s) = &self.secret {
+            r = r.header(SECRET_HEADER, s);
+        }
+        let resp = r.send().await.map_err(|e| {
+            if e.is_connect() {
+                RPCError::Unreachable(Unreachable::new(&e))
+            } else {
+                RPCError::Network(NetworkError::new(&e))
+            }
+        })?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(64),
+            ));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if !status.is_success() {
+            let msg = String::from_utf8_lossy(&bytes).to_string();
+            return Err(RPCError::Network(NetworkError::new(
+                &std::io::Error::other(format!("{status}: {msg}")),
+            )));
+        }
+        let res: Result<Resp, RaftError<NodeId, E>> =
+            decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.health.ok(self.target);
+        res.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call("snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call("vote", &rpc, &option).await
+    }
+}
