@@ -102,6 +102,7 @@ pub struct Cluster {
     membership_lock: tokio::sync::Mutex<()>,
     read_wait: Duration,
     ready_max_lag: u64,
+    isolated: std::sync::atomic::AtomicBool,
 }
 
 fn role_of(s: ServerState) -> &'static str {
@@ -157,7 +158,19 @@ impl Cluster {
             membership_lock: tokio::sync::Mutex::new(()),
             read_wait,
             ready_max_lag,
+            isolated: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Fault injection for tests: while set, this node refuses all inbound Raft RPC, as if a
+    /// network partition cut it off from its peers.
+    pub fn set_isolated(&self, on: bool) {
+        self.isolated.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`Cluster::set_isolated`] is on.
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A snapshot of Raft's metrics.

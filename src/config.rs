@@ -142,7 +142,7 @@ impl Config {
             // Per snapshot chunk; the last chunk also waits for the receiver's install.
             install_snapshot_timeout: 120_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
-            max_in_snapshot_log_to_keep: 100,
+            max_in_snapshot_log_to_keep: (self.snapshot_logs / 2).min(100),
             max_payload_entries: 64,
             ..Default::default()
         };

@@ -140,8 +140,19 @@ fn bad_rpc(e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
+fn partitioned() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "isolated (fault injection)",
+    )
+        .into_response()
+}
+
 /// `POST /raft/append`.
 pub async fn raft_append(State(state): State<AppState>, body: Bytes) -> Response {
+    if state.cluster.is_isolated() {
+        return partitioned();
+    }
     let req: AppendEntriesRequest<TypeConfig> = match decode(&body) {
         Ok(r) => r,
         Err(e) => return bad_rpc(e),
@@ -154,6 +165,9 @@ pub async fn raft_append(State(state): State<AppState>, body: Bytes) -> Response
 
 /// `POST /raft/vote`.
 pub async fn raft_vote(State(state): State<AppState>, body: Bytes) -> Response {
+    if state.cluster.is_isolated() {
+        return partitioned();
+    }
     let req: VoteRequest<u64> = match decode(&body) {
         Ok(r) => r,
         Err(e) => return bad_rpc(e),
@@ -163,6 +177,9 @@ pub async fn raft_vote(State(state): State<AppState>, body: Bytes) -> Response {
 
 /// `POST /raft/snapshot` (one chunk).
 pub async fn raft_snapshot(State(state): State<AppState>, body: Bytes) -> Response {
+    if state.cluster.is_isolated() {
+        return partitioned();
+    }
     let req: InstallSnapshotRequest<TypeConfig> = match decode(&body) {
         Ok(r) => r,
         Err(e) => return bad_rpc(e),

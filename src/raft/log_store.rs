@@ -169,7 +169,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
         self.meta
-            .insert(PURGED, encode(&Some(log_id)))
+            .insert(PURGED, encode(&log_id))
             .map_err(write_err)?;
         let mut batch = sled::Batch::default();
         for kv in self.log.range(..=log_id.index.to_be_bytes()) {

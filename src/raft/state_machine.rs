@@ -237,26 +237,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<NodeId>> {
-        let path = self
-            .incoming
-            .take()
-            .ok_or_else(|| snap_err("no snapshot being received"))?;
-        snapshot.sync_all().await.map_err(snap_err)?;
-        drop(snapshot);
+        use tokio::io::AsyncSeekExt;
+        // The data is in the handle we are given (normally the file `begin_receiving_snapshot`
+        // made, but any readable file will do): copy it into place as the current snapshot.
+        let id = meta.snapshot_id.clone();
+        let data_path = self.dir.join(format!("snap-{id}.data"));
+        let mut src = *snapshot;
+        src.seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(snap_err)?;
+        let mut dst = tokio::fs::File::create(&data_path)
+            .await
+            .map_err(snap_err)?;
+        tokio::io::copy(&mut src, &mut dst)
+            .await
+            .map_err(snap_err)?;
+        dst.sync_all().await.map_err(snap_err)?;
+        drop((src, dst));
+        if let Some(incoming) = self.incoming.take() {
+            let _ = tokio::fs::remove_file(incoming).await;
+        }
         let (engine, dir, meta) = (self.engine.clone(), self.dir.clone(), meta.clone());
         tokio::task::spawn_blocking(move || -> Result<(), StorageError<NodeId>> {
             let started = std::time::Instant::now();
-            let file = std::fs::File::open(&path).map_err(snap_err)?;
+            let file = std::fs::File::open(&data_path).map_err(snap_err)?;
             engine.install_snapshot(&mut BufReader::with_capacity(1 << 20, file)).map_err(snap_err)?;
-            // The snapshot carries the sender's applied id and membership keys; make sure they
-            // match the metadata openraft gave us.
+            // The snapshot carries the sender's applied id and membership keys; they must match
+            // the metadata openraft gave us.
             let (applied, _) = applied_in(engine.store()).map_err(snap_err)?;
             if applied != meta.last_log_id {
                 return Err(snap_err(format!("snapshot applied id {applied:?} != meta {:?}", meta.last_log_id)));
             }
-            let id = meta.snapshot_id.clone();
             std::fs::write(dir.join(format!("snap-{id}.meta")), encode(&meta)).map_err(snap_err)?;
-            std::fs::rename(&path, dir.join(format!("snap-{id}.data"))).map_err(snap_err)?;
             promote(&dir, &id).map_err(snap_err)?;
             tracing::info!(snapshot = %id, secs = started.elapsed().as_secs_f64(), "snapshot installed");
             Ok(())
