@@ -339,6 +339,11 @@ impl Cluster {
                     req.id, existing.addr
                 )));
             }
+            let is_voter = membership.voter_ids().any(|v| v == req.id);
+            if is_voter || !req.voter {
+                // A restarted member asking again: nothing to change.
+                return Ok(m.last_applied.map_or(0, |l| l.index));
+            }
         }
         self.health.touch(req.id);
         let node = BasicNode {

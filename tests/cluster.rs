@@ -345,3 +345,24 @@ async fn a_partitioned_replica_refuses_bounded_staleness_reads_then_recovers() {
     b.stop().await.unwrap();
     a.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_disappears_is_removed_and_concurrent_joins_all_succeed() {
+    let (a, _da) = start(None, false, |c| c.learner_expiry_secs = 1).await;
+    // Several replicas join at once: the leader serialises the membership changes.
+    let (b, _db) = start(Some(&a.url()), false, |_| {}).await;
+    let (c, _dc) = start(Some(&a.url()), false, |_| {}).await;
+    let (d, _dd) = start(Some(&a.url()), false, |_| {}).await;
+    wait_members(&a, 4).await;
+    // Two vanish without leaving (as a container killed by a scale-down would).
+    let gone = [c.id(), d.id()];
+    c.stop().await.unwrap();
+    d.stop().await.unwrap();
+    wait_members(&a, 2).await;
+    let m = a.cluster.metrics();
+    let membership = m.membership_config.membership();
+    assert!(gone.iter().all(|id| membership.get_node(id).is_none()));
+    assert!(membership.get_node(&b.id()).is_some());
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}

@@ -1,0 +1,287 @@
+//! Multi-process tests: the real `quiver` binary, several nodes on loopback, `kill -9` during
+//! ingest. Afterwards every acknowledged id must be present on every node, and all nodes must
+//! hold identical data.
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quiver::client::Client;
+use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
+
+const SECRET: &str = "proc-secret";
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Proc {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    join: Option<String>,
+    voter: bool,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Proc {
+    fn spawn(dir: &Path, port: u16, join: Option<String>, voter: bool) -> Proc {
+        let mut p = Proc {
+            child: Self::launch(dir, port, join.as_deref(), voter),
+            port,
+            dir: dir.to_path_buf(),
+            join,
+            voter,
+        };
+        p.wait_healthy();
+        p
+    }
+
+    fn launch(dir: &Path, port: u16, join: Option<&str>, voter: bool) -> Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiver"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--cluster-secret")
+            .arg(SECRET)
+            .arg("--heartbeat-ms")
+            .arg("50")
+            .arg("--log")
+            .arg("warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(j) = join {
+            cmd.arg("--join").arg(j);
+        }
+        if voter {
+            cmd.arg("--voter");
+        }
+        cmd.spawn().expect("spawn quiver")
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("quiver exited early: {status}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("quiver on {} did not start", self.port);
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.child = Self::launch(&self.dir, self.port, self.join.as_deref(), self.voter);
+        self.wait_healthy();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+async fn cluster_json(url: &str) -> Option<serde_json::Value> {
+    reqwest::get(format!("{url}/cluster"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    let deadline = Instant::now() + WAIT;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn members(url: &str) -> usize {
+    cluster_json(url)
+        .await
+        .and_then(|c| c["members"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+fn batch(b: u64) -> Vec<PointInput> {
+    (b * 25..b * 25 + 25)
+        .map(|i| PointInput {
+            id: PointId::Str(format!("p-{i}")),
+            vector: vec![(i % 31) as f32, (i % 7) as f32, 1.0, (i as f32 * 0.1).cos()],
+            payload: Some(serde_json::json!({"i": i})),
+        })
+        .collect()
+}
+
+/// Writes batches through whichever node answers (upserts with explicit ids are idempotent, so
+/// retrying one on another node is safe) and records the ids each acknowledged write carried.
+async fn ingest(
+    urls: Vec<String>,
+    batches: u64,
+    acked: Arc<Mutex<BTreeSet<String>>>,
+    last: Arc<Mutex<u64>>,
+) {
+    let clients: Vec<Client> = urls.iter().map(|u| Client::new(u, None).unwrap()).collect();
+    for b in 0..batches {
+        let pts = batch(b);
+        let deadline = Instant::now() + WAIT;
+        let mut i = b as usize;
+        loop {
+            match clients[i % clients.len()].upsert("k", pts.clone()).await {
+                Ok(w) => {
+                    let mut a = acked.lock().unwrap();
+                    a.extend(pts.iter().map(|p| p.id.to_string()));
+                    let mut l = last.lock().unwrap();
+                    *l = (*l).max(w.index);
+                    break;
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "ingest stuck: {e}");
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Every node has applied `index`, holds every acked id, and all hold identical data.
+async fn check_identical(urls: &[String], acked: &BTreeSet<String>, index: u64) {
+    let mut snapshots = Vec::new();
+    for url in urls {
+        let c = Client::new(url, None).unwrap();
+        let mut q = SearchRequest::new(vec![3.0, 2.0, 1.0, 0.5], 20);
+        q.exact = true;
+        q.consistency = Some(quiver::model::Consistency::MinIndex { min_index: index });
+        let hits = c.search("k", &q).await.unwrap().hits;
+        let info = c.collection("k").await.unwrap();
+        let mut points = Vec::new();
+        for id in acked {
+            let p = c
+                .get_point("k", &PointId::Str(id.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("{url} lost acknowledged {id}: {e}"));
+            points.push(p.point);
+        }
+        snapshots.push((info.points, hits, points));
+    }
+    for s in &snapshots[1..] {
+        assert_eq!(s.0, snapshots[0].0, "point counts differ");
+        assert_eq!(s.1, snapshots[0].1, "search results differ");
+        assert!(s.2 == snapshots[0].2, "stored points differ");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_replica_during_ingest_loses_nothing() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = Proc::spawn(dirs[0].path(), free_port(), None, false);
+    let mut r1 = Proc::spawn(dirs[1].path(), free_port(), Some(primary.url()), false);
+    let r2 = Proc::spawn(dirs[2].path(), free_port(), Some(primary.url()), false);
+    eventually("3 members", || async { members(&primary.url()).await == 3 }).await;
+    Client::new(&primary.url(), None)
+        .unwrap()
+        .create_collection(
+            "k",
+            &CollectionConfig {
+                dim: 4,
+                metric: Metric::L2,
+                hnsw: HnswConfig::default(),
+            },
+        )
+        .await
+        .unwrap();
+
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let last = Arc::new(Mutex::new(0));
+    let task = tokio::spawn(ingest(vec![primary.url()], 80, acked.clone(), last.clone()));
+    eventually("some ingest", || async {
+        acked.lock().unwrap().len() >= 500
+    })
+    .await;
+    r1.kill9();
+    eventually("more ingest", || async {
+        acked.lock().unwrap().len() >= 1000
+    })
+    .await;
+    r1.restart();
+    task.await.unwrap();
+
+    let urls = vec![primary.url(), r1.url(), r2.url()];
+    let acked = acked.lock().unwrap().clone();
+    let index = *last.lock().unwrap();
+    assert_eq!(acked.len(), 2000);
+    check_identical(&urls, &acked, index).await;
+    assert_eq!(members(&primary.url()).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_of_three_voters_during_ingest_loses_nothing() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = Proc::spawn(dirs[0].path(), free_port(), None, false);
+    let b = Proc::spawn(dirs[1].path(), free_port(), Some(a.url()), true);
+    let c = Proc::spawn(dirs[2].path(), free_port(), Some(a.url()), true);
+    eventually("3 voters", || async {
+        cluster_json(&a.url()).await.is_some_and(|s| {
+            s["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().filter(|x| x["role"] == "voter").count() == 3)
+        })
+    })
+    .await;
+    Client::new(&a.url(), None)
+        .unwrap()
+        .create_collection(
+            "k",
+            &CollectionConfig {
+                dim: 4,
+                metric: Metric::Cosine,
+                hnsw: HnswConfig::default(),
+            },
+        )
+        .await
+        .unwrap();
+
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let last = Arc::new(Mutex::new(0));
+    let urls = vec![a.url(), b.url(), c.url()];
+    let task = tokio::spawn(ingest(urls.clone(), 80, acked.clone(), last.clone()));
+    eventually("some ingest", || async {
+        acked.lock().unwrap().len() >= 500
+    })
+    .await;
+    a.kill9();
+    task.await.unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), 2000);
+    let index = *last.lock().unwrap();
+    check_identical(&urls[1..], &acked, index).await;
+    // The old leader comes back as a follower and converges too.
+    a.restart();
+    check_identical(&urls, &acked, index).await;
+}
