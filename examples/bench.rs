@@ -50,6 +50,12 @@ struct Args {
     /// The server's backpressure bound (points outside the graph before writes wait).
     #[arg(long, default_value_t = 20_000)]
     max_unindexed: u64,
+    /// Raft heartbeat of the replication cluster, in ms.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_ms: u64,
+    /// Skip the replication measurements.
+    #[arg(long)]
+    no_replication: bool,
     /// Skip the HTTP sweeps.
     #[arg(long)]
     no_http: bool,
@@ -179,6 +185,11 @@ async fn http_sweep(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let base = read_fvecs(&args.data.join("base.fvecs"), args.limit)?;
     let queries = read_fvecs(&args.data.join("queries.fvecs"), Some(args.queries))?;
     let truth: Vec<Vec<i32>> = if args.limit.is_some() {
@@ -355,6 +366,187 @@ fn main() -> anyhow::Result<()> {
         println!("restart without a dump: serving after {open:.2} s (tail searched exactly), graph rebuilt after {full:.1} s");
         drop(engine);
         server_rt.block_on(node.stop())?;
+    }
+    if !args.no_replication {
+        replication(&args, &base, &server_rt, &client_rt)?;
+    }
+    Ok(())
+}
+
+async fn ingest_all(
+    url: &str,
+    base: &[Vec<f32>],
+    concurrency: usize,
+) -> anyhow::Result<(f64, u64)> {
+    let client = Client::new(url, None)?;
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut set = tokio::task::JoinSet::new();
+    for (c, chunk) in base.chunks(500).enumerate() {
+        let permit = sem.clone().acquire_owned().await?;
+        let points: Vec<PointInput> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, v)| PointInput {
+                id: PointId::Num((c * 500 + i) as u64),
+                vector: v.clone(),
+                payload: None,
+            })
+            .collect();
+        let client = client.clone();
+        set.spawn(async move {
+            let r = client.upsert(COLLECTION, points).await;
+            drop(permit);
+            r
+        });
+    }
+    let mut last = 0;
+    while let Some(r) = set.join_next().await {
+        last = last.max(r??.index);
+    }
+    Ok((started.elapsed().as_secs_f64(), last))
+}
+
+/// Visibility lag: writes `rate` vectors/s for `secs` seconds on the leader (batches of `batch`),
+/// and times each one from its acknowledgement until the replica has applied it.
+async fn visibility_lag(
+    leader: &str,
+    replica: &Node,
+    base: &[Vec<f32>],
+    rate: usize,
+    batch: usize,
+    secs: f64,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let client = Client::new(leader, None)?;
+    let writes = ((rate as f64 * secs) / batch as f64) as usize;
+    let interval = Duration::from_secs_f64(batch as f64 / rate as f64);
+    let mut tick = tokio::time::interval(interval);
+    let mut set = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for w in 0..writes {
+        tick.tick().await;
+        let points: Vec<PointInput> = (0..batch)
+            .map(|i| {
+                let n = w * batch + i;
+                PointInput {
+                    id: PointId::Num(1_000_000 + n as u64),
+                    vector: base[n % base.len()].clone(),
+                    payload: None,
+                }
+            })
+            .collect();
+        let (client, raft) = (client.clone(), replica.cluster.raft.clone());
+        set.spawn(async move {
+            let ack = client.upsert(COLLECTION, points).await?;
+            let acked_at = Instant::now();
+            raft.wait(Some(Duration::from_secs(30)))
+                .applied_index_at_least(Some(ack.index), "visible")
+                .await?;
+            Ok::<_, anyhow::Error>(acked_at.elapsed().as_secs_f64() * 1e3)
+        });
+    }
+    let mut lags = Vec::new();
+    while let Some(r) = set.join_next().await {
+        lags.push(r??);
+    }
+    let achieved = (writes * batch) as f64 / started.elapsed().as_secs_f64();
+    lags.sort_by(f64::total_cmp);
+    Ok((achieved, percentile(&lags, 0.5), percentile(&lags, 0.99)))
+}
+
+fn replication(
+    args: &Args,
+    base: &[Vec<f32>],
+    server_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    println!("\n## replication (leader + 2 learners, all on this machine)\n");
+    let dirs: Vec<tempfile::TempDir> = (0..4)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let mk = |i: usize, join: Option<String>| {
+        let mut c = Config::for_test(dirs[i].path());
+        c.log = "warn".into();
+        c.join = join;
+        c.heartbeat_ms = args.heartbeat_ms;
+        c.snapshot_logs = 200;
+        c
+    };
+    let leader = server_rt.block_on(Node::start(mk(0, None)))?;
+    let r1 = server_rt.block_on(Node::start(mk(1, Some(leader.url()))))?;
+    let r2 = server_rt.block_on(Node::start(mk(2, Some(leader.url()))))?;
+    server_rt.block_on(
+        leader
+            .cluster
+            .raft
+            .wait(Some(Duration::from_secs(30)))
+            .metrics(
+                |m| m.membership_config.membership().nodes().count() == 3,
+                "members",
+            ),
+    )?;
+    let dim = base[0].len();
+    let ccfg = CollectionConfig {
+        dim,
+        metric: Metric::Cosine,
+        hnsw: HnswConfig {
+            m: args.m,
+            ef_construction: args.ef_construction,
+        },
+    };
+    client_rt.block_on(Client::new(&leader.url(), None)?.create_collection(COLLECTION, &ccfg))?;
+    let (secs, last) =
+        client_rt.block_on(ingest_all(&leader.url(), base, args.ingest_concurrency))?;
+    println!(
+        "replicated durable ingest: {:.0} vectors/s ({} in {secs:.1} s)",
+        base.len() as f64 / secs,
+        base.len()
+    );
+    let started = Instant::now();
+    for r in [&r1, &r2] {
+        server_rt.block_on(
+            r.cluster
+                .raft
+                .wait(Some(Duration::from_secs(600)))
+                .applied_index_at_least(Some(last), "caught up"),
+        )?;
+    }
+    println!(
+        "both learners applied everything {:.2} s after the last acknowledgement",
+        started.elapsed().as_secs_f64()
+    );
+    for e in [&leader.engine, &r1.engine, &r2.engine] {
+        e.wait_indexed(Duration::from_secs(3600));
+    }
+    println!("| target vectors/s | batch | achieved | visibility lag p50 ms | p99 ms |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (rate, batch) in [(400, 1), (2_000, 10)] {
+        let (achieved, p50, p99) =
+            client_rt.block_on(visibility_lag(&leader.url(), &r1, base, rate, batch, 5.0))?;
+        println!("| {rate} | {batch} | {achieved:.0} | {p50:.2} | {p99:.2} |");
+    }
+    // A new replica joins the loaded collection: snapshot, then log.
+    let started = Instant::now();
+    let r3 = server_rt.block_on(Node::start(mk(3, Some(leader.url()))))?;
+    let ready_url = format!("{}/readyz", r3.url());
+    client_rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline {
+            if reqwest::get(&ready_url)
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let ready = started.elapsed().as_secs_f64();
+    r3.engine.wait_indexed(Duration::from_secs(3600));
+    let indexed = started.elapsed().as_secs_f64();
+    println!("\nnew replica joining {} points: ready (/readyz 200, serving) after {ready:.2} s, graph complete after {indexed:.1} s", r3.engine.info(COLLECTION)?.points);
+    for n in [r3, r2, r1, leader] {
+        server_rt.block_on(n.stop())?;
     }
     Ok(())
 }

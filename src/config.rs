@@ -42,7 +42,7 @@ pub struct Config {
     #[arg(long, env = "QUIVER_CACHE_MB", default_value_t = 256)]
     pub cache_mb: u64,
     /// Most points coalesced into one durable write (group commit).
-    #[arg(long, env = "QUIVER_MAX_BATCH_POINTS", default_value_t = 20_000)]
+    #[arg(long, env = "QUIVER_MAX_BATCH_POINTS", default_value_t = 4_096)]
     pub max_batch_points: usize,
     /// URL peers and clients use to reach this node (default: `http://` + the bound address).
     #[arg(long, env = "QUIVER_ADVERTISE")]
@@ -65,8 +65,10 @@ pub struct Config {
     /// The leader removes a learner that has not answered for this long, in seconds.
     #[arg(long, env = "QUIVER_LEARNER_EXPIRY_SECS", default_value_t = 30)]
     pub learner_expiry_secs: u64,
-    /// Raft heartbeat interval, in ms (elections time out after 5 to 10 heartbeats).
-    #[arg(long, env = "QUIVER_HEARTBEAT_MS", default_value_t = 100)]
+    /// Raft heartbeat interval, in ms (elections time out after 5 to 10 heartbeats). openraft also
+    /// uses it as the timeout of each AppendEntries, so it must cover sending a batch and the
+    /// replica's fsync.
+    #[arg(long, env = "QUIVER_HEARTBEAT_MS", default_value_t = 250)]
     pub heartbeat_ms: u64,
     /// Build a snapshot (and purge the log) after this many log entries.
     #[arg(long, env = "QUIVER_SNAPSHOT_LOGS", default_value_t = 1_000)]
@@ -90,7 +92,7 @@ impl Config {
             rebuild_ratio: 0.2,
             exact_below: 1_000,
             cache_mb: 64,
-            max_batch_points: 20_000,
+            max_batch_points: 4_096,
             advertise: None,
             join: None,
             voter: false,
@@ -98,7 +100,7 @@ impl Config {
             read_wait_ms: 5_000,
             ready_max_lag: 100,
             learner_expiry_secs: 30,
-            heartbeat_ms: 50,
+            heartbeat_ms: 100,
             snapshot_logs: 1_000,
             log: "warn".into(),
         }
@@ -143,7 +145,7 @@ impl Config {
             install_snapshot_timeout: 120_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: (self.snapshot_logs / 2).min(100),
-            max_payload_entries: 64,
+            max_payload_entries: 16,
             ..Default::default()
         };
         Ok(cfg.validate()?)

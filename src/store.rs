@@ -20,6 +20,8 @@ use crate::model::{CollectionConfig, PointId};
 
 const APPLIED: &[u8] = b"m:applied";
 const NEXT_CID: &[u8] = b"m:next_cid";
+/// Export-stream keys with this prefix are side files, not state.
+const FILE_PREFIX: &[u8] = b"\xfffile/";
 
 /// A collection as persisted.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -246,9 +248,31 @@ impl Store {
         Ok(n)
     }
 
-    /// Replaces the whole state tree with what [`Store::export`] wrote, then flushes. Not atomic:
-    /// the caller writes the key that marks the state valid (the applied log id) last.
-    pub fn import(&self, r: &mut impl std::io::Read) -> Result<u64> {
+    /// Appends a side file to an export stream: the key `\xfffile/` + `name` with the file's bytes
+    /// (streamed, never held in memory), restored by [`Store::import`] under its `files_dir`.
+    pub fn export_file(w: &mut impl std::io::Write, name: &str, path: &Path) -> Result<()> {
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        let len32 = u32::try_from(len)
+            .map_err(|_| Error::Internal(format!("{} is over 4 GiB", path.display())))?;
+        let key = [FILE_PREFIX, name.as_bytes()].concat();
+        w.write_all(&(key.len() as u32).to_le_bytes())?;
+        w.write_all(&key)?;
+        w.write_all(&len32.to_le_bytes())?;
+        let copied = std::io::copy(&mut f, w)?;
+        if copied != len {
+            return Err(Error::Internal(format!(
+                "{} changed while being exported",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole state tree with what [`Store::export`] wrote (side files go under
+    /// `files_dir`), then flushes. Not atomic: the caller relies on the applied-id key, which a
+    /// crash mid-import leaves missing, to know the state is incomplete.
+    pub fn import(&self, r: &mut impl std::io::Read, files_dir: &Path) -> Result<u64> {
         self.state.clear()?;
         let mut batch = sled::Batch::default();
         let (mut n, mut pending) = (0u64, 0usize);
@@ -262,7 +286,24 @@ impl Store {
             let mut k = vec![0u8; u32::from_le_bytes(len) as usize];
             r.read_exact(&mut k)?;
             r.read_exact(&mut len)?;
-            let mut v = vec![0u8; u32::from_le_bytes(len) as usize];
+            let vlen = u32::from_le_bytes(len) as u64;
+            if let Some(name) = k.strip_prefix(FILE_PREFIX) {
+                let name = String::from_utf8_lossy(name).to_string();
+                if name.split('/').any(|part| part.is_empty() || part == "..") {
+                    return Err(Error::Corrupt(format!("bad side file name {name:?}")));
+                }
+                let path = files_dir.join(&name);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                let mut f = std::fs::File::create(&path)?;
+                let copied = std::io::copy(&mut std::io::Read::take(&mut *r, vlen), &mut f)?;
+                if copied != vlen {
+                    return Err(Error::Corrupt(format!("side file {name} truncated")));
+                }
+                continue;
+            }
+            let mut v = vec![0u8; vlen as usize];
             r.read_exact(&mut v)?;
             batch.insert(k, v);
             n += 1;

@@ -88,6 +88,8 @@ struct Shared {
     wake: Condvar,
     progress: Condvar,
     cancel: AtomicBool,
+    /// Held while the graph dump folder is written or read (snapshots copy it).
+    dump_lock: Mutex<()>,
 }
 
 /// A collection. Dropping it does not stop its indexer: call [`Collection::close`].
@@ -290,6 +292,7 @@ impl Collection {
             wake: Condvar::new(),
             progress: Condvar::new(),
             cancel: AtomicBool::new(false),
+            dump_lock: Mutex::new(()),
         });
         let s = shared.clone();
         let handle = std::thread::Builder::new()
@@ -535,6 +538,13 @@ impl Collection {
         }
     }
 
+    /// Runs `f` on the folder of the latest graph dump (which may not exist), with dumps held off,
+    /// so that a snapshot can copy a consistent dump.
+    pub fn with_graph_dump<T>(&self, f: impl FnOnce(&std::path::Path) -> T) -> T {
+        let _held = self.shared.dump_lock.lock();
+        f(&self.shared.graph_path())
+    }
+
     /// Stops the indexer without dumping and removes the graph dump (the collection was dropped).
     pub fn destroy(&self) {
         self.close();
@@ -706,6 +716,16 @@ impl Collection {
     }
 }
 
+/// Graph building is background work: let request handling and Raft win the CPU from it.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on the calling thread (who = 0 is the caller on Linux) with a plain
+    // integer; it touches no memory of ours.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
 impl Shared {
     fn graph_path(&self) -> PathBuf {
         self.opts.graph_dir.join(self.id.to_string())
@@ -741,6 +761,7 @@ impl Shared {
 
     /// The indexer: inserts ids in order, starts rebuilds, swaps finished graphs, dumps when idle.
     fn run_indexer(self: Arc<Self>) {
+        lower_priority();
         let mut dirty: u64 = 0;
         loop {
             let (job, built) = {
@@ -823,6 +844,7 @@ impl Shared {
         let spawned = std::thread::Builder::new()
             .name(format!("rebuild-{}", self.name))
             .spawn(move || {
+                lower_priority();
                 let started = Instant::now();
                 let g = Graph::new(&s.config, job.base.len(), 0, job.since);
                 for (n, (iid, v)) in job.base.iter().enumerate() {
@@ -890,6 +912,7 @@ impl Shared {
             config: self.config,
         };
         let started = Instant::now();
+        let _held = self.dump_lock.lock();
         match graph.dump(&self.graph_path(), &meta) {
             Ok(()) => {
                 tracing::debug!(collection = %self.name, points = graph.len(), secs = started.elapsed().as_secs_f64(), "graph dumped")

@@ -269,11 +269,28 @@ impl Engine {
         let _st = self.apply_state.lock();
         let seen = inspect(&self.store)?;
         self.store.export(w)?;
+        // Ship each collection's latest graph dump, so that a new replica need not rebuild its
+        // graphs from scratch: it loads the dump and inserts only the points the dump lacks.
+        let cols: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
+        for c in cols {
+            c.with_graph_dump(|dir| -> Result<()> {
+                if !dir.join("meta.json").exists() {
+                    return Ok(());
+                }
+                for entry in std::fs::read_dir(dir)? {
+                    let entry = entry?;
+                    let name = entry.file_name().to_string_lossy().to_string();
+                    Store::export_file(w, &format!("{}/{name}", c.id()), &entry.path())?;
+                }
+                Ok(())
+            })?;
+        }
         Ok(seen)
     }
 
     /// Replaces the whole state with a snapshot written by [`Engine::snapshot`]: drops every
-    /// collection, imports the store, reloads collections (graphs rebuild from the points).
+    /// collection, imports the store and the shipped graph dumps, reloads collections (each loads
+    /// its dump when it matches, and indexes only what the dump lacks).
     pub fn install_snapshot(&self, r: &mut impl std::io::Read) -> Result<()> {
         let mut st = self.apply_state.lock();
         let old: Vec<Arc<Collection>> = std::mem::take(&mut *self.collections.write())
@@ -282,12 +299,12 @@ impl Engine {
         for c in old {
             c.destroy();
         }
-        self.store.import(r)?;
-        let loaded = self.store.load()?;
         let copts = Self::collection_options(&self.opts);
+        let _ = std::fs::remove_dir_all(&copts.graph_dir);
+        self.store.import(r, &copts.graph_dir)?;
+        let loaded = self.store.load()?;
         let mut cols = BTreeMap::new();
         for (cid, meta, points) in loaded.collections {
-            let _ = std::fs::remove_dir_all(copts.graph_dir.join(cid.to_string()));
             cols.insert(
                 meta.name.clone(),
                 Arc::new(Collection::open(cid, &meta, points, copts.clone())),

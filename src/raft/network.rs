@@ -23,6 +23,10 @@ use serde::Serialize;
 
 use super::{decode, encode, NodeId, TypeConfig};
 
+/// An AppendEntries body above this is split (openraft is told to send fewer entries), so that
+/// one RPC fits in its timeout (the heartbeat interval).
+const APPEND_BODY_SOFT_LIMIT: usize = 8 << 20;
+
 /// Header carrying the cluster secret on `/raft/*` and `/cluster/*` calls.
 pub const SECRET_HEADER: &str = "x-quiver-cluster-secret";
 
@@ -154,6 +158,12 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let n = rpc.entries.len() as u64;
+        if n > 1 && bincode::serialized_size(&rpc).unwrap_or(0) as usize > APPEND_BODY_SOFT_LIMIT {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(n / 2),
+            ));
+        }
         self.call("append", &rpc, &option).await
     }
 
