@@ -51,7 +51,7 @@ struct Args {
     #[arg(long, default_value_t = 20_000)]
     max_unindexed: u64,
     /// Raft heartbeat of the replication cluster, in ms.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 250)]
     heartbeat_ms: u64,
     /// Skip the replication measurements.
     #[arg(long)]

@@ -232,20 +232,43 @@ impl Store {
         Ok(self.state.get(key)?.map(|v| v.to_vec()))
     }
 
-    /// Streams every key and value of the state tree (a snapshot) into `w`: for each pair a u32
-    /// key length, the key, a u32 value length, the value (little-endian). The caller must keep
-    /// writers out meanwhile (sled iterators are not point-in-time).
-    pub fn export(&self, w: &mut impl std::io::Write) -> Result<u64> {
-        let mut n = 0;
-        for kv in self.state.iter() {
+    /// Every metadata key (`m:` prefix) and its value.
+    pub fn meta_entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for kv in self.state.scan_prefix(b"m:") {
             let (k, v) = kv?;
-            w.write_all(&(k.len() as u32).to_le_bytes())?;
-            w.write_all(&k)?;
-            w.write_all(&(v.len() as u32).to_le_bytes())?;
-            w.write_all(&v)?;
-            n += 1;
+            out.push((k.to_vec(), v.to_vec()));
         }
-        Ok(n)
+        Ok(out)
+    }
+
+    /// Writes one record of the export (snapshot) format: a u32 key length, the key, a u32 value
+    /// length, the value (little-endian).
+    pub fn write_record(w: &mut impl std::io::Write, key: &[u8], value: &[u8]) -> Result<()> {
+        w.write_all(&(key.len() as u32).to_le_bytes())?;
+        w.write_all(key)?;
+        w.write_all(&(value.len() as u32).to_le_bytes())?;
+        w.write_all(value)?;
+        Ok(())
+    }
+
+    /// Writes a collection's metadata record in the export format.
+    pub fn write_collection(
+        w: &mut impl std::io::Write,
+        cid: u64,
+        meta: &CollectionMeta,
+    ) -> Result<()> {
+        Self::write_record(w, &collection_key(cid), &encode(meta))
+    }
+
+    /// Writes a point record in the export format.
+    pub fn write_point(
+        w: &mut impl std::io::Write,
+        cid: u64,
+        iid: u64,
+        p: &StoredPoint,
+    ) -> Result<()> {
+        Self::write_record(w, &point_key(cid, iid), &encode(p))
     }
 
     /// Appends a side file to an export stream: the key `\xfffile/` + `name` with the file's bytes
@@ -269,12 +292,13 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces the whole state tree with what [`Store::export`] wrote (side files go under
+    /// Replaces the whole state tree with what the export format wrote (side files go under
     /// `files_dir`), then flushes. Not atomic: the caller relies on the applied-id key, which a
     /// crash mid-import leaves missing, to know the state is incomplete.
     pub fn import(&self, r: &mut impl std::io::Read, files_dir: &Path) -> Result<u64> {
         self.state.clear()?;
         let mut batch = sled::Batch::default();
+        let mut meta: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let (mut n, mut pending) = (0u64, 0usize);
         let mut len = [0u8; 4];
         loop {
@@ -305,6 +329,12 @@ impl Store {
             }
             let mut v = vec![0u8; vlen as usize];
             r.read_exact(&mut v)?;
+            if k.starts_with(b"m:") {
+                // Metadata (applied index, Raft's applied id) lands last: a crash mid-import
+                // leaves it absent, never claiming data that was not written.
+                meta.push((k, v));
+                continue;
+            }
             batch.insert(k, v);
             n += 1;
             pending += 1;
@@ -314,6 +344,13 @@ impl Store {
             }
         }
         self.state.apply_batch(batch)?;
+        self.db.flush()?;
+        let mut last = sled::Batch::default();
+        for (k, v) in meta {
+            last.insert(k, v);
+            n += 1;
+        }
+        self.state.apply_batch(last)?;
         self.db.flush()?;
         Ok(n)
     }

@@ -290,8 +290,8 @@ async fn three_voters_fail_over_without_losing_acknowledged_writes() {
     }
     let w = w.unwrap();
     assert!(w.index > last);
-    cc.upsert("f", points(6_000, 1)).await.unwrap();
-    wait_applied(&c, w.index).await;
+    let w3 = cc.upsert("f", points(6_000, 1)).await.unwrap();
+    wait_applied(&c, w3.index.max(w.index)).await;
     assert_eq!(c.engine.info("f").unwrap().points, 204);
     b.stop().await.unwrap();
     c.stop().await.unwrap();

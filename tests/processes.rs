@@ -91,6 +91,15 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// `docker stop`: SIGTERM, then wait for a clean exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid with a plain signal number.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        self.child.wait().unwrap()
+    }
+
     fn restart(&mut self) {
         self.child = Self::launch(&self.dir, self.port, self.join.as_deref(), self.voter);
         self.wait_healthy();
@@ -284,4 +293,16 @@ async fn killing_the_leader_of_three_voters_during_ingest_loses_nothing() {
     // The old leader comes back as a follower and converges too.
     a.restart();
     check_identical(&urls, &acked, index).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_stopped_with_sigterm_leaves_the_cluster() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let primary = Proc::spawn(dirs[0].path(), free_port(), None, false);
+    let mut replica = Proc::spawn(dirs[1].path(), free_port(), Some(primary.url()), false);
+    eventually("2 members", || async { members(&primary.url()).await == 2 }).await;
+    let status = replica.terminate();
+    assert!(status.success(), "replica exited with {status}");
+    // Removed at once by its own request, not by the (30 s) expiry.
+    assert_eq!(members(&primary.url()).await, 1);
 }

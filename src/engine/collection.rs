@@ -538,6 +538,31 @@ impl Collection {
         }
     }
 
+    /// A consistent copy of the collection's metadata and live points (cheap: vectors and payloads
+    /// are shared), for a snapshot written after the caller releases the apply lock.
+    pub fn snapshot_view(
+        &self,
+    ) -> (
+        CollectionMeta,
+        Vec<(u64, PointId, Arc<[f32]>, Option<Arc<Value>>)>,
+    ) {
+        let st = self.shared.state.read();
+        let points = st
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(iid, s)| {
+                Some((
+                    iid as u64,
+                    s.ext.clone()?,
+                    s.vector.clone()?,
+                    s.payload.clone(),
+                ))
+            })
+            .collect();
+        (self.meta(&st), points)
+    }
+
     /// Runs `f` on the folder of the latest graph dump (which may not exist), with dumps held off,
     /// so that a snapshot can copy a consistent dump.
     pub fn with_graph_dump<T>(&self, f: impl FnOnce(&std::path::Path) -> T) -> T {

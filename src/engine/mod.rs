@@ -258,21 +258,44 @@ impl Engine {
         }
     }
 
-    /// Writes a snapshot of the whole state into `w`, with no apply running meanwhile, and returns
-    /// what `inspect` read from the store at that same moment (the Raft adapter reads its applied
-    /// log id and membership).
+    /// Writes a snapshot of the whole state into `w` as it was at one instant between applies, and
+    /// returns what `inspect` read from the store at that same instant (the Raft adapter reads its
+    /// applied log id and membership).
     pub fn snapshot<T>(
         &self,
         w: &mut impl std::io::Write,
         inspect: impl FnOnce(&Store) -> Result<T>,
     ) -> Result<T> {
-        let _st = self.apply_state.lock();
-        let seen = inspect(&self.store)?;
-        self.store.export(w)?;
+        // Under the apply lock only take a consistent view (metadata keys, and shared handles to
+        // every point); write it out after releasing the lock, so applies do not stall.
+        let (seen, meta, views) = {
+            let _st = self.apply_state.lock();
+            let seen = inspect(&self.store)?;
+            let meta = self.store.meta_entries()?;
+            let cols: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
+            let views: Vec<_> = cols
+                .iter()
+                .map(|c| (c.clone(), c.snapshot_view()))
+                .collect();
+            (seen, meta, views)
+        };
+        for (k, v) in &meta {
+            Store::write_record(w, k, v)?;
+        }
+        for (c, (cmeta, points)) in &views {
+            Store::write_collection(w, c.id(), cmeta)?;
+            for (iid, id, vector, payload) in points {
+                let p = crate::store::StoredPoint {
+                    id: id.clone(),
+                    vector: vector.to_vec(),
+                    payload: payload.as_ref().map(|v| v.to_string()),
+                };
+                Store::write_point(w, c.id(), *iid, &p)?;
+            }
+        }
         // Ship each collection's latest graph dump, so that a new replica need not rebuild its
         // graphs from scratch: it loads the dump and inserts only the points the dump lacks.
-        let cols: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
-        for c in cols {
+        for (c, _) in &views {
             c.with_graph_dump(|dir| -> Result<()> {
                 if !dir.join("meta.json").exists() {
                     return Ok(());

@@ -25,7 +25,7 @@ use super::{decode, encode, NodeId, TypeConfig};
 
 /// An AppendEntries body above this is split (openraft is told to send fewer entries), so that
 /// one RPC fits in its timeout (the heartbeat interval).
-const APPEND_BODY_SOFT_LIMIT: usize = 8 << 20;
+const APPEND_BODY_SOFT_LIMIT: usize = 4 << 20;
 
 /// Header carrying the cluster secret on `/raft/*` and `/cluster/*` calls.
 pub const SECRET_HEADER: &str = "x-quiver-cluster-secret";
