@@ -98,6 +98,9 @@ pub struct Collection {
     indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+/// A live point as a snapshot sees it: iid, id, and shared handles to its vector and payload.
+pub type SharedPoint = (u64, PointId, Arc<[f32]>, Option<Arc<Value>>);
+
 /// A validated search, ready to run.
 #[derive(Clone, Debug)]
 pub struct SearchParams {
@@ -540,12 +543,7 @@ impl Collection {
 
     /// A consistent copy of the collection's metadata and live points (cheap: vectors and payloads
     /// are shared), for a snapshot written after the caller releases the apply lock.
-    pub fn snapshot_view(
-        &self,
-    ) -> (
-        CollectionMeta,
-        Vec<(u64, PointId, Arc<[f32]>, Option<Arc<Value>>)>,
-    ) {
+    pub fn snapshot_view(&self) -> (CollectionMeta, Vec<SharedPoint>) {
         let st = self.shared.state.read();
         let points = st
             .slots
