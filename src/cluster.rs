@@ -346,6 +346,7 @@ impl Cluster {
             }
         }
         self.health.touch(req.id);
+        self.fresh_snapshot().await;
         let node = BasicNode {
             addr: req.addr.clone(),
         };
@@ -364,6 +365,27 @@ impl Cluster {
         }
         tracing::info!(id = req.id, addr = %req.addr, voter = req.voter, index, "node joined");
         Ok(index)
+    }
+
+    /// Before adding a replica: make the snapshot it will be sent current (it carries the latest
+    /// graph dumps), so that it replays little log and rebuilds little graph. Best effort.
+    async fn fresh_snapshot(&self) {
+        let m = self.metrics();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        if applied == 0 || m.snapshot.is_some_and(|s| applied - s.index < 64) {
+            return;
+        }
+        if self.raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+        let _ = self
+            .raft
+            .wait(Some(Duration::from_secs(60)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot for a joining replica",
+            )
+            .await;
     }
 
     /// Leader only: removes a member (a learner, or a voter leaving the voter set).
@@ -517,6 +539,32 @@ impl Cluster {
                         if let Err(e) = c.leave(id).await {
                             tracing::warn!(id, error = %e, "could not remove an expired learner");
                         }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Snapshot policy: once `logs` entries have been applied since the last snapshot, build one,
+    /// but not more often than every `min_interval` (a snapshot writes the whole state, so with
+    /// small entries a per-count policy alone would rewrite it many times a second).
+    pub fn spawn_snapshot_policy(self: &Arc<Self>, logs: u64, min_interval: Duration) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let mut last: Option<Instant> = None;
+            loop {
+                tick.tick().await;
+                let Some(c) = me.upgrade() else { return };
+                let m = c.metrics();
+                let applied = m.last_applied.map_or(0, |l| l.index);
+                let snap = m.snapshot.map_or(0, |l| l.index);
+                let due = applied.saturating_sub(snap) >= logs
+                    && last.is_none_or(|t| t.elapsed() >= min_interval);
+                if due {
+                    last = Some(Instant::now());
+                    if let Err(e) = c.raft.trigger().snapshot().await {
+                        tracing::warn!(error = %e, "could not trigger a snapshot");
                     }
                 }
             }

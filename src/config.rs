@@ -73,6 +73,9 @@ pub struct Config {
     /// Build a snapshot (and purge the log) after this many log entries.
     #[arg(long, env = "QUIVER_SNAPSHOT_LOGS", default_value_t = 1_000)]
     pub snapshot_logs: u64,
+    /// ... but not more often than every this many seconds (a snapshot rewrites the whole state).
+    #[arg(long, env = "QUIVER_SNAPSHOT_MIN_INTERVAL_SECS", default_value_t = 30)]
+    pub snapshot_min_interval_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info,quiver=debug`.
     #[arg(long, env = "QUIVER_LOG", default_value = "info")]
     pub log: String,
@@ -102,6 +105,7 @@ impl Config {
             learner_expiry_secs: 30,
             heartbeat_ms: 100,
             snapshot_logs: 1_000,
+            snapshot_min_interval_secs: 0,
             log: "warn".into(),
         }
     }
@@ -143,7 +147,8 @@ impl Config {
             election_timeout_max: self.heartbeat_ms * 10,
             // Per snapshot chunk; the last chunk also waits for the receiver's install.
             install_snapshot_timeout: 120_000,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
+            // Snapshots are triggered by `Cluster::spawn_snapshot_policy` (count and interval).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: (self.snapshot_logs / 2).min(100),
             max_payload_entries: 16,
             ..Default::default()

@@ -152,6 +152,10 @@ async fn open(
         config.ready_max_lag,
     ));
     cluster.spawn_learner_expiry(Duration::from_secs(config.learner_expiry_secs));
+    cluster.spawn_snapshot_policy(
+        config.snapshot_logs,
+        Duration::from_secs(config.snapshot_min_interval_secs),
+    );
     Ok((engine, cluster, pristine))
 }
 

@@ -229,8 +229,15 @@ impl Collection {
         let live = by_ext.len();
         let dir = opts.graph_dir.join(id.to_string());
         let graph = match Graph::load(&dir, &meta.config) {
-            Some((g, m)) if m.collection_id == id && m.watermark <= meta.next_iid => g,
-            _ => Graph::new(&meta.config, live, 0, meta.epoch_since),
+            Some((g, m)) if m.collection_id == id && m.watermark <= meta.next_iid => {
+                tracing::info!(collection = %meta.name, watermark = m.watermark, points = g.len(), "graph dump loaded");
+                g
+            }
+            Some((_, m)) => {
+                tracing::info!(collection = %meta.name, dump = m.watermark, applied = meta.next_iid, "graph dump does not match the store; rebuilding");
+                Graph::new(&meta.config, live, 0, meta.epoch_since)
+            }
+            None => Graph::new(&meta.config, live, 0, meta.epoch_since),
         };
         let pending_rebuild = graph.epoch_since < meta.epoch_since;
         let state = State {

@@ -305,6 +305,7 @@ impl Engine {
                     let name = entry.file_name().to_string_lossy().to_string();
                     Store::export_file(w, &format!("{}/{name}", c.id()), &entry.path())?;
                 }
+                tracing::debug!(collection = c.id(), "graph dump shipped in the snapshot");
                 Ok(())
             })?;
         }
