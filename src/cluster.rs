@@ -180,7 +180,7 @@ impl Cluster {
 
     /// Whether this node leads.
     pub fn is_leader(&self) -> bool {
-        self.metrics().current_leader == Some(self.id)
+        self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 
     /// The leader's id and URL, if known.
@@ -193,7 +193,12 @@ impl Cluster {
 
     /// Last applied log index.
     pub fn applied(&self) -> u64 {
-        self.metrics().last_applied.map_or(0, |l| l.index)
+        // Borrow, not clone: this runs on every read.
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
     }
 
     /// The HTTP client for calls to peers.
