@@ -187,7 +187,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,openraft=off".into()),
         )
         .init();
     let base = read_fvecs(&args.data.join("base.fvecs"), args.limit)?;
@@ -230,32 +231,11 @@ fn main() -> anyhow::Result<()> {
     };
     let n = base.len();
     let (ingest_secs, build_secs) = client_rt.block_on(async {
-        let client = Client::new(&url, None)?;
-        client.create_collection(COLLECTION, &ccfg).await?;
+        Client::new(&url, None)?
+            .create_collection(COLLECTION, &ccfg)
+            .await?;
         let started = Instant::now();
-        let sem = Arc::new(tokio::sync::Semaphore::new(args.ingest_concurrency));
-        let mut set = tokio::task::JoinSet::new();
-        for (c, chunk) in base.chunks(500).enumerate() {
-            let permit = sem.clone().acquire_owned().await?;
-            let points: Vec<PointInput> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, v)| PointInput {
-                    id: PointId::Num((c * 500 + i) as u64),
-                    vector: v.clone(),
-                    payload: Some(serde_json::json!({"row": c * 500 + i})),
-                })
-                .collect();
-            let client = client.clone();
-            set.spawn(async move {
-                let r = client.upsert(COLLECTION, points).await;
-                drop(permit);
-                r
-            });
-        }
-        while let Some(r) = set.join_next().await {
-            r??;
-        }
+        ingest_all(&url, &base, args.ingest_concurrency, true).await?;
         let ingest = started.elapsed().as_secs_f64();
         let engine = node.engine.clone();
         tokio::task::spawn_blocking(move || engine.wait_indexed(Duration::from_secs(3600))).await?;
@@ -373,10 +353,13 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Upserts `base` in batches of 500 (ids = row numbers, `{"row": n}` payloads if asked) with
+/// `concurrency` requests in flight; returns the seconds taken and the last index.
 async fn ingest_all(
     url: &str,
     base: &[Vec<f32>],
     concurrency: usize,
+    payloads: bool,
 ) -> anyhow::Result<(f64, u64)> {
     let client = Client::new(url, None)?;
     let started = Instant::now();
@@ -387,10 +370,13 @@ async fn ingest_all(
         let points: Vec<PointInput> = chunk
             .iter()
             .enumerate()
-            .map(|(i, v)| PointInput {
-                id: PointId::Num((c * 500 + i) as u64),
-                vector: v.clone(),
-                payload: None,
+            .map(|(i, v)| {
+                let n = c * 500 + i;
+                PointInput {
+                    id: PointId::Num(n as u64),
+                    vector: v.clone(),
+                    payload: payloads.then(|| serde_json::json!({ "row": n })),
+                }
             })
             .collect();
         let client = client.clone();
@@ -496,8 +482,12 @@ fn replication(
         },
     };
     client_rt.block_on(Client::new(&leader.url(), None)?.create_collection(COLLECTION, &ccfg))?;
-    let (secs, last) =
-        client_rt.block_on(ingest_all(&leader.url(), base, args.ingest_concurrency))?;
+    let (secs, last) = client_rt.block_on(ingest_all(
+        &leader.url(),
+        base,
+        args.ingest_concurrency,
+        false,
+    ))?;
     println!(
         "replicated durable ingest: {:.0} vectors/s ({} in {secs:.1} s)",
         base.len() as f64 / secs,

@@ -140,52 +140,64 @@ fn bad_rpc(e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-fn partitioned() -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        "isolated (fault injection)",
-    )
-        .into_response()
+/// Decodes a Raft RPC, runs it unless this node is isolated (fault injection), encodes the answer.
+async fn rpc<Req, Resp, Fut>(
+    state: &AppState,
+    body: &[u8],
+    handle: impl FnOnce(Req) -> Fut,
+) -> Response
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: Serialize,
+    Fut: std::future::Future<Output = Resp>,
+{
+    if state.cluster.is_isolated() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "isolated (fault injection)",
+        )
+            .into_response();
+    }
+    match decode::<Req>(body) {
+        Ok(req) => bincode_response(&handle(req).await),
+        Err(e) => bad_rpc(e),
+    }
 }
 
 /// `POST /raft/append`.
 pub async fn raft_append(State(state): State<AppState>, body: Bytes) -> Response {
-    if state.cluster.is_isolated() {
-        return partitioned();
-    }
-    let req: AppendEntriesRequest<TypeConfig> = match decode(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_rpc(e),
-    };
-    state
-        .cluster
-        .record_contact(req.leader_commit.map(|l| l.index));
-    bincode_response(&state.cluster.raft.append_entries(req).await)
+    rpc(
+        &state,
+        &body,
+        |req: AppendEntriesRequest<TypeConfig>| async {
+            state
+                .cluster
+                .record_contact(req.leader_commit.map(|l| l.index));
+            state.cluster.raft.append_entries(req).await
+        },
+    )
+    .await
 }
 
 /// `POST /raft/vote`.
 pub async fn raft_vote(State(state): State<AppState>, body: Bytes) -> Response {
-    if state.cluster.is_isolated() {
-        return partitioned();
-    }
-    let req: VoteRequest<u64> = match decode(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_rpc(e),
-    };
-    bincode_response(&state.cluster.raft.vote(req).await)
+    rpc(&state, &body, |req: VoteRequest<u64>| {
+        state.cluster.raft.vote(req)
+    })
+    .await
 }
 
 /// `POST /raft/snapshot` (one chunk).
 pub async fn raft_snapshot(State(state): State<AppState>, body: Bytes) -> Response {
-    if state.cluster.is_isolated() {
-        return partitioned();
-    }
-    let req: InstallSnapshotRequest<TypeConfig> = match decode(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_rpc(e),
-    };
-    state.cluster.record_contact(None);
-    bincode_response(&state.cluster.raft.install_snapshot(req).await)
+    rpc(
+        &state,
+        &body,
+        |req: InstallSnapshotRequest<TypeConfig>| async {
+            state.cluster.record_contact(None);
+            state.cluster.raft.install_snapshot(req).await
+        },
+    )
+    .await
 }
 
 /// `GET /cluster`: this node's view of the cluster.
