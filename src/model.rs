@@ -557,6 +557,9 @@ pub struct CollectionInfo {
     pub tombstones: usize,
     /// Points applied but not yet inserted into the HNSW graph (searched exactly meanwhile).
     pub unindexed: usize,
+    /// Applied log index this answer was read at (`GET /collections/{name}`; 0 inside a list).
+    #[serde(default)]
+    pub index: u64,
 }
 
 /// Liveness answer.
@@ -589,6 +592,9 @@ pub struct WriteResponse {
 pub struct CollectionList {
     /// Every collection.
     pub collections: Vec<CollectionInfo>,
+    /// Applied log index this answer was read at.
+    #[serde(default)]
+    pub index: u64,
 }
 
 /// Search answer.

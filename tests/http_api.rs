@@ -216,6 +216,10 @@ async fn collections_lifecycle_and_errors() {
     let (s, b) = h.call("GET", "/collections/c1", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(b["config"]["hnsw"]["m"], 8);
+    assert!(
+        b["index"].as_u64().unwrap() >= first_index,
+        "reads carry their applied index: {b}"
+    );
     assert_eq!(b["points"], 0);
     let (s, b) = h.call("GET", "/collections/nope", None).await;
     assert_eq!(

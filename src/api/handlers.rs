@@ -94,10 +94,14 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
 }
 
 #[utoipa::path(get, path = "/collections", responses((status = 200, body = CollectionList)))]
-pub async fn list_collections(State(state): State<AppState>) -> Result<Json<CollectionList>> {
+pub async fn list_collections(
+    State(state): State<AppState>,
+    Query(read): Query<ReadParams>,
+) -> Result<Json<CollectionList>> {
+    let index = state.cluster.ensure_read(&read.consistency()).await?;
     let engine = state.engine.clone();
     let collections = blocking(move || Ok(engine.list())).await?;
-    Ok(Json(CollectionList { collections }))
+    Ok(Json(CollectionList { collections, index }))
 }
 
 #[utoipa::path(put, path = "/collections/{name}", request_body = CollectionConfig,
@@ -126,9 +130,11 @@ pub async fn get_collection(
     Path(name): Path<String>,
     Query(read): Query<ReadParams>,
 ) -> Result<Json<CollectionInfo>> {
-    state.cluster.ensure_read(&read.consistency()).await?;
+    let index = state.cluster.ensure_read(&read.consistency()).await?;
     let engine = state.engine.clone();
-    Ok(Json(blocking(move || engine.info(&name)).await?))
+    let mut info = blocking(move || engine.info(&name)).await?;
+    info.index = index;
+    Ok(Json(info))
 }
 
 #[utoipa::path(delete, path = "/collections/{name}",

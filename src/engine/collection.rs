@@ -590,6 +590,7 @@ impl Collection {
             config: self.shared.config,
             points: st.live,
             tombstones: st.tombstones() as usize,
+            index: 0,
             unindexed: (st.slots.len() as u64).saturating_sub(wm) as usize,
         }
     }
