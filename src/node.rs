@@ -130,6 +130,9 @@ async fn open(
     let health = PeerHealth::default();
     let network = Network::new(config.cluster_secret.clone(), health.clone());
     let raft = Raft::new(id, Arc::new(config.raft_config()?), network, log, sm).await?;
+    if config.advertise.is_none() && addr.ip().is_unspecified() {
+        tracing::warn!(%addr, "listening on all interfaces without --advertise: peers cannot reach this address; set --advertise to this node's reachable URL");
+    }
     let advertise = config
         .advertise
         .clone()
