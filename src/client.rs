@@ -195,11 +195,4 @@ impl Client {
         )
         .await
     }
-
-    /// `GET /healthz`; true when the node answers.
-    pub async fn healthy(&self) -> bool {
-        self.call::<(), serde_json::Value>(Method::GET, "/healthz", None)
-            .await
-            .is_ok()
-    }
 }

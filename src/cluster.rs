@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
 use crate::model::{Consistency, ConsistencyLevel};
-use crate::raft::{NodeId, PeerHealth, Raft, SECRET_HEADER};
+use crate::raft::{typ, NodeId, PeerHealth, Raft, SECRET_HEADER};
 
 /// One member as `GET /cluster` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -116,7 +116,7 @@ fn role_of(s: ServerState) -> &'static str {
 }
 
 /// Maps a failed proposal to the crate's error.
-pub fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+pub fn client_write_error(e: typ::ClientWriteError) -> Error {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             Error::NotLeader(f.leader_node.map(|n| n.addr))
@@ -314,7 +314,7 @@ impl Cluster {
         Fut: std::future::Future<
             Output = std::result::Result<
                 openraft::raft::ClientWriteResponse<crate::raft::TypeConfig>,
-                RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+                typ::ClientWriteError,
             >,
         >,
     {

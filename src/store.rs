@@ -354,11 +354,6 @@ impl Store {
         self.db.flush()?;
         Ok(n)
     }
-
-    /// Bytes sled uses on disk.
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use serde_json::Value;
 
 use crate::filter::Filter;
-use crate::index::{score, Graph, GraphMeta};
+use crate::index::{score, Graph, GraphMeta, Scored};
 use crate::model::{
     ApplyError, CollectionConfig, CollectionInfo, Hit, Metric, PointId, PointRecord, PointWrite,
 };
@@ -122,25 +122,10 @@ pub struct SearchParams {
     pub exact: bool,
 }
 
-/// Orders candidates by badness: smaller is better, ties by smaller iid (determinism).
-#[derive(Clone, Copy, PartialEq)]
-struct Cand(f32, u64);
-impl Eq for Cand {}
-impl PartialOrd for Cand {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Cand {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
-    }
-}
-
 /// Keeps the k best candidates seen.
 struct TopK {
     k: usize,
-    heap: BinaryHeap<Cand>,
+    heap: BinaryHeap<Scored<u64>>,
 }
 impl TopK {
     fn new(k: usize) -> TopK {
@@ -150,7 +135,7 @@ impl TopK {
         }
     }
     #[inline]
-    fn push(&mut self, c: Cand) {
+    fn push(&mut self, c: Scored<u64>) {
         if self.heap.len() < self.k {
             self.heap.push(c);
         } else if let Some(top) = self.heap.peek() {
@@ -160,7 +145,7 @@ impl TopK {
             }
         }
     }
-    fn into_sorted(self) -> Vec<Cand> {
+    fn into_sorted(self) -> Vec<Scored<u64>> {
         self.heap.into_sorted_vec()
     }
 }
@@ -635,7 +620,7 @@ impl Collection {
             for iid in from..n {
                 if st.accepts(iid, filter) {
                     if let Some(v) = &st.slots[iid].vector {
-                        top.push(Cand(badness(metric, score(metric, q, v)), iid as u64));
+                        top.push(Scored(badness(metric, score(metric, q, v)), iid as u64));
                     }
                 }
             }
@@ -679,7 +664,7 @@ impl Collection {
             }
             for (iid, _) in found {
                 if let Some(v) = &st.slots[iid as usize].vector {
-                    top.push(Cand(badness(metric, score(metric, q, v)), iid));
+                    top.push(Scored(badness(metric, score(metric, q, v)), iid));
                 }
             }
             exact_scan(from, top);
@@ -715,7 +700,7 @@ impl Collection {
         }
         top.into_sorted()
             .into_iter()
-            .filter_map(|Cand(bad, iid)| {
+            .filter_map(|Scored(bad, iid)| {
                 let s = badness(metric, bad);
                 if let Some(t) = p.score_threshold {
                     let pass = if metric.higher_is_better() {

@@ -15,6 +15,7 @@ use std::collections::{BinaryHeap, HashMap};
 use hnsw_rs::prelude::{Distance, Hnsw};
 
 use super::kernels::{dot, l2_squared};
+use super::Scored;
 use crate::model::Metric;
 
 /// The frozen graph.
@@ -31,20 +32,6 @@ pub struct FlatGraph {
     upper: HashMap<u32, Vec<Vec<u32>>>,
     entry: Option<(u32, usize)>,
     points: usize,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-struct D(f32, u32);
-impl Eq for D {}
-impl PartialOrd for D {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for D {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
-    }
 }
 
 thread_local! {
@@ -217,17 +204,18 @@ impl FlatGraph {
                 *generation = 1;
             }
             let g = *generation;
-            let mut candidates: BinaryHeap<Reverse<D>> = BinaryHeap::with_capacity(ef * 2);
-            let mut top: BinaryHeap<D> = BinaryHeap::with_capacity(ef + 1);
+            let mut candidates: BinaryHeap<Reverse<Scored<u32>>> =
+                BinaryHeap::with_capacity(ef * 2);
+            let mut top: BinaryHeap<Scored<u32>> = BinaryHeap::with_capacity(ef + 1);
             let mut bound = f32::INFINITY;
             let mut fresh: Vec<u32> = Vec::with_capacity(64);
             marks[ep as usize] = g;
-            candidates.push(Reverse(D(d_ep, ep)));
+            candidates.push(Reverse(Scored(d_ep, ep)));
             if accepts(ep) {
-                top.push(D(d_ep, ep));
+                top.push(Scored(d_ep, ep));
                 bound = d_ep;
             }
-            while let Some(Reverse(D(dc, c))) = candidates.pop() {
+            while let Some(Reverse(Scored(dc, c))) = candidates.pop() {
                 if dc > bound && top.len() >= ef {
                     break;
                 }
@@ -249,9 +237,9 @@ impl FlatGraph {
                 for &nb in fresh.iter() {
                     let d = self.dist(q, nb);
                     if top.len() < ef || d < bound {
-                        candidates.push(Reverse(D(d, nb)));
+                        candidates.push(Reverse(Scored(d, nb)));
                         if accepts(nb) {
-                            top.push(D(d, nb));
+                            top.push(Scored(d, nb));
                             if top.len() > ef {
                                 top.pop();
                             }
@@ -264,7 +252,7 @@ impl FlatGraph {
             }
             let mut out = top.into_sorted_vec();
             out.truncate(k);
-            out.into_iter().map(|D(d, i)| (i as u64, d)).collect()
+            out.into_iter().map(|Scored(d, i)| (i as u64, d)).collect()
         })
     }
 }

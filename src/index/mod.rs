@@ -30,6 +30,22 @@ pub use kernels::{dot, l2_squared};
 const MAX_LAYER: usize = 16;
 const BASENAME: &str = "graph";
 
+/// A candidate ordered by distance (smaller is closer), ties broken by the smaller id so that
+/// results are deterministic. Used by the graph walk and by exact scans.
+#[derive(Clone, Copy, PartialEq)]
+pub struct Scored<I>(pub f32, pub I);
+impl<I: Ord> Eq for Scored<I> {}
+impl<I: Ord> PartialOrd for Scored<I> {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<I: Ord> Ord for Scored<I> {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
+    }
+}
+
 /// Normalises in place to unit length; returns false for a zero (or non-finite-norm) vector.
 pub fn normalize(v: &mut [f32]) -> bool {
     let norm = dot(v, v).sqrt();

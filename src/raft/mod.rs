@@ -19,8 +19,6 @@ mod log_store;
 mod network;
 mod state_machine;
 
-use std::sync::Arc;
-
 pub use log_store::LogStore;
 pub use network::{Network, PeerHealth, SECRET_HEADER};
 pub use state_machine::StateMachine;
@@ -48,9 +46,6 @@ pub mod typ {
     use super::{NodeId, TypeConfig};
     use openraft::BasicNode;
 
-    /// RPC error of a Raft call.
-    pub type RpcError<E = openraft::error::Infallible> =
-        openraft::error::RPCError<NodeId, BasicNode, openraft::error::RaftError<NodeId, E>>;
     /// A client write's error.
     pub type ClientWriteError =
         openraft::error::RaftError<NodeId, openraft::error::ClientWriteError<NodeId, BasicNode>>;
@@ -78,6 +73,3 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode
 pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     bincode::serialize(v).unwrap_or_default()
 }
-
-/// Shared handle passed around the node.
-pub type SharedRaft = Arc<Raft>;
