@@ -576,8 +576,17 @@ impl Cluster {
         });
     }
 
-    /// Asks the cluster at `url` to add this node (retrying until it succeeds or `deadline`).
-    pub async fn request_join(&self, url: &str, voter: bool, deadline: Duration) -> Result<u64> {
+    /// Asks the cluster to add this node, retrying until it succeeds or `deadline`; `urls` (any
+    /// members) are tried in turn, so that one member being down does not stop a join.
+    pub async fn request_join(
+        &self,
+        urls: &[String],
+        voter: bool,
+        deadline: Duration,
+    ) -> Result<u64> {
+        if urls.is_empty() {
+            return Err(Error::invalid("join", "no URL to join"));
+        }
         let started = Instant::now();
         let body = JoinRequest {
             id: self.id,
@@ -585,7 +594,10 @@ impl Cluster {
             voter,
         };
         let mut delay = Duration::from_millis(100);
+        let mut attempt = 0usize;
         loop {
+            let url = &urls[attempt % urls.len()];
+            attempt += 1;
             let mut req = self
                 .http
                 .post(format!("{}/cluster/join", url.trim_end_matches('/')))

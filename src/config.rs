@@ -44,10 +44,12 @@ pub struct Config {
     /// Most points coalesced into one durable write (group commit).
     #[arg(long, env = "QUIVER_MAX_BATCH_POINTS", default_value_t = 4_096)]
     pub max_batch_points: usize,
-    /// URL peers and clients use to reach this node (default: `http://` + the bound address).
+    /// URL peers and clients use to reach this node (default: `http://` + the bound address);
+    /// `auto`: this host's IP on the route to the cluster (for containers), with the bound port.
     #[arg(long, env = "QUIVER_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Join the cluster at this URL (any member) as a read replica (a Raft learner).
+    /// Join the cluster at this URL (any member; several, comma-separated, are tried in turn) as
+    /// a read replica (a Raft learner).
     #[arg(long, env = "QUIVER_JOIN")]
     pub join: Option<String>,
     /// With `--join`: join as a voter instead (for a 3-voter primary group with failover).
@@ -82,6 +84,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The `--join` URLs.
+    pub fn join_urls(&self) -> Vec<String> {
+        self.join
+            .iter()
+            .flat_map(|j| j.split(','))
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
     /// Defaults for tests: a data dir, an ephemeral port on loopback.
     pub fn for_test(data_dir: impl Into<PathBuf>) -> Config {
         Config {

@@ -5,6 +5,7 @@
 //! [`engine`] for its invariants and the README's architecture section for the whole picture.
 
 pub mod api;
+pub mod balance;
 pub mod client;
 pub mod cluster;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod filter;
+pub mod gateway;
 pub mod index;
 pub mod model;
 pub mod node;

@@ -25,6 +25,14 @@ enum Cmd {
     Import(ImportArgs),
     /// Run one search from the command line.
     Search(SearchArgs),
+    /// Run a stateless gateway: writes to the leader, reads spread over ready replicas.
+    Gateway(quiver::gateway::GatewayConfig),
+    /// Exit 0 when the URL answers 2xx within two seconds (container health checks; images
+    /// carry no curl).
+    Probe {
+        /// URL to GET, e.g. http://127.0.0.1:7070/readyz.
+        url: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,6 +129,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let log = match &cli.cmd {
         Cmd::Serve(c) => c.log.clone(),
+        Cmd::Gateway(c) => c.log.clone(),
         _ => "warn".to_string(),
     };
     tracing_subscriber::fmt()
@@ -132,8 +141,24 @@ fn main() -> anyhow::Result<()> {
             Cmd::Serve(config) => quiver::node::run(config, quiver::node::shutdown_signal()).await,
             Cmd::Import(args) => import(args).await,
             Cmd::Search(args) => search(args).await,
+            Cmd::Gateway(config) => {
+                quiver::gateway::run(config, quiver::node::shutdown_signal()).await
+            }
+            Cmd::Probe { url } => probe(&url).await,
         }
     })
+}
+
+async fn probe(url: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()?;
+    let resp = http.get(url).send().await?;
+    let status = resp.status();
+    if !status.is_success() {
+        bail!("{url}: {status} {}", resp.text().await.unwrap_or_default());
+    }
+    Ok(())
 }
 
 fn load_points(args: &ImportArgs) -> anyhow::Result<Vec<PointInput>> {

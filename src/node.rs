@@ -130,13 +130,7 @@ async fn open(
     let health = PeerHealth::default();
     let network = Network::new(config.cluster_secret.clone(), health.clone());
     let raft = Raft::new(id, Arc::new(config.raft_config()?), network, log, sm).await?;
-    if config.advertise.is_none() && addr.ip().is_unspecified() {
-        tracing::warn!(%addr, "listening on all interfaces without --advertise: peers cannot reach this address; set --advertise to this node's reachable URL");
-    }
-    let advertise = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let advertise = advertise_url(config, addr).await?;
     tracing::info!(
         id,
         %advertise,
@@ -162,6 +156,67 @@ async fn open(
     Ok((engine, cluster, pristine))
 }
 
+/// The URL peers are told: `--advertise`, or with `--advertise auto` this host's address on the
+/// route towards the cluster (containers whose address is not known in advance), or the bound
+/// address.
+async fn advertise_url(config: &Config, addr: SocketAddr) -> anyhow::Result<String> {
+    match config.advertise.as_deref() {
+        Some("auto") => {
+            let ip = route_ip(&config.join_urls()).await?;
+            Ok(format!("http://{}", SocketAddr::new(ip, addr.port())))
+        }
+        Some(url) => Ok(url.trim_end_matches('/').to_string()),
+        None => {
+            if addr.ip().is_unspecified() {
+                tracing::warn!(%addr, "listening on all interfaces without --advertise: peers cannot reach this address; set --advertise to this node's reachable URL, or to auto");
+            }
+            Ok(format!("http://{addr}"))
+        }
+    }
+}
+
+/// The local address the kernel would use to reach the first join target that resolves (or, with
+/// none, any public address; no packet is sent: a UDP `connect` only picks the route).
+async fn route_ip(join: &[String]) -> anyhow::Result<std::net::IpAddr> {
+    let mut targets: Vec<SocketAddr> = Vec::new();
+    for url in join {
+        let host = url
+            .split("://")
+            .last()
+            .unwrap_or(url)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let with_port = if host.contains(':') {
+            host.to_string()
+        } else {
+            format!("{host}:80")
+        };
+        if let Ok(found) = tokio::net::lookup_host(with_port).await {
+            targets.extend(found);
+        }
+    }
+    targets.push(SocketAddr::from(([192, 0, 2, 1], 9)));
+    for target in targets {
+        let bind = if target.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let Ok(sock) = tokio::net::UdpSocket::bind(bind).await else {
+            continue;
+        };
+        if sock.connect(target).await.is_ok() {
+            if let Ok(local) = sock.local_addr() {
+                if !local.ip().is_unspecified() {
+                    return Ok(local.ip());
+                }
+            }
+        }
+    }
+    anyhow::bail!("--advertise auto: found no route to the cluster; give --advertise URL")
+}
+
 async fn bootstrap(cluster: &Arc<Cluster>, config: &Config, pristine: bool) -> anyhow::Result<()> {
     match &config.join {
         None if pristine => {
@@ -180,11 +235,11 @@ async fn bootstrap(cluster: &Arc<Cluster>, config: &Config, pristine: bool) -> a
             tracing::info!(id = cluster.id, "initialised a single-voter cluster");
         }
         None => {}
-        Some(url) => {
+        Some(_) => {
             // Also on restart: a replica that was expired while away asks to be added again.
-            let (c, url, voter) = (cluster.clone(), url.clone(), config.voter);
+            let (c, urls, voter) = (cluster.clone(), config.join_urls(), config.voter);
             tokio::spawn(async move {
-                match c.request_join(&url, voter, JOIN_DEADLINE).await {
+                match c.request_join(&urls, voter, JOIN_DEADLINE).await {
                     Ok(index) => tracing::info!(index, "joined the cluster"),
                     Err(e) => tracing::error!(error = %e, "could not join the cluster"),
                 }

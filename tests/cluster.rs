@@ -5,88 +5,10 @@
 use std::time::{Duration, Instant};
 
 use quiver::client::{Client, ClientError};
-use quiver::config::Config;
-use quiver::model::{
-    CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
-};
-use quiver::node::Node;
-use tempfile::TempDir;
+use quiver::model::{Consistency, PointId, SearchRequest};
 
-const WAIT: Duration = Duration::from_secs(30);
-
-async fn start(
-    join: Option<&str>,
-    voter: bool,
-    tweak: impl FnOnce(&mut Config),
-) -> (Node, TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::for_test(dir.path());
-    config.join = join.map(str::to_string);
-    config.voter = voter;
-    config.cluster_secret = Some("s3cret".into());
-    tweak(&mut config);
-    (Node::start(config).await.unwrap(), dir)
-}
-
-async fn wait_members(node: &Node, n: usize) {
-    node.cluster
-        .raft
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.membership_config.membership().nodes().count() == n,
-            "members",
-        )
-        .await
-        .unwrap();
-}
-
-async fn wait_applied(node: &Node, index: u64) {
-    node.cluster
-        .raft
-        .wait(Some(WAIT))
-        .applied_index_at_least(Some(index), "applied")
-        .await
-        .unwrap();
-}
-
-/// Polls `f` until it is true or the deadline passes.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let deadline = Instant::now() + WAIT;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn points(from: u64, n: u64) -> Vec<PointInput> {
-    (from..from + n)
-        .map(|i| PointInput {
-            id: PointId::Num(i),
-            vector: vec![
-                (i % 97) as f32 / 97.0,
-                (i % 13) as f32 / 13.0,
-                1.0,
-                (i as f32).sin(),
-            ],
-            payload: Some(serde_json::json!({"i": i})),
-        })
-        .collect()
-}
-
-fn config4() -> CollectionConfig {
-    CollectionConfig {
-        dim: 4,
-        metric: Metric::L2,
-        hnsw: HnswConfig::default(),
-    }
-}
-
-fn query(min_index: u64) -> SearchRequest {
-    let mut q = SearchRequest::new(vec![0.5, 0.5, 1.0, 0.0], 10);
-    q.exact = true;
-    q.consistency = Some(Consistency::MinIndex { min_index });
-    q
-}
+mod common;
+use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_and_two_learners_replicate_and_forward_writes() {

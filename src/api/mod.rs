@@ -157,7 +157,8 @@ pub(crate) fn key_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn is_read(method: &Method, path: &str) -> bool {
+/// Whether a request only reads (API keys for reads only; the gateway's routing).
+pub(crate) fn is_read(method: &Method, path: &str) -> bool {
     method == Method::GET
         || method == Method::HEAD
         || (method == Method::POST && path.contains("/points/search"))

@@ -1,0 +1,542 @@
+//! `quiver gateway`: a stateless entry point in front of a cluster.
+//!
+//! It learns the members from `GET /cluster` on any node it knows (the seeds, then every member
+//! it has seen, so losing the seed does not blind it), probes each member's `/readyz`, sends
+//! writes to the leader and spreads reads over the ready replicas with a [`Policy`]. A read that
+//! fails on one replica (connection error, 502/503/504) is retried once on another; a write is
+//! retried only when it provably never reached a node (the connection was refused) or the node
+//! said it is not the leader — never after it may have been applied. Bodies, query strings and
+//! consistency tokens pass through untouched; each answer names the node that served it in
+//! `x-quiver-node`. Several gateways can run side by side: they share nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Notify};
+
+use crate::balance::{BackendStats, Balancer, Policy};
+use crate::cluster::ClusterStatus;
+use crate::error::Error;
+
+/// The header naming the node that answered.
+pub const NODE_HEADER: &str = "x-quiver-node";
+
+/// Settings of `quiver gateway` (flags, or `QUIVER_GATEWAY_*` / `QUIVER_*` environment variables).
+#[derive(Clone, Debug, clap::Args)]
+pub struct GatewayConfig {
+    /// Address to listen on.
+    #[arg(long, env = "QUIVER_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Nodes to discover the cluster from (comma-separated URLs; any member will do).
+    #[arg(
+        long,
+        env = "QUIVER_GATEWAY_NODES",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub nodes: Vec<String>,
+    /// How reads pick a replica.
+    #[arg(long, env = "QUIVER_GATEWAY_POLICY", value_enum, default_value_t = Policy::PowerOfTwo)]
+    pub policy: Policy,
+    /// Also send reads to the leader (by default it serves reads only when no replica is ready).
+    #[arg(long, env = "QUIVER_GATEWAY_READ_FROM_LEADER")]
+    pub read_from_leader: bool,
+    /// How often to refresh the membership and readiness, in ms.
+    #[arg(long, env = "QUIVER_GATEWAY_REFRESH_MS", default_value_t = 1_000)]
+    pub refresh_ms: u64,
+    /// API key for the gateway's own discovery calls (client requests carry their own).
+    #[arg(long, env = "QUIVER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Longest a proxied request may take, in seconds.
+    #[arg(long, env = "QUIVER_GATEWAY_TIMEOUT_SECS", default_value_t = 120)]
+    pub timeout_secs: u64,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "QUIVER_MAX_BODY_BYTES", default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "QUIVER_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl GatewayConfig {
+    /// Defaults for tests: loopback, port 0, a fast refresh.
+    pub fn for_test(nodes: Vec<String>, policy: Policy) -> GatewayConfig {
+        GatewayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            nodes,
+            policy,
+            read_from_leader: false,
+            refresh_ms: 100,
+            api_key: None,
+            timeout_secs: 30,
+            max_body_bytes: 64 << 20,
+            log: "warn".into(),
+        }
+    }
+}
+
+/// A member as the gateway sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GatewayMember {
+    /// Node id.
+    pub id: u64,
+    /// URL.
+    pub addr: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// Whether its `/readyz` answered 200 at the last refresh.
+    pub ready: bool,
+}
+
+/// `GET /gateway/status`.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GatewayStatus {
+    /// The read policy.
+    pub policy: Policy,
+    /// The leader's URL, if known.
+    pub leader: Option<String>,
+    /// Members at the last refresh.
+    pub members: Vec<GatewayMember>,
+    /// Where reads go now, with per-node counters.
+    pub readers: Vec<BackendStats>,
+    /// Completed membership refreshes.
+    pub refreshes: u64,
+}
+
+struct Inner {
+    config: GatewayConfig,
+    http: reqwest::Client,
+    probe: reqwest::Client,
+    readers: Balancer,
+    leader: RwLock<Option<String>>,
+    members: RwLock<Vec<GatewayMember>>,
+    /// URLs to ask for the membership: the seeds, then every member seen.
+    known: RwLock<Vec<String>>,
+    refreshes: std::sync::atomic::AtomicU64,
+    refresh_now: Notify,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// The bound address.
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Binds, does a first discovery round, and serves until [`Gateway::stop`].
+    pub async fn start(config: GatewayConfig) -> anyhow::Result<Gateway> {
+        anyhow::ensure!(
+            !config.nodes.is_empty(),
+            "--nodes: give at least one node URL"
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.timeout_secs))
+            .connect_timeout(Duration::from_secs(2))
+            .pool_max_idle_per_host(256)
+            .build()?;
+        let probe = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()?;
+        let known = config
+            .nodes
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect();
+        let inner = Arc::new(Inner {
+            readers: Balancer::new(config.policy),
+            config,
+            http,
+            probe,
+            leader: RwLock::new(None),
+            members: RwLock::new(Vec::new()),
+            known: RwLock::new(known),
+            refreshes: Default::default(),
+            refresh_now: Notify::new(),
+        });
+        inner.refresh().await;
+        let listener = TcpListener::bind(inner.config.listen).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = router(inner.clone());
+        let refresher = tokio::spawn(refresh_loop(inner.clone()));
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "gateway server failed");
+            }
+            refresher.abort();
+        });
+        Ok(Gateway {
+            addr,
+            inner,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// `http://` + the bound address.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What `GET /gateway/status` shows.
+    pub fn status(&self) -> GatewayStatus {
+        self.inner.status()
+    }
+
+    /// Stops serving (in-flight requests finish).
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Runs a gateway until `shutdown` resolves.
+pub async fn run(
+    config: GatewayConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let gw = Gateway::start(config).await?;
+    let status = gw.status();
+    tracing::info!(addr = %gw.addr, leader = ?status.leader, readers = status.readers.len(), policy = ?status.policy, "quiver gateway listening");
+    shutdown.await;
+    gw.stop().await;
+    Ok(())
+}
+
+async fn refresh_loop(inner: Arc<Inner>) {
+    let period = Duration::from_millis(inner.config.refresh_ms.max(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = inner.refresh_now.notified() => {}
+        }
+        inner.refresh().await;
+    }
+}
+
+impl Inner {
+    fn status(&self) -> GatewayStatus {
+        GatewayStatus {
+            policy: self.readers.policy(),
+            leader: self.leader.read().clone(),
+            members: self.members.read().clone(),
+            readers: self.readers.stats(),
+            refreshes: self.refreshes.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Asks the known nodes for the membership (the first that names a leader wins), then
+    /// probes every member's readiness.
+    async fn refresh(&self) {
+        let candidates = self.known.read().clone();
+        let mut view: Option<ClusterStatus> = None;
+        for url in &candidates {
+            let mut req = self.probe.get(format!("{url}/cluster"));
+            if let Some(k) = &self.config.api_key {
+                req = req.bearer_auth(k);
+            }
+            let Ok(resp) = req.send().await else { continue };
+            let Ok(status) = resp.error_for_status().map(|r| r.json::<ClusterStatus>()) else {
+                continue;
+            };
+            let Ok(status) = status.await else { continue };
+            let has_leader = status.leader_addr.is_some();
+            view = Some(status);
+            if has_leader {
+                break;
+            }
+        }
+        let Some(view) = view else {
+            tracing::warn!(?candidates, "no node answered GET /cluster");
+            *self.leader.write() = None;
+            self.readers.set(Vec::new());
+            return;
+        };
+        let probes =
+            view.members.iter().map(|m| {
+                let url = format!("{}/readyz", m.addr.trim_end_matches('/'));
+                async move {
+                    matches!(self.probe.get(url).send().await, Ok(r) if r.status().is_success())
+                }
+            });
+        let ready = futures_util::future::join_all(probes).await;
+        let members: Vec<GatewayMember> = view
+            .members
+            .iter()
+            .zip(ready)
+            .map(|(m, ready)| GatewayMember {
+                id: m.id,
+                addr: m.addr.trim_end_matches('/').to_string(),
+                role: m.role.clone(),
+                ready,
+            })
+            .collect();
+        let leader = view
+            .leader_addr
+            .as_deref()
+            .map(|l| l.trim_end_matches('/').to_string());
+        let is_leader = |m: &GatewayMember| leader.as_deref() == Some(m.addr.as_str());
+        let mut readers: Vec<String> = members
+            .iter()
+            .filter(|m| m.ready && (self.config.read_from_leader || !is_leader(m)))
+            .map(|m| m.addr.clone())
+            .collect();
+        if readers.is_empty() {
+            readers = members
+                .iter()
+                .filter(|m| m.ready && is_leader(m))
+                .map(|m| m.addr.clone())
+                .collect();
+        }
+        self.readers.set(readers);
+        {
+            let mut known = self.known.write();
+            for m in &members {
+                if !known.contains(&m.addr) {
+                    known.push(m.addr.clone());
+                }
+            }
+            // Forget nodes that left, but never the seeds.
+            let seeds: Vec<String> = self
+                .config
+                .nodes
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .collect();
+            known.retain(|u| seeds.contains(u) || members.iter().any(|m| &m.addr == u));
+        }
+        *self.members.write() = members;
+        *self.leader.write() = leader;
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn send(
+        &self,
+        node: &str,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> reqwest::Result<(reqwest::StatusCode, HeaderMap, Bytes)> {
+        let method =
+            reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
+        let mut req = self
+            .http
+            .request(method, format!("{node}{path}"))
+            .body(body.clone());
+        for (name, value) in headers {
+            if forwardable(name) {
+                req = req.header(name.as_str(), value.as_bytes());
+            }
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let mut out = HeaderMap::new();
+        for (name, value) in resp.headers() {
+            if forwardable(name) {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_str().as_bytes()),
+                    HeaderValue::from_bytes(value.as_bytes()),
+                ) {
+                    out.append(n, v);
+                }
+            }
+        }
+        let bytes = resp.bytes().await?;
+        Ok((status, out, bytes))
+    }
+}
+
+/// Hop-by-hop and framing headers are the proxy's own business.
+fn forwardable(name: &impl AsRef<str>) -> bool {
+    !matches!(
+        name.as_ref().to_ascii_lowercase().as_str(),
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "content-length"
+            | NODE_HEADER
+    )
+}
+
+fn answer(node: &str, status: reqwest::StatusCode, headers: HeaderMap, body: Bytes) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    *resp.headers_mut() = headers;
+    if let Ok(v) = HeaderValue::from_str(node) {
+        resp.headers_mut().insert(NODE_HEADER, v);
+    }
+    resp
+}
+
+/// Worth another node: the node is down, overloaded, behind, or not the leader.
+fn retryable(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
+}
+
+fn router(inner: Arc<Inner>) -> Router {
+    let limit = inner.config.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/gateway/status", get(status))
+        .fallback(proxy)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(inner)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok", "role": "gateway"}))
+}
+
+async fn readyz(State(inner): State<Arc<Inner>>) -> Response {
+    let leader = inner.leader.read().clone();
+    if leader.is_none() && inner.readers.is_empty() {
+        return Error::Unavailable("the gateway knows no leader and no ready replica".into())
+            .into_response();
+    }
+    Json(serde_json::json!({"status": "ready", "leader": leader, "readers": inner.readers.len()}))
+        .into_response()
+}
+
+async fn status(State(inner): State<Arc<Inner>>) -> Json<GatewayStatus> {
+    Json(inner.status())
+}
+
+async fn proxy(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = inner.config.max_body_bytes;
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return Error::PayloadTooLarge(limit).into_response();
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    if crate::api::is_read(&parts.method, parts.uri.path()) {
+        read(&inner, &parts.method, &path, &parts.headers, &body).await
+    } else {
+        write(&inner, &parts.method, &path, &parts.headers, &body).await
+    }
+}
+
+async fn read(
+    inner: &Inner,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    let mut tried: Vec<String> = Vec::new();
+    let mut last: Option<Response> = None;
+    for _ in 0..2 {
+        let Some(lease) = inner.readers.pick(&tried) else {
+            break;
+        };
+        let node = lease.url().to_string();
+        match inner.send(&node, method, path, headers, body).await {
+            Ok((status, h, b)) if retryable(status) => {
+                lease.failure();
+                inner.refresh_now.notify_one();
+                last = Some(answer(&node, status, h, b));
+            }
+            Ok((status, h, b)) => {
+                lease.success();
+                return answer(&node, status, h, b);
+            }
+            Err(e) => {
+                lease.failure();
+                inner.refresh_now.notify_one();
+                tracing::debug!(node, error = %e, "read failed; trying another replica");
+                last =
+                    Some(Error::Unavailable(format!("replica {node} failed: {e}")).into_response());
+            }
+        }
+        tried.push(node);
+    }
+    if let Some(resp) = last {
+        return resp;
+    }
+    // No replica is ready: the leader (if any) answers.
+    let leader = inner.leader.read().clone();
+    match leader {
+        Some(node) => match inner.send(&node, method, path, headers, body).await {
+            Ok((status, h, b)) => answer(&node, status, h, b),
+            Err(e) => Error::Unavailable(format!("leader {node} failed: {e}")).into_response(),
+        },
+        None => Error::Unavailable("no ready replica and no known leader".into()).into_response(),
+    }
+}
+
+async fn write(
+    inner: &Inner,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
+    for attempt in 0..2 {
+        let leader = inner.leader.read().clone();
+        let Some(node) = leader else {
+            if attempt == 0 {
+                inner.refresh().await;
+                continue;
+            }
+            return Error::NotLeader(None).into_response();
+        };
+        match inner.send(&node, method, path, headers, body).await {
+            Ok((status, h, b)) => {
+                let not_leader = status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    && b.windows(12).any(|w| w == b"\"not_leader\"");
+                if not_leader && attempt == 0 {
+                    // Refused before it was applied: safe to send again to the new leader.
+                    inner.refresh().await;
+                    continue;
+                }
+                return answer(&node, status, h, b);
+            }
+            Err(e) if e.is_connect() && attempt == 0 => {
+                // Never reached the node, so it cannot have been applied.
+                tracing::info!(node, error = %e, "leader unreachable; rediscovering");
+                inner.refresh().await;
+            }
+            Err(e) => {
+                inner.refresh_now.notify_one();
+                let why = if e.is_connect() {
+                    format!("the leader {node} is unreachable: {e}")
+                } else {
+                    format!("the write to {node} failed and may or may not have been applied: {e}")
+                };
+                return Error::Unavailable(why).into_response();
+            }
+        }
+    }
+    Error::Unavailable("no reachable leader".into()).into_response()
+}

@@ -1,0 +1,91 @@
+//! Helpers shared by the in-process cluster tests: nodes on port 0 over loopback, waits on Raft
+//! metrics or on a polled condition with a deadline (never a fixed sleep).
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use quiver::config::Config;
+use quiver::model::{
+    CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
+};
+use quiver::node::Node;
+use tempfile::TempDir;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub async fn start(
+    join: Option<&str>,
+    voter: bool,
+    tweak: impl FnOnce(&mut Config),
+) -> (Node, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.join = join.map(str::to_string);
+    config.voter = voter;
+    config.cluster_secret = Some("s3cret".into());
+    tweak(&mut config);
+    (Node::start(config).await.unwrap(), dir)
+}
+
+pub async fn wait_members(node: &Node, n: usize) {
+    node.cluster
+        .raft
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.membership_config.membership().nodes().count() == n,
+            "members",
+        )
+        .await
+        .unwrap();
+}
+
+pub async fn wait_applied(node: &Node, index: u64) {
+    node.cluster
+        .raft
+        .wait(Some(WAIT))
+        .applied_index_at_least(Some(index), "applied")
+        .await
+        .unwrap();
+}
+
+/// Polls `f` until it is true or the deadline passes.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + WAIT;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn points(from: u64, n: u64) -> Vec<PointInput> {
+    (from..from + n)
+        .map(|i| PointInput {
+            id: PointId::Num(i),
+            vector: vec![
+                (i % 97) as f32 / 97.0,
+                (i % 13) as f32 / 13.0,
+                1.0,
+                (i as f32).sin(),
+            ],
+            payload: Some(serde_json::json!({"i": i})),
+        })
+        .collect()
+}
+
+pub fn config4() -> CollectionConfig {
+    CollectionConfig {
+        dim: 4,
+        metric: Metric::L2,
+        hnsw: HnswConfig::default(),
+    }
+}
+
+pub fn query(min_index: u64) -> SearchRequest {
+    let mut q = SearchRequest::new(vec![0.5, 0.5, 1.0, 0.0], 10);
+    q.exact = true;
+    q.consistency = Some(Consistency::MinIndex { min_index });
+    q
+}
