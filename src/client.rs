@@ -1,22 +1,52 @@
-//! A typed async client for one quiver node over HTTP (reqwest). It shares only the DTOs in
-//! [`crate::model`] with the server. Used by the CLI, the benchmark and the integration tests.
+//! A typed async client for quiver over HTTP (reqwest). It shares only the DTOs in
+//! [`crate::model`] with the server.
+//!
+//! - **Writes** go to the leader. With discovery on, the client learns the leader from
+//!   `GET /cluster`; otherwise it writes to the first node that accepts a connection (every node
+//!   forwards writes to the leader). A write is sent again only when it provably never reached a
+//!   node (connection refused) or a node refused it as not the leader; a write that may have been
+//!   applied is never silently retried (upserts by id are idempotent, so the caller may).
+//! - **Reads** are spread over the replicas with a [`Policy`] (round robin, least outstanding,
+//!   power of two choices on latency) and retried once on another node when a node cannot be
+//!   reached or answers 502/503/504.
+//! - **Sessions**: the client remembers the highest index its writes returned; with
+//!   [`ClientBuilder::read_your_writes`] every read that names no consistency carries it as
+//!   `min_index`, so a replica answers only once it has those writes.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), quiver::client::ClientError> {
+//! use quiver::client::Client;
+//! use quiver::balance::Policy;
+//! let client = Client::builder(["http://127.0.0.1:7070"])
+//!     .policy(Policy::LeastOutstanding)
+//!     .read_your_writes(true)
+//!     .connect()
+//!     .await?;
+//! # Ok(()) }
+//! ```
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use parking_lot::{Mutex, RwLock};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use crate::balance::{BackendStats, Balancer, Policy};
+use crate::cluster::ClusterStatus;
 use crate::model::{
     BatchSearchRequest, BatchSearchResponse, CollectionConfig, CollectionInfo, CollectionList,
-    DeleteRequest, PointId, PointInput, PointResponse, SearchRequest, SearchResponse,
-    UpsertRequest, WriteResponse,
+    Consistency, ConsistencyLevel, DeleteRequest, PointId, PointInput, PointResponse,
+    SearchRequest, SearchResponse, UpsertRequest, WriteResponse,
 };
+use crate::topology;
 
-/// What can go wrong talking to a node.
+/// What can go wrong talking to quiver.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The node answered with an error.
+    /// A node answered with an error.
     #[error("{status} {code}: {message}")]
     Api {
         /// HTTP status.
@@ -28,9 +58,23 @@ pub enum ClientError {
         /// The offending field, for `invalid_input`.
         field: Option<String>,
     },
-    /// The request did not complete (connection, timeout, undecodable body).
+    /// The request did not complete (connection, timeout, undecodable body). For a write, it
+    /// may or may not have been applied.
     #[error("http: {0}")]
     Http(#[from] reqwest::Error),
+    /// No node could be reached or none was configured.
+    #[error("no node available: {0}")]
+    NoNode(String),
+}
+
+impl ClientError {
+    /// The error code of an API error (`collection_not_found`, ...).
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -44,47 +88,260 @@ struct ErrorInner {
     field: Option<String>,
 }
 
-/// A client for one node (cheap to clone; the connection pool is shared).
-#[derive(Clone)]
-pub struct Client {
-    http: reqwest::Client,
-    base: String,
+/// Settings of a [`Client`]; start with [`Client::builder`].
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    urls: Vec<String>,
     api_key: Option<String>,
+    policy: Policy,
+    discover: bool,
+    read_your_writes: bool,
+    read_from_leader: bool,
+    timeout: Duration,
+    refresh_every: Duration,
 }
 
-impl Client {
-    /// A client for the node at `base` (e.g. `http://127.0.0.1:7070`).
-    pub fn new(base: &str, api_key: Option<String>) -> Result<Client, ClientError> {
+impl ClientBuilder {
+    /// API key sent as `Authorization: Bearer`.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// How reads pick a node (default: power of two choices).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Learn the leader and the ready replicas from `GET /cluster` (default on). Off: writes go
+    /// to the given URLs in order and reads are spread over all of them.
+    pub fn discover(mut self, on: bool) -> Self {
+        self.discover = on;
+        self
+    }
+
+    /// Send the highest index this client's writes returned as `min_index` on every read that
+    /// names no consistency (default off).
+    pub fn read_your_writes(mut self, on: bool) -> Self {
+        self.read_your_writes = on;
+        self
+    }
+
+    /// Also read from the leader (by default it serves reads only when no replica is ready).
+    pub fn read_from_leader(mut self, on: bool) -> Self {
+        self.read_from_leader = on;
+        self
+    }
+
+    /// Longest a request may take (default 120 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How often discovery runs again in the background of reads (default 5 s).
+    pub fn refresh_every(mut self, every: Duration) -> Self {
+        self.refresh_every = every;
+        self
+    }
+
+    /// The client, without touching the network (discovery runs on first use).
+    pub fn build(self) -> Result<Client, ClientError> {
+        let seeds = topology::normalise(&self.urls);
+        if seeds.is_empty() {
+            return Err(ClientError::NoNode("no URL given".into()));
+        }
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
+            .timeout(self.timeout)
+            .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(64)
             .build()?;
+        let probe = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let readers = Balancer::new(self.policy);
+        readers.set(seeds.clone());
         Ok(Client {
-            http,
-            base: base.trim_end_matches('/').to_string(),
-            api_key,
+            inner: Arc::new(Inner {
+                http,
+                probe,
+                known: RwLock::new(seeds.clone()),
+                seeds,
+                leader: RwLock::new(None),
+                readers,
+                session: AtomicU64::new(0),
+                last_refresh: Mutex::new(None),
+                settings: self,
+            }),
         })
     }
 
-    /// The node's base URL.
-    pub fn base(&self) -> &str {
-        &self.base
+    /// The client, after a first discovery round (when discovery is on).
+    pub async fn connect(self) -> Result<Client, ClientError> {
+        let discover = self.discover;
+        let client = self.build()?;
+        if discover {
+            client.refresh().await?;
+        }
+        Ok(client)
+    }
+}
+
+struct Inner {
+    settings: ClientBuilder,
+    http: reqwest::Client,
+    probe: reqwest::Client,
+    seeds: Vec<String>,
+    known: RwLock<Vec<String>>,
+    leader: RwLock<Option<String>>,
+    readers: Balancer,
+    session: AtomicU64,
+    last_refresh: Mutex<Option<Instant>>,
+}
+
+/// A quiver client (cheap to clone; clones share connections, balancing state and the session).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+enum Body<'a> {
+    None,
+    Json(&'a (dyn erased::Json + Sync)),
+}
+
+/// Object-safe JSON bodies, so that the request paths are not generic over every DTO.
+mod erased {
+    pub trait Json {
+        fn to_bytes(&self) -> serde_json::Result<Vec<u8>>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_bytes(&self) -> serde_json::Result<Vec<u8>> {
+            serde_json::to_vec(self)
+        }
+    }
+}
+
+impl Client {
+    /// A client for one node (no discovery): every request goes to `base`.
+    pub fn new(base: &str, api_key: Option<String>) -> Result<Client, ClientError> {
+        let mut b = Client::builder([base]).discover(false);
+        b.api_key = api_key;
+        b.build()
     }
 
-    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+    /// Settings for a client of the nodes at `urls` (any members; more are discovered).
+    pub fn builder<I, S>(urls: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientBuilder {
+            urls: urls.into_iter().map(Into::into).collect(),
+            api_key: None,
+            policy: Policy::default(),
+            discover: true,
+            read_your_writes: false,
+            read_from_leader: false,
+            timeout: Duration::from_secs(120),
+            refresh_every: Duration::from_secs(5),
+        }
+    }
+
+    /// The first configured node's URL.
+    pub fn base(&self) -> &str {
+        &self.inner.seeds[0]
+    }
+
+    /// The leader's URL, as last discovered.
+    pub fn leader(&self) -> Option<String> {
+        self.inner.leader.read().clone()
+    }
+
+    /// The highest index this client's writes returned (its read-your-writes token).
+    pub fn session_index(&self) -> u64 {
+        self.inner.session.load(Ordering::Relaxed)
+    }
+
+    /// Raises the session token, e.g. to one handed over from another process.
+    pub fn observe_index(&self, index: u64) {
+        self.inner.session.fetch_max(index, Ordering::Relaxed);
+    }
+
+    /// Per-node read counters (requests served, failures, latency average, in flight).
+    pub fn read_stats(&self) -> Vec<BackendStats> {
+        self.inner.readers.stats()
+    }
+
+    /// Rediscovers the leader and the ready replicas now.
+    pub async fn refresh(&self) -> Result<(), ClientError> {
+        let inner = &self.inner;
+        *inner.last_refresh.lock() = Some(Instant::now());
+        let candidates = inner.known.read().clone();
+        let topo = topology::discover(&inner.probe, &candidates, inner.settings.api_key.as_deref())
+            .await
+            .ok_or_else(|| {
+                ClientError::NoNode(format!("none of {candidates:?} answered GET /cluster"))
+            })?;
+        let readers = topo.readers(inner.settings.read_from_leader);
+        if !readers.is_empty() {
+            inner.readers.set(readers);
+        }
+        topology::merge_known(&mut inner.known.write(), &inner.seeds, &topo);
+        *inner.leader.write() = topo.leader;
+        Ok(())
+    }
+
+    /// Runs discovery in the background when it is due (reads never wait for it).
+    fn refresh_if_due(&self) {
+        if !self.inner.settings.discover {
+            return;
+        }
+        let due = {
+            let mut last = self.inner.last_refresh.lock();
+            let due = last.is_none_or(|t| t.elapsed() >= self.inner.settings.refresh_every);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.refresh().await {
+                    tracing::debug!(error = %e, "background discovery failed");
+                }
+            });
+        }
+    }
+
+    async fn send(
         &self,
-        method: Method,
+        node: &str,
+        method: &Method,
         path: &str,
-        body: Option<&B>,
-    ) -> Result<T, ClientError> {
-        let mut req = self.http.request(method, format!("{}{}", self.base, path));
-        if let Some(k) = &self.api_key {
+        body: &Body<'_>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut req = self
+            .inner
+            .http
+            .request(method.clone(), format!("{node}{path}"));
+        if let Some(k) = &self.inner.settings.api_key {
             req = req.bearer_auth(k);
         }
-        if let Some(b) = body {
-            req = req.json(b);
+        if let Body::Json(b) = body {
+            let bytes = b
+                .to_bytes()
+                .map_err(|e| ClientError::NoNode(format!("unserialisable body: {e}")))?;
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes);
         }
-        let resp = req.send().await?;
+        Ok(req.send().await?)
+    }
+
+    async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp.json().await?);
@@ -102,54 +359,198 @@ impl Client {
         })
     }
 
+    /// Nodes to try for a write: the leader first, then every other known node.
+    fn write_targets(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.inner.leader.read().iter().cloned().collect();
+        for u in self.inner.known.read().iter() {
+            if !out.contains(u) {
+                out.push(u.clone());
+            }
+        }
+        out
+    }
+
+    async fn write(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body<'_>,
+    ) -> Result<WriteResponse, ClientError> {
+        let mut tried: Vec<String> = Vec::new();
+        let mut rediscovered = false;
+        let mut last_err = None;
+        loop {
+            let next = self
+                .write_targets()
+                .into_iter()
+                .find(|u| !tried.contains(u));
+            let Some(node) = next else { break };
+            tried.push(node.clone());
+            let outcome = match self.send(&node, &method, path, &body).await {
+                Ok(resp) => Self::decode::<WriteResponse>(resp).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(w) => {
+                    self.observe_index(w.index);
+                    return Ok(w);
+                }
+                // Never reached the node (connection refused), or refused by a node that is not
+                // the leader: either way not applied, so another node may take it.
+                Err(ClientError::Http(e)) if e.is_connect() => {
+                    last_err = Some(ClientError::Http(e))
+                }
+                Err(e) if e.code() == Some("not_leader") => last_err = Some(e),
+                // Anything else may have been applied: never sent again behind the caller's back.
+                Err(e) => return Err(e),
+            }
+            if self.inner.settings.discover && !rediscovered {
+                rediscovered = true;
+                let _ = self.refresh().await;
+            }
+        }
+        Err(last_err.unwrap_or_else(|| ClientError::NoNode("no node to write to".into())))
+    }
+
+    async fn read<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body<'_>,
+    ) -> Result<T, ClientError> {
+        self.refresh_if_due();
+        let mut tried: Vec<String> = Vec::new();
+        let mut last_err = None;
+        for _ in 0..2 {
+            let Some(lease) = self.inner.readers.pick(&tried) else {
+                break;
+            };
+            let node = lease.url().to_string();
+            match self.send(&node, &method, path, &body).await {
+                Ok(resp) if matches!(resp.status().as_u16(), 502..=504) => {
+                    lease.failure();
+                    last_err = Some(Self::decode::<T>(resp).await.err());
+                }
+                Ok(resp) => {
+                    lease.success();
+                    return Self::decode(resp).await;
+                }
+                // Reads are idempotent: any transport failure may be retried elsewhere.
+                Err(e) => {
+                    lease.failure();
+                    last_err = Some(Some(e));
+                }
+            }
+            tried.push(node);
+        }
+        if self.inner.settings.discover {
+            self.refresh_soon();
+        }
+        Err(last_err
+            .flatten()
+            .unwrap_or_else(|| ClientError::NoNode("no node to read from".into())))
+    }
+
+    fn refresh_soon(&self) {
+        *self.inner.last_refresh.lock() = None;
+    }
+
+    /// The consistency a read without one gets: the session token with read-your-writes.
+    fn session_consistency(&self) -> Option<Consistency> {
+        let index = self.session_index();
+        (self.inner.settings.read_your_writes && index > 0)
+            .then_some(Consistency::MinIndex { min_index: index })
+    }
+
+    fn read_query(&self, consistency: Option<&Consistency>) -> String {
+        let session = self.session_consistency();
+        match consistency.or(session.as_ref()) {
+            None => String::new(),
+            Some(Consistency::Level(ConsistencyLevel::Eventual)) => "?consistency=eventual".into(),
+            Some(Consistency::Level(ConsistencyLevel::Linearizable)) => {
+                "?consistency=linearizable".into()
+            }
+            Some(Consistency::MinIndex { min_index }) => format!("?min_index={min_index}"),
+            Some(Consistency::MaxLag { max_lag_ms }) => format!("?max_lag_ms={max_lag_ms}"),
+        }
+    }
+
     /// `PUT /collections/{name}`.
     pub async fn create_collection(
         &self,
         name: &str,
         config: &CollectionConfig,
     ) -> Result<WriteResponse, ClientError> {
-        self.call(Method::PUT, &format!("/collections/{name}"), Some(config))
-            .await
+        self.write(
+            Method::PUT,
+            &format!("/collections/{name}"),
+            Body::Json(config),
+        )
+        .await
     }
 
     /// `DELETE /collections/{name}`.
     pub async fn delete_collection(&self, name: &str) -> Result<WriteResponse, ClientError> {
-        self.call::<(), _>(Method::DELETE, &format!("/collections/{name}"), None)
+        self.write(Method::DELETE, &format!("/collections/{name}"), Body::None)
             .await
     }
 
-    /// `GET /collections/{name}`.
+    /// `GET /collections/{name}` (session consistency).
     pub async fn collection(&self, name: &str) -> Result<CollectionInfo, ClientError> {
-        self.call::<(), _>(Method::GET, &format!("/collections/{name}"), None)
+        self.collection_with(name, None).await
+    }
+
+    /// `GET /collections/{name}` at a given consistency.
+    pub async fn collection_with(
+        &self,
+        name: &str,
+        consistency: Option<&Consistency>,
+    ) -> Result<CollectionInfo, ClientError> {
+        let q = self.read_query(consistency);
+        self.read(Method::GET, &format!("/collections/{name}{q}"), Body::None)
             .await
     }
 
     /// `GET /collections`.
     pub async fn collections(&self) -> Result<CollectionList, ClientError> {
-        self.call::<(), _>(Method::GET, "/collections", None).await
+        let q = self.read_query(None);
+        self.read(Method::GET, &format!("/collections{q}"), Body::None)
+            .await
     }
 
-    /// `PUT /collections/{name}/points`.
+    /// `PUT /collections/{name}/points` (insert or replace by id).
     pub async fn upsert(
         &self,
         name: &str,
         points: Vec<PointInput>,
     ) -> Result<WriteResponse, ClientError> {
         let body = UpsertRequest { points };
-        self.call(
+        self.write(
             Method::PUT,
             &format!("/collections/{name}/points"),
-            Some(&body),
+            Body::Json(&body),
         )
         .await
     }
 
-    /// `GET /collections/{name}/points/{id}`.
+    /// `GET /collections/{name}/points/{id}` (session consistency).
     pub async fn get_point(&self, name: &str, id: &PointId) -> Result<PointResponse, ClientError> {
-        self.call::<(), _>(
+        self.get_point_with(name, id, None).await
+    }
+
+    /// `GET /collections/{name}/points/{id}` at a given consistency.
+    pub async fn get_point_with(
+        &self,
+        name: &str,
+        id: &PointId,
+        consistency: Option<&Consistency>,
+    ) -> Result<PointResponse, ClientError> {
+        let q = self.read_query(consistency);
+        let id = urlencode(&id.to_string());
+        self.read(
             Method::GET,
-            &format!("/collections/{name}/points/{id}"),
-            None,
+            &format!("/collections/{name}/points/{id}{q}"),
+            Body::None,
         )
         .await
     }
@@ -160,26 +561,29 @@ impl Client {
         name: &str,
         req: &DeleteRequest,
     ) -> Result<WriteResponse, ClientError> {
-        self.call(
+        self.write(
             Method::POST,
             &format!("/collections/{name}/points/delete"),
-            Some(req),
+            Body::Json(req),
         )
         .await
     }
 
-    /// `POST /collections/{name}/points/search`.
+    /// `POST /collections/{name}/points/search` (session consistency unless the request names one).
     pub async fn search(
         &self,
         name: &str,
         req: &SearchRequest,
     ) -> Result<SearchResponse, ClientError> {
-        self.call(
-            Method::POST,
-            &format!("/collections/{name}/points/search"),
-            Some(req),
-        )
-        .await
+        let path = format!("/collections/{name}/points/search");
+        match (&req.consistency, self.session_consistency()) {
+            (None, Some(c)) => {
+                let mut req = req.clone();
+                req.consistency = Some(c);
+                self.read(Method::POST, &path, Body::Json(&req)).await
+            }
+            _ => self.read(Method::POST, &path, Body::Json(req)).await,
+        }
     }
 
     /// `POST /collections/{name}/points/search/batch`.
@@ -188,11 +592,53 @@ impl Client {
         name: &str,
         req: &BatchSearchRequest,
     ) -> Result<BatchSearchResponse, ClientError> {
-        self.call(
-            Method::POST,
-            &format!("/collections/{name}/points/search/batch"),
-            Some(req),
-        )
-        .await
+        let path = format!("/collections/{name}/points/search/batch");
+        match (&req.consistency, self.session_consistency()) {
+            (None, Some(c)) => {
+                let req = BatchSearchRequest {
+                    searches: req.searches.clone(),
+                    consistency: Some(c),
+                };
+                self.read(Method::POST, &path, Body::Json(&req)).await
+            }
+            _ => self.read(Method::POST, &path, Body::Json(req)).await,
+        }
+    }
+
+    /// `GET /cluster` from a reader.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        self.read(Method::GET, "/cluster", Body::None).await
+    }
+}
+
+/// Percent-encodes a path segment (string ids may hold any character).
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_encoded_as_one_path_segment() {
+        assert_eq!(urlencode("a b/c?d"), "a%20b%2Fc%3Fd");
+        assert_eq!(urlencode("9f8e-x_y.z~"), "9f8e-x_y.z~");
+    }
+
+    #[test]
+    fn a_builder_needs_a_url() {
+        assert!(matches!(
+            Client::builder(Vec::<String>::new()).build(),
+            Err(ClientError::NoNode(_))
+        ));
     }
 }

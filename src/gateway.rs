@@ -25,8 +25,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 
 use crate::balance::{BackendStats, Balancer, Policy};
-use crate::cluster::ClusterStatus;
 use crate::error::Error;
+use crate::topology::{self, MemberView};
 
 /// The header naming the node that answered.
 pub const NODE_HEADER: &str = "x-quiver-node";
@@ -85,19 +85,6 @@ impl GatewayConfig {
     }
 }
 
-/// A member as the gateway sees it.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct GatewayMember {
-    /// Node id.
-    pub id: u64,
-    /// URL.
-    pub addr: String,
-    /// `voter` or `learner`.
-    pub role: String,
-    /// Whether its `/readyz` answered 200 at the last refresh.
-    pub ready: bool,
-}
-
 /// `GET /gateway/status`.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GatewayStatus {
@@ -106,7 +93,7 @@ pub struct GatewayStatus {
     /// The leader's URL, if known.
     pub leader: Option<String>,
     /// Members at the last refresh.
-    pub members: Vec<GatewayMember>,
+    pub members: Vec<MemberView>,
     /// Where reads go now, with per-node counters.
     pub readers: Vec<BackendStats>,
     /// Completed membership refreshes.
@@ -119,7 +106,7 @@ struct Inner {
     probe: reqwest::Client,
     readers: Balancer,
     leader: RwLock<Option<String>>,
-    members: RwLock<Vec<GatewayMember>>,
+    members: RwLock<Vec<MemberView>>,
     /// URLs to ask for the membership: the seeds, then every member seen.
     known: RwLock<Vec<String>>,
     refreshes: std::sync::atomic::AtomicU64,
@@ -150,11 +137,7 @@ impl Gateway {
         let probe = reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
             .build()?;
-        let known = config
-            .nodes
-            .iter()
-            .map(|u| u.trim_end_matches('/').to_string())
-            .collect();
+        let known = topology::normalise(&config.nodes);
         let inner = Arc::new(Inner {
             readers: Balancer::new(config.policy),
             config,
@@ -245,88 +228,25 @@ impl Inner {
         }
     }
 
-    /// Asks the known nodes for the membership (the first that names a leader wins), then
-    /// probes every member's readiness.
+    /// Rediscovers the leader and the ready members.
     async fn refresh(&self) {
         let candidates = self.known.read().clone();
-        let mut view: Option<ClusterStatus> = None;
-        for url in &candidates {
-            let mut req = self.probe.get(format!("{url}/cluster"));
-            if let Some(k) = &self.config.api_key {
-                req = req.bearer_auth(k);
-            }
-            let Ok(resp) = req.send().await else { continue };
-            let Ok(status) = resp.error_for_status().map(|r| r.json::<ClusterStatus>()) else {
-                continue;
-            };
-            let Ok(status) = status.await else { continue };
-            let has_leader = status.leader_addr.is_some();
-            view = Some(status);
-            if has_leader {
-                break;
-            }
-        }
-        let Some(view) = view else {
+        let Some(topo) =
+            topology::discover(&self.probe, &candidates, self.config.api_key.as_deref()).await
+        else {
             tracing::warn!(?candidates, "no node answered GET /cluster");
             *self.leader.write() = None;
             self.readers.set(Vec::new());
             return;
         };
-        let probes =
-            view.members.iter().map(|m| {
-                let url = format!("{}/readyz", m.addr.trim_end_matches('/'));
-                async move {
-                    matches!(self.probe.get(url).send().await, Ok(r) if r.status().is_success())
-                }
-            });
-        let ready = futures_util::future::join_all(probes).await;
-        let members: Vec<GatewayMember> = view
-            .members
-            .iter()
-            .zip(ready)
-            .map(|(m, ready)| GatewayMember {
-                id: m.id,
-                addr: m.addr.trim_end_matches('/').to_string(),
-                role: m.role.clone(),
-                ready,
-            })
-            .collect();
-        let leader = view
-            .leader_addr
-            .as_deref()
-            .map(|l| l.trim_end_matches('/').to_string());
-        let is_leader = |m: &GatewayMember| leader.as_deref() == Some(m.addr.as_str());
-        let mut readers: Vec<String> = members
-            .iter()
-            .filter(|m| m.ready && (self.config.read_from_leader || !is_leader(m)))
-            .map(|m| m.addr.clone())
-            .collect();
-        if readers.is_empty() {
-            readers = members
-                .iter()
-                .filter(|m| m.ready && is_leader(m))
-                .map(|m| m.addr.clone())
-                .collect();
-        }
-        self.readers.set(readers);
-        {
-            let mut known = self.known.write();
-            for m in &members {
-                if !known.contains(&m.addr) {
-                    known.push(m.addr.clone());
-                }
-            }
-            // Forget nodes that left, but never the seeds.
-            let seeds: Vec<String> = self
-                .config
-                .nodes
-                .iter()
-                .map(|u| u.trim_end_matches('/').to_string())
-                .collect();
-            known.retain(|u| seeds.contains(u) || members.iter().any(|m| &m.addr == u));
-        }
-        *self.members.write() = members;
-        *self.leader.write() = leader;
+        self.readers.set(topo.readers(self.config.read_from_leader));
+        topology::merge_known(
+            &mut self.known.write(),
+            &topology::normalise(&self.config.nodes),
+            &topo,
+        );
+        *self.members.write() = topo.members;
+        *self.leader.write() = topo.leader;
         self.refreshes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }

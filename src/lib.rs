@@ -19,6 +19,7 @@ pub mod model;
 pub mod node;
 pub mod raft;
 pub mod store;
+pub mod topology;
 pub mod writer;
 
 pub use error::{Error, Result};

@@ -133,6 +133,7 @@ fn main() -> anyhow::Result<()> {
         _ => "warn".to_string(),
     };
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log)))
         .init();
     let rt = tokio::runtime::Runtime::new()?;
