@@ -1,0 +1,273 @@
+"""A LangChain ``VectorStore`` backed by quiver.
+
+Each document is one point: its id (a string, a UUID by default), its embedding, and the payload
+``{"page_content": ..., "metadata": {...}}``. Reads carry the store's read-your-writes token, so a
+search right after an add sees the add, on whichever replica it lands.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Iterable, Sequence
+
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import VectorStore
+
+from ._balance import Policy
+from .client import AsyncQuiverClient, QuiverClient, QuiverError
+
+_BATCH = 256
+
+
+def _to_filter(filter: dict | None) -> dict | None:
+    """A quiver filter (``must``/``should``/``must_not``) passes through; a plain
+    ``{"field": value}`` dict means every metadata field equals its value."""
+    if not filter:
+        return None
+    if any(k in filter for k in ("must", "should", "must_not")):
+        return filter
+    must = []
+    for key, value in filter.items():
+        cond = {"any": value} if isinstance(value, (list, tuple)) else {"value": value}
+        must.append({"key": f"metadata.{key}", "match": cond})
+    return {"must": must}
+
+
+def _document(hit: dict) -> Document:
+    payload = hit.get("payload") or {}
+    return Document(
+        page_content=payload.get("page_content", ""),
+        metadata=payload.get("metadata") or {},
+        id=str(hit["id"]),
+    )
+
+
+def _missing(e: QuiverError) -> bool:
+    return e.code == "collection_not_found"
+
+
+class QuiverVectorStore(VectorStore):
+    """LangChain vector store on a quiver cluster.
+
+    ``urls`` may name one node or several (the leader and the replicas are discovered); pass
+    ``client`` to share a configured :class:`QuiverClient` instead.
+    """
+
+    def __init__(
+        self,
+        embedding: Embeddings,
+        collection_name: str = "langchain",
+        *,
+        urls: str | list[str] = "http://127.0.0.1:7070",
+        api_key: str | None = None,
+        metric: str = "cosine",
+        policy: Policy | str = Policy.POWER_OF_TWO,
+        client: QuiverClient | None = None,
+    ) -> None:
+        self._embedding = embedding
+        self.collection_name = collection_name
+        self.metric = metric
+        self.client = client or QuiverClient(
+            urls, api_key=api_key, policy=policy, read_your_writes=True
+        )
+        # The async client shares the sync one's nodes, balancer and session token.
+        self.async_client = AsyncQuiverClient.sharing(self.client)
+        self._dim: int | None = None
+
+    @property
+    def embeddings(self) -> Embeddings:
+        return self._embedding
+
+    def _select_relevance_score_fn(self):
+        if self.metric == "l2":
+            return self._euclidean_relevance_score_fn
+        # cosine and dot: quiver's score is already a similarity (higher is better)
+        return lambda score: score
+
+    # --- writing ------------------------------------------------------------------------
+
+    def _points(self, texts: list[str], vectors: list[list[float]], metadatas, ids) -> list[dict]:
+        metadatas = list(metadatas) if metadatas is not None else [{} for _ in texts]
+        ids = list(ids) if ids is not None else [None] * len(texts)
+        if not (len(metadatas) == len(ids) == len(texts)):
+            raise ValueError("texts, metadatas and ids must have the same length")
+        return [
+            {
+                "id": str(i) if i is not None else str(uuid.uuid4()),
+                "vector": v,
+                "payload": {"page_content": t, "metadata": m or {}},
+            }
+            for t, v, m, i in zip(texts, vectors, metadatas, ids)
+        ]
+
+    def add_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        texts = list(texts)
+        if not texts:
+            return []
+        points = self._points(texts, self._embedding.embed_documents(texts), metadatas, ids)
+        if self._dim is None:
+            self.client.create_collection(self.collection_name, len(points[0]["vector"]), self.metric)
+            self._dim = len(points[0]["vector"])
+        for start in range(0, len(points), _BATCH):
+            self.client.upsert(self.collection_name, points[start : start + _BATCH])
+        return [p["id"] for p in points]
+
+    async def aadd_texts(
+        self,
+        texts: Iterable[str],
+        metadatas: list[dict] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        texts = list(texts)
+        if not texts:
+            return []
+        vectors = await self._embedding.aembed_documents(texts)
+        points = self._points(texts, vectors, metadatas, ids)
+        if self._dim is None:
+            await self.async_client.create_collection(self.collection_name, len(points[0]["vector"]), self.metric)
+            self._dim = len(points[0]["vector"])
+        for start in range(0, len(points), _BATCH):
+            await self.async_client.upsert(self.collection_name, points[start : start + _BATCH])
+        return [p["id"] for p in points]
+
+    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        """Deletes the given ids (missing ones are ignored), or the whole collection with None."""
+        try:
+            if ids is None:
+                self.client.delete_collection(self.collection_name)
+                self._dim = None
+            elif ids:
+                self.client.delete_points(self.collection_name, ids=[str(i) for i in ids])
+        except QuiverError as e:
+            if not _missing(e):
+                raise
+        return True
+
+    async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+        try:
+            if ids is None:
+                await self.async_client.delete_collection(self.collection_name)
+                self._dim = None
+            elif ids:
+                await self.async_client.delete_points(self.collection_name, ids=[str(i) for i in ids])
+        except QuiverError as e:
+            if not _missing(e):
+                raise
+        return True
+
+    # --- reading ------------------------------------------------------------------------
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        out = []
+        for i in ids:
+            point = self.client.get_point(self.collection_name, str(i))
+            if point is not None:
+                out.append(_document(point))
+        return out
+
+    async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        out = []
+        for i in ids:
+            point = await self.async_client.get_point(self.collection_name, str(i))
+            if point is not None:
+                out.append(_document(point))
+        return out
+
+    def similarity_search_with_score_by_vector(
+        self, embedding: list[float], k: int = 4, filter: dict | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        try:
+            found = self.client.search(
+                self.collection_name, embedding, k, filter=_to_filter(filter), ef=kwargs.get("ef")
+            )
+        except QuiverError as e:
+            if _missing(e):
+                return []
+            raise
+        return [(_document(h), h["score"]) for h in found["hits"]]
+
+    async def asimilarity_search_with_score_by_vector(
+        self, embedding: list[float], k: int = 4, filter: dict | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        try:
+            found = await self.async_client.search(
+                self.collection_name, embedding, k, filter=_to_filter(filter), ef=kwargs.get("ef")
+            )
+        except QuiverError as e:
+            if _missing(e):
+                return []
+            raise
+        return [(_document(h), h["score"]) for h in found["hits"]]
+
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, filter: dict | None = None, **kwargs: Any
+    ) -> list[Document]:
+        return [d for d, _ in self.similarity_search_with_score_by_vector(embedding, k, filter, **kwargs)]
+
+    async def asimilarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, filter: dict | None = None, **kwargs: Any
+    ) -> list[Document]:
+        found = await self.asimilarity_search_with_score_by_vector(embedding, k, filter, **kwargs)
+        return [d for d, _ in found]
+
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        vector = self._embedding.embed_query(query)
+        return self.similarity_search_with_score_by_vector(vector, k, filter, **kwargs)
+
+    async def asimilarity_search_with_score(
+        self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        vector = await self._embedding.aembed_query(query)
+        return await self.asimilarity_search_with_score_by_vector(vector, k, filter, **kwargs)
+
+    def similarity_search(
+        self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any
+    ) -> list[Document]:
+        return [d for d, _ in self.similarity_search_with_score(query, k, filter, **kwargs)]
+
+    async def asimilarity_search(
+        self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any
+    ) -> list[Document]:
+        return [d for d, _ in await self.asimilarity_search_with_score(query, k, filter, **kwargs)]
+
+    # --- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> "QuiverVectorStore":
+        store = cls(embedding, **kwargs)
+        store.add_texts(texts, metadatas, ids=ids)
+        return store
+
+    @classmethod
+    async def afrom_texts(
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict] | None = None,
+        *,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> "QuiverVectorStore":
+        store = cls(embedding, **kwargs)
+        await store.aadd_texts(texts, metadatas, ids=ids)
+        return store

@@ -1,0 +1,122 @@
+"""The Python client against real nodes: leader discovery, balanced reads, sessions, retries,
+and the LangChain store's filters, scores, retriever and constructors."""
+
+import uuid
+
+import pytest
+from langchain_core.embeddings import DeterministicFakeEmbedding
+
+from quiver_client import AsyncQuiverClient, Policy, QuiverClient, QuiverError
+from quiver_client.langchain import QuiverVectorStore
+
+
+def _points(n, start=0):
+    return [{"id": i, "vector": [float(i % 7), float(i % 5), 1.0], "payload": {"i": i}} for i in range(start, start + n)]
+
+
+def test_bad_input_names_the_field(server):
+    with QuiverClient(server.url) as c:
+        name = f"t{uuid.uuid4().hex[:8]}"
+        c.create_collection(name, 3, "l2")
+        with pytest.raises(QuiverError) as e:
+            c.upsert(name, [{"id": 1, "vector": [1.0]}])
+        assert e.value.status == 400 and e.value.field == "points[0].vector"
+        assert c.get_point(name, 12345) is None
+
+
+@pytest.mark.parametrize("policy", list(Policy))
+def test_reads_spread_over_replicas_and_see_own_writes(cluster, policy):
+    leader, replicas = cluster
+    # Seeded with one replica only: the leader and the other replica are discovered.
+    with QuiverClient(replicas[0].url, policy=policy, read_your_writes=True) as c:
+        c.refresh()
+        assert c.leader == leader.url
+        name = f"t{uuid.uuid4().hex[:8]}"
+        c.create_collection(name, 3, "l2")
+        w = c.upsert(name, _points(50))
+        assert c.session_index == w["index"]
+        for _ in range(40):
+            # Every read carries min_index, so each replica answers only with the write applied.
+            res = c.search(name, [1.0, 1.0, 1.0], 5, exact=True)
+            assert len(res["hits"]) == 5 and res["index"] >= w["index"]
+        served = {s["url"]: s["served"] for s in c.read_stats()}
+        assert set(served) == {r.url for r in replicas}, "reads go to the replicas, not the leader"
+        assert sum(served.values()) == 40
+        assert all(n > 0 for n in served.values()), f"{policy}: {served}"
+        c.delete_collection(name)
+
+
+async def test_async_client_discovers_and_reads(cluster):
+    leader, replicas = cluster
+    async with AsyncQuiverClient([leader.url], read_your_writes=True) as c:
+        name = f"t{uuid.uuid4().hex[:8]}"
+        await c.create_collection(name, 3, "l2")
+        await c.upsert(name, _points(20))
+        hits = (await c.search(name, [0.0, 0.0, 1.0], 3, exact=True))["hits"]
+        assert [h["id"] for h in hits][0] == 0
+        info = await c.collection(name)
+        assert info["points"] == 20
+        assert c.leader == leader.url
+        await c.delete_collection(name)
+
+
+def test_a_dead_replica_is_skipped(tmp_path):
+    from conftest import Server
+
+    leader = Server(tmp_path / "l")
+    a, b = Server(tmp_path / "a", join=leader.url), Server(tmp_path / "b", join=leader.url)
+    try:
+        with QuiverClient(leader.url, policy="round_robin", read_your_writes=True) as c:
+            c.refresh()
+            c.create_collection("d", 3, "l2")
+            c.upsert("d", _points(10))
+            a.stop()
+            for _ in range(10):  # the read that hits the dead replica is retried on the other
+                assert len(c.search("d", [1.0, 1.0, 1.0], 3)["hits"]) == 3
+            stats = {s["url"]: s for s in c.read_stats()}
+            assert stats[a.url]["failures"] >= 1
+    finally:
+        for s in (b, a, leader):
+            s.stop()
+
+
+def test_vectorstore_filters_scores_retriever_and_from_texts(server):
+    emb = DeterministicFakeEmbedding(size=16)
+    texts = ["apples are red", "bananas are yellow", "cherries are red", "grapes are green"]
+    metas = [{"colour": "red", "n": 1}, {"colour": "yellow", "n": 2}, {"colour": "red", "n": 3}, {"colour": "green", "n": 4}]
+    store = QuiverVectorStore.from_texts(texts, emb, metas, collection_name=f"f{uuid.uuid4().hex[:8]}", urls=server.url)
+    try:
+        red = store.similarity_search("cherries are red", k=4, filter={"colour": "red"})
+        assert [d.page_content for d in red][0] == "cherries are red"
+        assert {d.metadata["colour"] for d in red} == {"red"} and len(red) == 2
+        ranged = store.similarity_search("x", k=4, filter={"must": [{"key": "metadata.n", "range": {"gte": 3}}]})
+        assert {d.metadata["n"] for d in ranged} == {3, 4}
+        scored = store.similarity_search_with_score("grapes are green", k=2)
+        assert scored[0][0].page_content == "grapes are green"
+        assert scored[0][1] == pytest.approx(1.0, abs=1e-4) and scored[0][1] >= scored[1][1]
+        relevance = store.similarity_search_with_relevance_scores("grapes are green", k=1)
+        assert relevance[0][1] == pytest.approx(1.0, abs=1e-4)
+        docs = store.as_retriever(search_kwargs={"k": 1}).invoke("bananas are yellow")
+        assert docs[0].page_content == "bananas are yellow"
+    finally:
+        store.delete()
+
+
+def test_debian_example_finds_real_neighbours(server, capsys):
+    """The README's demo, on the first 500 packages: a query's neighbours come back with scores."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[4] / "shared/data/minilm-debian"
+    if not data.exists():
+        pytest.skip(f"data set not at {data}")
+    argv = sys.argv
+    sys.argv = ["langchain_debian.py", "--data", str(data), "--url", server.url, "--limit", "500", "--queries", "2"]
+    try:
+        runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples/langchain_debian.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert "retriever: ['pkg-" in out
+    assert out.count("  0.") + out.count("  1.") >= 6, out

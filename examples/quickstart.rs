@@ -1,0 +1,60 @@
+//! Create a collection, upsert points with payloads, search with and without a filter.
+//!
+//! ```text
+//! cargo run --release -- serve &          # a node on 127.0.0.1:7070
+//! cargo run --release --example quickstart [-- http://127.0.0.1:7070]
+//! ```
+
+use quiver::client::Client;
+use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "http://127.0.0.1:7070".into());
+    // Discovers the leader and the replicas from any node; reads carry this client's writes' index.
+    let client = Client::builder([url])
+        .read_your_writes(true)
+        .connect()
+        .await?;
+
+    let config = CollectionConfig {
+        dim: 3,
+        metric: Metric::Cosine,
+        hnsw: HnswConfig::default(),
+    };
+    client.create_collection("quickstart", &config).await?;
+    let points = [
+        ("doc-1", [0.9, 0.1, 0.0], "en"),
+        ("doc-2", [0.1, 0.9, 0.0], "de"),
+        ("doc-3", [0.7, 0.3, 0.1], "en"),
+    ]
+    .into_iter()
+    .map(|(id, v, lang)| PointInput {
+        id: PointId::Str(id.into()),
+        vector: v.to_vec(),
+        payload: Some(serde_json::json!({ "lang": lang })),
+    })
+    .collect();
+    let w = client.upsert("quickstart", points).await?;
+    println!("upserted at index {}", w.index);
+
+    let found = client
+        .search("quickstart", &SearchRequest::new(vec![1.0, 0.0, 0.0], 2))
+        .await?;
+    for hit in &found.hits {
+        println!("{} {:.3} {:?}", hit.id, hit.score, hit.payload);
+    }
+    let mut german = SearchRequest::new(vec![1.0, 0.0, 0.0], 2);
+    german.filter = Some(serde_json::from_value(serde_json::json!({
+        "must": [{"key": "lang", "match": {"value": "de"}}]
+    }))?);
+    let found = client.search("quickstart", &german).await?;
+    println!(
+        "lang = de: {:?}",
+        found.hits.iter().map(|h| &h.id).collect::<Vec<_>>()
+    );
+    client.delete_collection("quickstart").await?;
+    Ok(())
+}
