@@ -1,0 +1,132 @@
+//! The Rust client against in-process clusters: it finds the leader from any node, spreads reads
+//! over the replicas by policy, retries a read on another node when one dies, and its
+//! read-your-writes session makes replicas answer only with the client's writes applied.
+
+use std::collections::BTreeMap;
+
+use quiver::balance::Policy;
+use quiver::client::{Client, ClientError};
+use quiver::model::PointId;
+
+mod common;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_discovers_the_leader_balances_reads_and_reads_its_writes() {
+    let (a, _da) = start(None, false, |_| {}).await;
+    let (b, _db) = start(Some(&a.url()), false, |_| {}).await;
+    let (c, _dc) = start(Some(&a.url()), false, |_| {}).await;
+    wait_members(&a, 3).await;
+    eventually("replicas ready", || async {
+        b.cluster.ready().is_ok() && c.cluster.ready().is_ok()
+    })
+    .await;
+    for policy in [
+        Policy::RoundRobin,
+        Policy::LeastOutstanding,
+        Policy::PowerOfTwo,
+    ] {
+        // Seeded with a replica only.
+        let client = Client::builder([b.url()])
+            .policy(policy)
+            .read_your_writes(true)
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(client.leader(), Some(a.url()));
+        let name = format!("{policy:?}").to_lowercase();
+        client.create_collection(&name, &config4()).await.unwrap();
+        let mut written = 0;
+        for round in 0..10u64 {
+            let w = client.upsert(&name, points(round * 10, 10)).await.unwrap();
+            assert_eq!(client.session_index(), w.index);
+            written += 10;
+            // Straight after the write, on whichever replica: the session token makes it wait.
+            let info = client.collection(&name).await.unwrap();
+            assert_eq!(
+                info.points, written,
+                "{policy:?}: a replica answered without our write"
+            );
+            assert!(info.index >= w.index);
+        }
+        let served: BTreeMap<String, u64> = client
+            .read_stats()
+            .into_iter()
+            .map(|s| (s.url, s.served))
+            .collect();
+        assert_eq!(served.keys().cloned().collect::<Vec<_>>(), {
+            let mut r = vec![b.url(), c.url()];
+            r.sort();
+            r
+        });
+        assert_eq!(served.values().sum::<u64>(), 10);
+        if policy == Policy::RoundRobin {
+            assert!(served.values().all(|n| *n == 5), "{served:?}");
+        }
+    }
+
+    // A replica dies: every read still succeeds (retried on the other one).
+    let client = Client::builder([a.url()])
+        .policy(Policy::RoundRobin)
+        .connect()
+        .await
+        .unwrap();
+    b.stop().await.unwrap();
+    for i in 0..10u64 {
+        let got = client.get_point("roundrobin", &PointId::Num(i)).await;
+        assert!(got.is_ok(), "read {i} failed: {:?}", got.err());
+    }
+    let failed: u64 = client.read_stats().iter().map(|s| s.failures).sum();
+    assert!(failed >= 1);
+    c.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_writes_follow_the_leader_after_failover() {
+    let (a, _da) = start(None, false, |_| {}).await;
+    let (b, _db) = start(Some(&a.url()), true, |_| {}).await;
+    let (c, _dc) = start(Some(&a.url()), true, |_| {}).await;
+    a.cluster
+        .raft
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.membership_config.membership().voter_ids().count() == 3,
+            "three voters",
+        )
+        .await
+        .unwrap();
+    let client = Client::builder([a.url()]).connect().await.unwrap();
+    client.create_collection("f", &config4()).await.unwrap();
+    client.upsert("f", points(0, 10)).await.unwrap();
+    a.stop().await.unwrap();
+    // Until a new leader is elected a write fails with a clear error (never a silent retry of
+    // an ambiguous write); then the client finds the new leader by itself.
+    let deadline = std::time::Instant::now() + WAIT;
+    let w = loop {
+        match client.upsert("f", points(10, 10)).await {
+            Ok(w) => break w,
+            Err(ClientError::Api { status, .. }) if status.is_server_error() => {}
+            Err(ClientError::NoNode(_)) => {}
+            Err(ClientError::Http(e)) if e.is_connect() => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes did not resume"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let leader = client.leader().unwrap();
+    assert!(leader == b.url() || leader == c.url(), "{leader}");
+    let info = client
+        .collection_with(
+            "f",
+            Some(&quiver::model::Consistency::MinIndex { min_index: w.index }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.points, 20);
+    b.stop().await.unwrap();
+    c.stop().await.unwrap();
+}
