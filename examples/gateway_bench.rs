@@ -92,6 +92,22 @@ async fn wait_ready(url: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Until the node's graph holds every point (searches before that scan the unindexed tail).
+async fn wait_indexed(url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let info = match reqwest::get(format!("{url}/collections/bench")).await {
+            Ok(r) => r.json::<serde_json::Value>().await.ok(),
+            Err(_) => None,
+        };
+        if info.is_some_and(|i| i["unindexed"] == 0) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{url} never finished indexing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -212,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
         }
         for (_, url) in &replicas {
             wait_ready(url).await?;
+            wait_indexed(url).await?;
         }
         // A fresh gateway per row, so that every row starts from the same balancer state.
         drop(gateway.take());
