@@ -9,6 +9,8 @@ ARG BUILDER_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${BUILDER_IMAGE} AS build
+# Lets scripts prune this stage's leftover image after a build.
+LABEL quiver.stage=build
 WORKDIR /src
 COPY . .
 # PREBUILT: path (in the build context) of a binary built elsewhere for glibc 2.36 (bookworm).

@@ -51,10 +51,8 @@ async fn main() -> anyhow::Result<()> {
         "must": [{"key": "lang", "match": {"value": "de"}}]
     }))?);
     let found = client.search("quickstart", &german).await?;
-    println!(
-        "lang = de: {:?}",
-        found.hits.iter().map(|h| &h.id).collect::<Vec<_>>()
-    );
+    let ids: Vec<String> = found.hits.iter().map(|h| h.id.to_string()).collect();
+    println!("lang = de: {ids:?}");
     client.delete_collection("quickstart").await?;
     Ok(())
 }

@@ -31,4 +31,6 @@ docker build -q -t "$tag" \
     --build-arg BUILDER_IMAGE=debian:bookworm-slim \
     --build-arg PREBUILT=quiver \
     "$ctx"
+# The builder stage's image is only a step; drop it.
+docker image prune -f --filter label=quiver.stage=build >/dev/null
 echo "built $tag"
