@@ -38,8 +38,8 @@ use crate::balance::{BackendStats, Balancer, Policy};
 use crate::cluster::ClusterStatus;
 use crate::model::{
     BatchSearchRequest, BatchSearchResponse, CollectionConfig, CollectionInfo, CollectionList,
-    Consistency, ConsistencyLevel, DeleteRequest, PointId, PointInput, PointResponse,
-    SearchRequest, SearchResponse, UpsertRequest, WriteResponse,
+    Consistency, ConsistencyLevel, DeleteRequest, GetPointsRequest, GetPointsResponse, PointId,
+    PointInput, PointResponse, SearchRequest, SearchResponse, UpsertRequest, WriteResponse,
 };
 use crate::topology;
 
@@ -553,6 +553,24 @@ impl Client {
             Body::None,
         )
         .await
+    }
+
+    /// `POST /collections/{name}/points/get`: the points that exist among `ids`, in order
+    /// (session consistency unless one is given).
+    pub async fn get_points(
+        &self,
+        name: &str,
+        ids: Vec<PointId>,
+        with_vector: bool,
+        consistency: Option<Consistency>,
+    ) -> Result<GetPointsResponse, ClientError> {
+        let req = GetPointsRequest {
+            ids,
+            with_vector,
+            consistency: consistency.or_else(|| self.session_consistency()),
+        };
+        let path = format!("/collections/{name}/points/get");
+        self.read(Method::POST, &path, Body::Json(&req)).await
     }
 
     /// `POST /collections/{name}/points/delete`.

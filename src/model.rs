@@ -544,6 +544,29 @@ pub struct PointRecord {
     pub payload: Option<serde_json::Value>,
 }
 
+/// `POST /collections/{name}/points/get`: several points by id in one read.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetPointsRequest {
+    /// The ids (1 to 10,000); ids with no point are left out of the answer.
+    pub ids: Vec<PointId>,
+    /// Include the stored vectors (default true).
+    #[serde(default = "default_true")]
+    pub with_vector: bool,
+    /// How fresh the answer must be (default eventual).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+}
+
+/// The points found, in the order asked, and the index they were read at.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct GetPointsResponse {
+    /// The points that exist, in request order.
+    pub points: Vec<PointRecord>,
+    /// Applied log index.
+    pub index: u64,
+}
+
 /// What `GET /collections/{name}` returns.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct CollectionInfo {

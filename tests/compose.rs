@@ -71,13 +71,17 @@ impl Project {
         c
     }
 
-    fn up(&self, profile_ha: bool, replicas: usize) {
-        let scale = format!("replica={replicas}");
+    /// `up -d`, with `--scale replica=N` when given (else the file's default of 2).
+    fn up(&self, profile_ha: bool, replicas: Option<usize>) {
+        let scale = replicas.map(|n| format!("replica={n}"));
         let mut args = vec![];
         if profile_ha {
             args.extend(["--profile", "ha"]);
         }
-        args.extend(["up", "-d", "--no-build", "--scale", &scale]);
+        args.extend(["up", "-d", "--no-build"]);
+        if let Some(s) = &scale {
+            args.extend(["--scale", s]);
+        }
         run(&mut self.cmd(&args));
     }
 }
@@ -241,7 +245,7 @@ async fn compose_cluster_scales_and_fails_over() {
         format!("http://127.0.0.1:{pp}"),
         format!("http://127.0.0.1:{gp}"),
     );
-    project.up(false, 2);
+    project.up(false, None);
     eventually("primary and gateway ready", || async {
         ready(&primary_url).await && ready(&gateway_url).await
     })
@@ -284,7 +288,7 @@ async fn compose_cluster_scales_and_fails_over() {
     assert_eq!(via.hits.len(), 10);
 
     // Scale out: the new replicas join, catch up, become ready and answer alike.
-    project.up(false, 4);
+    project.up(false, Some(4));
     eventually("four ready replicas", || async {
         let l = learners(&primary_url).await;
         l.len() == 4
@@ -298,7 +302,7 @@ async fn compose_cluster_scales_and_fails_over() {
     eprintln!("4 replicas agree after {:?}", started.elapsed());
 
     // Scale in: the stopped replicas leave the membership.
-    project.up(false, 1);
+    project.up(false, Some(1));
     eventually("one learner left", || async {
         learners(&primary_url).await.len() == 1
     })
@@ -311,7 +315,7 @@ async fn compose_cluster_scales_and_fails_over() {
     );
 
     // High availability: two more voters join the running primary.
-    project.up(true, 1);
+    project.up(true, Some(1));
     eventually("three voters", || async {
         cluster(&primary_url).await.is_some_and(|c| {
             c["members"]

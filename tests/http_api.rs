@@ -892,3 +892,74 @@ async fn concurrent_writes_are_group_committed_and_all_visible() {
     assert_eq!(p.point.vector, vec![31.0, 19.0]);
     h.node.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn several_points_are_read_in_one_request() {
+    let h = Harness::start().await;
+    create_docs(&h).await;
+    let (s, b) = h
+        .call(
+            "POST",
+            "/collections/docs/points/get",
+            Some(json!({"ids": [3, "nope", "b7e2c7f0-1b7e-4d5a-9f00-000000000002", 1], "with_vector": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let ids: Vec<&Value> = b["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["id"])
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            &json!(3),
+            &json!("b7e2c7f0-1b7e-4d5a-9f00-000000000002"),
+            &json!(1)
+        ]
+    );
+    assert_eq!(b["points"][0]["payload"]["n"], 3);
+    assert_eq!(b["points"][0]["vector"], json!([]));
+    assert!(b["index"].as_u64().unwrap() >= 2);
+    let (_, b) = h
+        .call(
+            "POST",
+            "/collections/docs/points/get",
+            Some(json!({"ids": [4]})),
+        )
+        .await;
+    assert_eq!(b["points"][0]["vector"], json!([0.0, 0.0, 1.0]));
+    assert_field_error(
+        h.call(
+            "POST",
+            "/collections/docs/points/get",
+            Some(json!({"ids": []})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "ids",
+    );
+    assert_field_error(
+        h.call(
+            "POST",
+            "/collections/docs/points/get",
+            Some(json!({"ids": [1], "bogus": 1})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bogus",
+    );
+    let (s, b) = h
+        .call(
+            "POST",
+            "/collections/none/points/get",
+            Some(json!({"ids": [1]})),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("collection_not_found"))
+    );
+    h.node.stop().await.unwrap();
+}

@@ -11,9 +11,10 @@ use crate::filter::{Condition, Filter, Match, Range};
 use crate::index::normalize;
 use crate::model::{
     validate_collection_name, BatchSearchRequest, BatchSearchResponse, CollectionConfig,
-    CollectionInfo, CollectionList, Command, DeleteRequest, DeleteSelector, Health, Hit,
-    HnswConfig, Metric, PointId, PointInput, PointRecord, PointResponse, PointWrite, ReadParams,
-    Reply, SearchRequest, SearchResponse, UpsertRequest, WriteResponse, MAX_K,
+    CollectionInfo, CollectionList, Command, DeleteRequest, DeleteSelector, GetPointsRequest,
+    GetPointsResponse, Health, Hit, HnswConfig, Metric, PointId, PointInput, PointRecord,
+    PointResponse, PointWrite, ReadParams, Reply, SearchRequest, SearchResponse, UpsertRequest,
+    WriteResponse, MAX_K,
 };
 
 /// Most searches in one batch request.
@@ -34,6 +35,7 @@ const MAX_BATCH_SEARCHES: usize = 1_024;
         delete_collection,
         upsert_points,
         get_point,
+        get_points,
         delete_points,
         search,
         search_batch
@@ -52,6 +54,8 @@ const MAX_BATCH_SEARCHES: usize = 1_024;
         BatchSearchRequest,
         Hit,
         PointRecord,
+        GetPointsRequest,
+        GetPointsResponse,
         Filter,
         Condition,
         Match,
@@ -252,6 +256,35 @@ pub async fn get_point(
         other => other?,
     };
     Ok(Json(PointResponse { point, index }))
+}
+
+#[utoipa::path(post, path = "/collections/{name}/points/get", request_body = GetPointsRequest,
+    responses((status = 200, body = GetPointsResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_points(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<GetPointsRequest>,
+) -> Result<Json<GetPointsResponse>> {
+    if req.ids.is_empty() || req.ids.len() > MAX_K {
+        return Err(Error::invalid("ids", format!("must hold 1 to {MAX_K} ids")));
+    }
+    let index = state
+        .cluster
+        .ensure_read(&req.consistency.clone().unwrap_or_default())
+        .await?;
+    let collection = state.engine.get(&name)?;
+    let points = req
+        .ids
+        .iter()
+        .filter_map(|id| collection.get(id))
+        .map(|mut p| {
+            if !req.with_vector {
+                p.vector = Vec::new();
+            }
+            p
+        })
+        .collect();
+    Ok(Json(GetPointsResponse { points, index }))
 }
 
 #[utoipa::path(post, path = "/collections/{name}/points/delete", request_body = DeleteRequest,

@@ -161,7 +161,8 @@ pub(crate) fn key_eq(a: &str, b: &str) -> bool {
 pub(crate) fn is_read(method: &Method, path: &str) -> bool {
     method == Method::GET
         || method == Method::HEAD
-        || (method == Method::POST && path.contains("/points/search"))
+        || (method == Method::POST
+            && (path.contains("/points/search") || path.ends_with("/points/get")))
 }
 
 async fn auth(state: axum::extract::State<AppState>, req: Request, next: Next) -> Response {
@@ -253,6 +254,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/collections/{name}/points", put(upsert_points))
         .route("/collections/{name}/points/delete", post(delete_points))
+        .route("/collections/{name}/points/get", post(get_points))
         .route("/collections/{name}/points/search", post(search))
         .route(
             "/collections/{name}/points/search/batch",

@@ -201,6 +201,18 @@ class _Operations:
             "GET", path, consistency,
             missing_codes=("point_not_found", "collection_not_found"), missing=None))
 
+    def get_points(self, name: str, ids: list[PointId], with_vector: bool = True,
+                   consistency: Consistency | None = None):
+        """POST /collections/{name}/points/get: the points that exist among `ids`, in order
+        (`{"points": [...], "index"}`; no points when the collection does not exist)."""
+        body: dict = {"ids": list(ids), "with_vector": with_vector}
+        c = consistency or self._core.session_consistency()
+        if c is not None:
+            body["consistency"] = c
+        return self._run(_Request("read", "POST", f"/collections/{name}/points/get", body=body,
+                                  missing_codes=("collection_not_found",),
+                                  missing={"points": [], "index": 0}))
+
     def delete_points(self, name: str, ids: list[PointId] | None = None, filter: dict | None = None):
         """POST /collections/{name}/points/delete by ids or by filter."""
         body = {k: v for k, v in (("ids", ids), ("filter", filter)) if v is not None}

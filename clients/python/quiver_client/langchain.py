@@ -43,6 +43,31 @@ def _document(hit: dict) -> Document:
     )
 
 
+def _cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    na = sum(x * x for x in a) ** 0.5
+    nb = sum(y * y for y in b) ** 0.5
+    return dot / (na * nb) if na and nb else 0.0
+
+
+def _mmr(query: list[float], hits: list[dict], k: int, lambda_mult: float) -> list[dict]:
+    """Maximal marginal relevance: repeatedly take the candidate with the best
+    ``lambda * sim(query) - (1 - lambda) * max sim(already chosen)``."""
+    relevance = [_cosine(query, h["vector"]) for h in hits]
+    chosen: list[int] = []
+    while len(chosen) < min(k, len(hits)):
+        best, best_score = -1, float("-inf")
+        for i, h in enumerate(hits):
+            if i in chosen:
+                continue
+            redundancy = max((_cosine(h["vector"], hits[j]["vector"]) for j in chosen), default=0.0)
+            score = lambda_mult * relevance[i] - (1 - lambda_mult) * redundancy
+            if score > best_score:
+                best, best_score = i, score
+        chosen.append(best)
+    return [hits[i] for i in chosen]
+
+
 def _missing(e: QuiverError) -> bool:
     return e.code == "collection_not_found"
 
@@ -168,20 +193,18 @@ class QuiverVectorStore(VectorStore):
     # --- reading ------------------------------------------------------------------------
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
-        out = []
-        for i in ids:
-            point = self.client.get_point(self.collection_name, str(i))
-            if point is not None:
-                out.append(_document(point))
-        return out
+        if not ids:
+            return []
+        found = self.client.get_points(self.collection_name, [str(i) for i in ids], with_vector=False)
+        return [_document(p) for p in found["points"]]
 
     async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
-        out = []
-        for i in ids:
-            point = await self.async_client.get_point(self.collection_name, str(i))
-            if point is not None:
-                out.append(_document(point))
-        return out
+        if not ids:
+            return []
+        found = await self.async_client.get_points(
+            self.collection_name, [str(i) for i in ids], with_vector=False
+        )
+        return [_document(p) for p in found["points"]]
 
     def similarity_search_with_score_by_vector(
         self, embedding: list[float], k: int = 4, filter: dict | None = None, **kwargs: Any
@@ -241,6 +264,58 @@ class QuiverVectorStore(VectorStore):
         self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any
     ) -> list[Document]:
         return [d for d, _ in await self.asimilarity_search_with_score(query, k, filter, **kwargs)]
+
+    def max_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: dict | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        try:
+            found = self.client.search(
+                self.collection_name, embedding, max(k, fetch_k), filter=_to_filter(filter), with_vector=True
+            )
+        except QuiverError as e:
+            if _missing(e):
+                return []
+            raise
+        return [_document(h) for h in _mmr(embedding, found["hits"], k, lambda_mult)]
+
+    async def amax_marginal_relevance_search_by_vector(
+        self,
+        embedding: list[float],
+        k: int = 4,
+        fetch_k: int = 20,
+        lambda_mult: float = 0.5,
+        filter: dict | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        try:
+            found = await self.async_client.search(
+                self.collection_name, embedding, max(k, fetch_k), filter=_to_filter(filter), with_vector=True
+            )
+        except QuiverError as e:
+            if _missing(e):
+                return []
+            raise
+        return [_document(h) for h in _mmr(embedding, found["hits"], k, lambda_mult)]
+
+    def max_marginal_relevance_search(
+        self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
+        filter: dict | None = None, **kwargs: Any,
+    ) -> list[Document]:
+        vector = self._embedding.embed_query(query)
+        return self.max_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter)
+
+    async def amax_marginal_relevance_search(
+        self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
+        filter: dict | None = None, **kwargs: Any,
+    ) -> list[Document]:
+        vector = await self._embedding.aembed_query(query)
+        return await self.amax_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter)
 
     # --- construction -------------------------------------------------------------------
 

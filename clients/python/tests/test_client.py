@@ -120,3 +120,29 @@ def test_debian_example_finds_real_neighbours(server, capsys):
     out = capsys.readouterr().out
     assert "retriever: ['pkg-" in out
     assert out.count("  0.") + out.count("  1.") >= 6, out
+
+
+async def test_max_marginal_relevance_prefers_diverse_results(server):
+    class Fixed(DeterministicFakeEmbedding):
+        table: dict = {}
+
+        def embed_documents(self, texts):
+            return [self.table[t] for t in texts]
+
+        def embed_query(self, text):
+            return self.table[text]
+
+    emb = Fixed(size=2)
+    emb.table = {"a": [1.0, 0.0], "a2": [0.99, 0.01], "b": [0.6, 0.8], "q": [1.0, -0.05]}
+    store = QuiverVectorStore(emb, f"m{uuid.uuid4().hex[:8]}", urls=server.url)
+    try:
+        store.add_texts(["a", "a2", "b"], ids=["a", "a2", "b"])
+        plain = [d.id for d in store.similarity_search("q", k=2)]
+        assert plain == ["a", "a2"]
+        # With diversity weighted in, the near-duplicate a2 gives way to b.
+        diverse = [d.id for d in store.max_marginal_relevance_search("q", k=2, fetch_k=3, lambda_mult=0.3)]
+        assert diverse == ["a", "b"]
+        retriever = store.as_retriever(search_type="mmr", search_kwargs={"k": 2, "fetch_k": 3, "lambda_mult": 0.3})
+        assert [d.id for d in await retriever.ainvoke("q")] == ["a", "b"]
+    finally:
+        store.delete()
