@@ -306,3 +306,85 @@ async fn a_replica_stopped_with_sigterm_leaves_the_cluster() {
     // Removed at once by its own request, not by the (30 s) expiry.
     assert_eq!(members(&primary.url()).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_import_and_search_against_a_running_node() {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/minilm-debian");
+    if !data.join("base.fvecs").exists() {
+        eprintln!("SKIPPED: data set not at {}", data.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Proc::spawn(dir.path(), free_port(), None, false);
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_quiver"))
+            .args(args)
+            .env("QUIVER_URL", node.url())
+            .output()
+            .expect("run quiver")
+    };
+    let base = data.join("base.fvecs");
+    let texts = data.join("base_texts.txt");
+    let out = cli(&[
+        "import",
+        "-c",
+        "cli",
+        "--create",
+        "cosine",
+        "--limit",
+        "300",
+        "--batch",
+        "64",
+        "--file",
+        base.to_str().unwrap(),
+        "--texts",
+        texts.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 300 points"));
+
+    // A stored vector's nearest neighbour is itself, with its text as payload.
+    let out = cli(&[
+        "search",
+        "-c",
+        "cli",
+        "--fvecs",
+        base.to_str().unwrap(),
+        "--row",
+        "5",
+        "-k",
+        "3",
+        "--exact",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found["hits"][0]["id"], 5);
+    let line5 = std::fs::read_to_string(&texts)
+        .unwrap()
+        .lines()
+        .nth(5)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        found["hits"][0]["payload"]["text"],
+        serde_json::json!(line5)
+    );
+    assert_eq!(found["hits"].as_array().map(Vec::len), Some(3));
+
+    // Bad input: a clear message and a failing exit status, no panic.
+    let out = cli(&["search", "-c", "cli", "--vector", "[1, 2"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--vector must be a JSON array"));
+    let out = cli(&["search", "-c", "cli", "--vector", "[1, 2]"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vector"));
+    drop(node);
+}
