@@ -326,6 +326,7 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/gateway/status", get(status))
+        .route("/metrics", get(metrics))
         .fallback(proxy)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(inner)
@@ -347,6 +348,51 @@ async fn readyz(State(inner): State<Arc<Inner>>) -> Response {
 
 async fn status(State(inner): State<Arc<Inner>>) -> Json<GatewayStatus> {
     Json(inner.status())
+}
+
+/// `GET /metrics`: proxied requests by kind, node and status, their latency, retries, and each
+/// reader's requests in flight.
+async fn metrics(State(inner): State<Arc<Inner>>) -> Response {
+    use std::fmt::Write;
+    let mut out = crate::api::metrics::handle()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# HELP quiver_gateway_outstanding Requests in flight per reader."
+    );
+    let _ = writeln!(out, "# TYPE quiver_gateway_outstanding gauge");
+    for r in inner.readers.stats() {
+        let _ = writeln!(
+            out,
+            "quiver_gateway_outstanding{{node=\"{}\"}} {}",
+            r.url, r.outstanding
+        );
+    }
+    let leader = u8::from(inner.leader.read().is_some());
+    let _ = writeln!(
+        out,
+        "# HELP quiver_gateway_leader_known 1 when the gateway knows a leader."
+    );
+    let _ = writeln!(out, "# TYPE quiver_gateway_leader_known gauge");
+    let _ = writeln!(out, "quiver_gateway_leader_known {leader}");
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+/// Counts and times one proxied request.
+fn observe(kind: &'static str, node: &str, status: u16, started: std::time::Instant) {
+    let _ = crate::api::metrics::handle();
+    metrics::counter!("quiver_gateway_requests_total", "kind" => kind, "node" => node.to_string(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("quiver_gateway_request_duration_seconds", "kind" => kind)
+        .record(started.elapsed().as_secs_f64());
 }
 
 async fn proxy(State(inner): State<Arc<Inner>>, req: Request) -> Response {
@@ -381,7 +427,18 @@ async fn read(
             break;
         };
         let node = lease.url().to_string();
-        match inner.send(&node, method, path, headers, body).await {
+        let started = std::time::Instant::now();
+        let sent = inner.send(&node, method, path, headers, body).await;
+        observe(
+            "read",
+            &node,
+            sent.as_ref().map_or(0, |(s, _, _)| s.as_u16()),
+            started,
+        );
+        if !tried.is_empty() {
+            metrics::counter!("quiver_gateway_retries_total", "kind" => "read").increment(1);
+        }
+        match sent {
             Ok((status, h, b)) if retryable(status) => {
                 lease.failure();
                 inner.refresh_now.notify_one();
@@ -431,7 +488,18 @@ async fn write(
             }
             return Error::NotLeader(None).into_response();
         };
-        match inner.send(&node, method, path, headers, body).await {
+        let started = std::time::Instant::now();
+        let sent = inner.send(&node, method, path, headers, body).await;
+        observe(
+            "write",
+            &node,
+            sent.as_ref().map_or(0, |(s, _, _)| s.as_u16()),
+            started,
+        );
+        if attempt > 0 {
+            metrics::counter!("quiver_gateway_retries_total", "kind" => "write").increment(1);
+        }
+        match sent {
             Ok((status, h, b)) => {
                 let not_leader = status == reqwest::StatusCode::SERVICE_UNAVAILABLE
                     && b.windows(12).any(|w| w == b"\"not_leader\"");

@@ -139,6 +139,20 @@ async fn gateway_routes_writes_to_the_leader_and_spreads_reads() {
         .unwrap();
     assert_eq!(status["leader"], serde_json::json!(a.url()));
     assert_eq!(status["policy"], "round_robin");
+    let metrics = reqwest::get(format!("{}/metrics", gw.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "quiver_gateway_requests_total{kind=\"read\"",
+        "quiver_gateway_requests_total{kind=\"write\"",
+        "quiver_gateway_retries_total{kind=\"read\"}",
+        "quiver_gateway_leader_known 1",
+    ] {
+        assert!(metrics.contains(want), "{want} missing from:\n{metrics}");
+    }
     gw.stop().await;
     c.stop().await.unwrap();
     a.stop().await.unwrap();

@@ -19,7 +19,8 @@ const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     5.0, 10.0,
 ];
 
-fn handle() -> Option<&'static PrometheusHandle> {
+/// The process-wide Prometheus recorder (installed on first use).
+pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {

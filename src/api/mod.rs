@@ -6,7 +6,7 @@
 
 mod cluster;
 mod handlers;
-mod metrics;
+pub(crate) mod metrics;
 
 use std::sync::Arc;
 
