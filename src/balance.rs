@@ -239,7 +239,7 @@ impl Balancer {
         Some(Lease {
             backend: chosen.clone(),
             started: Instant::now(),
-            bench_until_ms: now + BENCH.as_millis() as u64,
+            epoch: self.epoch,
         })
     }
 }
@@ -249,7 +249,8 @@ impl Balancer {
 pub struct Lease {
     backend: Arc<Backend>,
     started: Instant,
-    bench_until_ms: u64,
+    /// The balancer's epoch, for the bench deadline.
+    epoch: Instant,
 }
 
 impl Lease {
@@ -263,12 +264,13 @@ impl Lease {
         self.backend.record(self.started.elapsed());
     }
 
-    /// The node failed (connection error, 5xx): skip it for a while.
+    /// The node failed (connection error, 5xx): skip it for [`BENCH`] from now (not from when
+    /// it was picked: a node that fails slowly must still be skipped afterwards).
     pub fn failure(self) {
-        self.backend.failures.fetch_add(1, Ordering::Relaxed);
-        self.backend
-            .benched_until_ms
-            .store(self.bench_until_ms, Ordering::Relaxed);
+        let b = &self.backend;
+        b.failures.fetch_add(1, Ordering::Relaxed);
+        let until = (self.epoch.elapsed() + BENCH).as_millis() as u64;
+        b.benched_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 }
 
@@ -357,6 +359,29 @@ mod tests {
         assert_eq!(stats[0].failures, 1);
         assert!(stats[0].benched);
         assert_eq!(stats.iter().map(|s| s.outstanding).sum::<usize>(), 0);
+    }
+
+    #[test]
+    fn a_slow_failure_is_benched_from_when_it_is_reported() {
+        let b = Balancer::new(Policy::PowerOfTwo);
+        b.set(urls(2));
+        let lease = b.pick(&["http://n1".to_string()]);
+        // The failure is reported well after the pick (a timeout, say).
+        std::thread::sleep(Duration::from_millis(50));
+        let reported = b.now_ms();
+        if let Some(l) = lease {
+            l.failure();
+        }
+        let until = b.backends.read()[0]
+            .benched_until_ms
+            .load(Ordering::Relaxed);
+        assert!(until >= reported + BENCH.as_millis() as u64);
+        for _ in 0..20 {
+            assert_eq!(
+                b.pick(&[]).map(|l| l.url().to_string()),
+                Some("http://n1".into())
+            );
+        }
     }
 
     #[test]

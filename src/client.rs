@@ -68,6 +68,12 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A 503 `not_leader`: refused before it was applied, so safe to send elsewhere.
+    pub fn is_not_leader(&self) -> bool {
+        matches!(self, ClientError::Api { status, code, .. }
+            if *status == StatusCode::SERVICE_UNAVAILABLE && code == "not_leader")
+    }
+
     /// The error code of an API error (`collection_not_found`, ...).
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -322,7 +328,7 @@ impl Client {
         method: &Method,
         path: &str,
         body: &Body<'_>,
-    ) -> Result<reqwest::Response, ClientError> {
+    ) -> Result<(StatusCode, axum::body::Bytes), ClientError> {
         let mut req = self
             .inner
             .http
@@ -338,15 +344,22 @@ impl Client {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(bytes);
         }
-        Ok(req.send().await?)
+        // The body is read here, so that a connection lost mid-answer is a transport error.
+        let resp = req.send().await?;
+        let status = resp.status();
+        Ok((status, resp.bytes().await?))
     }
 
-    async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
-        let status = resp.status();
+    fn decode<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<T, ClientError> {
         if status.is_success() {
-            return Ok(resp.json().await?);
+            return serde_json::from_slice(body).map_err(|e| ClientError::Api {
+                status,
+                code: "undecodable".into(),
+                message: format!("the answer is not what was expected: {e}"),
+                field: None,
+            });
         }
-        let text = resp.text().await.unwrap_or_default();
+        let text = String::from_utf8_lossy(body).into_owned();
         let (code, message, field) = match serde_json::from_str::<ErrorEnvelope>(&text) {
             Ok(e) => (e.error.code, e.error.message, e.error.field),
             Err(_) => ("unknown".to_string(), text, None),
@@ -387,7 +400,7 @@ impl Client {
             let Some(node) = next else { break };
             tried.push(node.clone());
             let outcome = match self.send(&node, &method, path, &body).await {
-                Ok(resp) => Self::decode::<WriteResponse>(resp).await,
+                Ok((status, bytes)) => Self::decode::<WriteResponse>(status, &bytes),
                 Err(e) => Err(e),
             };
             match outcome {
@@ -400,7 +413,7 @@ impl Client {
                 Err(ClientError::Http(e)) if e.is_connect() => {
                     last_err = Some(ClientError::Http(e))
                 }
-                Err(e) if e.code() == Some("not_leader") => last_err = Some(e),
+                Err(e) if e.is_not_leader() => last_err = Some(e),
                 // Anything else may have been applied: never sent again behind the caller's back.
                 Err(e) => return Err(e),
             }
@@ -427,13 +440,19 @@ impl Client {
             };
             let node = lease.url().to_string();
             match self.send(&node, &method, path, &body).await {
-                Ok(resp) if matches!(resp.status().as_u16(), 502..=504) => {
+                Ok((status, bytes)) if matches!(status.as_u16(), 502..=504) => {
                     lease.failure();
-                    last_err = Some(Self::decode::<T>(resp).await.err());
+                    last_err = Some(Self::decode::<T>(status, &bytes).err());
                 }
-                Ok(resp) => {
-                    lease.success();
-                    return Self::decode(resp).await;
+                Ok((status, bytes)) => {
+                    // A 500 is the node's fault (not retried: the node answered) and counts
+                    // against it; 4xx are the caller's.
+                    if status.is_server_error() {
+                        lease.failure();
+                    } else {
+                        lease.success();
+                    }
+                    return Self::decode(status, &bytes);
                 }
                 // Reads are idempotent: any transport failure may be retried elsewhere.
                 Err(e) => {

@@ -111,6 +111,7 @@ struct Inner {
     known: RwLock<Vec<String>>,
     refreshes: std::sync::atomic::AtomicU64,
     refresh_now: Notify,
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 /// A running gateway.
@@ -148,6 +149,7 @@ impl Gateway {
             known: RwLock::new(known),
             refreshes: Default::default(),
             refresh_now: Notify::new(),
+            refreshing: tokio::sync::Mutex::new(()),
         });
         inner.refresh().await;
         let listener = TcpListener::bind(inner.config.listen).await?;
@@ -228,15 +230,19 @@ impl Inner {
         }
     }
 
-    /// Rediscovers the leader and the ready members.
+    /// Rediscovers the leader and the ready members. One round at a time, so that an older view
+    /// never overwrites a newer one. When no node answers, the last view stays: the requests
+    /// themselves then fail over (reads) or answer 503 (writes).
     async fn refresh(&self) {
+        let _one_at_a_time = self.refreshing.lock().await;
         let candidates = self.known.read().clone();
         let Some(topo) =
             topology::discover(&self.probe, &candidates, self.config.api_key.as_deref()).await
         else {
-            tracing::warn!(?candidates, "no node answered GET /cluster");
-            *self.leader.write() = None;
-            self.readers.set(Vec::new());
+            tracing::warn!(
+                ?candidates,
+                "no node answered GET /cluster; keeping the last view"
+            );
             return;
         };
         self.readers.set(topo.readers(self.config.read_from_leader));
@@ -259,6 +265,7 @@ impl Inner {
         headers: &HeaderMap,
         body: &Bytes,
     ) -> reqwest::Result<(reqwest::StatusCode, HeaderMap, Bytes)> {
+        let head = *method == Method::HEAD;
         let method =
             reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
         let mut req = self
@@ -274,7 +281,8 @@ impl Inner {
         let status = resp.status();
         let mut out = HeaderMap::new();
         for (name, value) in resp.headers() {
-            if forwardable(name) {
+            // A HEAD answer has no body, so its length is the upstream's to tell.
+            if forwardable(name) || (head && name == reqwest::header::CONTENT_LENGTH) {
                 if let (Ok(n), Ok(v)) = (
                     HeaderName::from_bytes(name.as_str().as_bytes()),
                     HeaderValue::from_bytes(value.as_bytes()),
@@ -313,6 +321,12 @@ fn answer(node: &str, status: reqwest::StatusCode, headers: HeaderMap, body: Byt
         resp.headers_mut().insert(NODE_HEADER, v);
     }
     resp
+}
+
+/// The `error.code` of a quiver error body.
+fn error_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("error")?.get("code")?.as_str().map(str::to_string)
 }
 
 /// Worth another node: the node is down, overloaded, behind, or not the leader.
@@ -445,7 +459,12 @@ async fn read(
                 last = Some(answer(&node, status, h, b));
             }
             Ok((status, h, b)) => {
-                lease.success();
+                // A 500 counts against the node (it is not retried: the node did answer).
+                if status.is_server_error() {
+                    lease.failure();
+                } else {
+                    lease.success();
+                }
                 return answer(&node, status, h, b);
             }
             Err(e) => {
@@ -502,7 +521,7 @@ async fn write(
         match sent {
             Ok((status, h, b)) => {
                 let not_leader = status == reqwest::StatusCode::SERVICE_UNAVAILABLE
-                    && b.windows(12).any(|w| w == b"\"not_leader\"");
+                    && error_code(&b) == Some("not_leader".into());
                 if not_leader && attempt == 0 {
                     // Refused before it was applied: safe to send again to the new leader.
                     inner.refresh().await;

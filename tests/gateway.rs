@@ -103,6 +103,19 @@ async fn gateway_routes_writes_to_the_leader_and_spreads_reads() {
         BTreeMap::from([(b.url(), 10), (c.url(), 10)]),
         "round robin splits evenly over the replicas"
     );
+    // HEAD keeps the upstream's length.
+    let head = http
+        .head(format!("{}/collections/g?min_index={index}", gw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    let len = head
+        .headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(len.is_some_and(|n| n > 0), "{:?}", head.headers());
     // Bad input still gets the node's 4xx naming the field, untouched.
     let (s, body, _) = call(
         &http,

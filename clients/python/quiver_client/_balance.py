@@ -56,6 +56,10 @@ class Lease:
     def failure(self) -> None:
         self.balancer._finish(self, ok=False)
 
+    def release(self) -> None:
+        """The request was abandoned (cancelled, or failed before it was sent): no verdict."""
+        self.balancer._finish(self, ok=None)
+
 
 class Balancer:
     """Picks a node per read. Thread-safe."""
@@ -121,10 +125,12 @@ class Balancer:
             chosen.outstanding += 1
             return Lease(chosen, self)
 
-    def _finish(self, lease: Lease, ok: bool) -> None:
+    def _finish(self, lease: Lease, ok: bool | None) -> None:
         with self._lock:
             b = lease.backend
             b.outstanding = max(0, b.outstanding - 1)
+            if ok is None:
+                return
             if ok:
                 sample = time.monotonic() - lease.started
                 b.latency_s = sample if b.latency_s == 0 else (

@@ -108,6 +108,10 @@ class _Core:
         return False
 
     def apply(self, status: dict, ready: list[bool]) -> None:
+        with self.lock:
+            self._apply(status, ready)
+
+    def _apply(self, status: dict, ready: list[bool]) -> None:
         members = [(m["addr"].rstrip("/"), ok) for m, ok in zip(status["members"], ready)]
         leader = (status.get("leader_addr") or "").rstrip("/") or None
         readers = [a for a, ok in members if ok and (self.read_from_leader or a != leader)]
@@ -280,7 +284,12 @@ def _plan(core: _Core, req: _Request):
         lease = core.balancer.pick(tried)
         if lease is None:
             break
-        resp, err = yield ("send", lease.url)
+        try:
+            resp, err = yield ("send", lease.url)
+        except BaseException:
+            # Cancelled, timed out by the caller, or the driver failed: free the lease unjudged.
+            lease.release()
+            raise
         if err is not None:  # reads are idempotent: any failure may be retried elsewhere
             lease.failure()
             last = QuiverConnectionError(f"{lease.url}: {err!r}")
@@ -359,6 +368,8 @@ class QuiverClient(_Operations):
                     step = plan.send((resp, None))
         except StopIteration as done:
             return done.value
+        finally:
+            plan.close()
 
 
 class AsyncQuiverClient(_Operations):
@@ -370,21 +381,35 @@ class AsyncQuiverClient(_Operations):
                  timeout: float = 120.0, refresh_every: float = 5.0) -> None:
         self._core = _Core(urls, api_key, policy, discover, read_your_writes, read_from_leader,
                            timeout, refresh_every)
-        self._http = httpx.AsyncClient(timeout=timeout, headers=self._core.headers)
-        self._probe = httpx.AsyncClient(timeout=2.0, headers=self._core.headers)
+        self._loop = None
+        self._pair: tuple[httpx.AsyncClient, httpx.AsyncClient] | None = None
 
     @classmethod
     def sharing(cls, sync: QuiverClient) -> "AsyncQuiverClient":
         """An async client over the same nodes, balancer and session token as `sync`."""
         me = cls.__new__(cls)
         me._core = sync._core
-        me._http = httpx.AsyncClient(timeout=sync._core.timeout, headers=sync._core.headers)
-        me._probe = httpx.AsyncClient(timeout=2.0, headers=sync._core.headers)
+        me._loop = None
+        me._pair = None
         return me
 
+    def _clients(self) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
+        """The HTTP clients of the running event loop (a connection pool belongs to one loop, so
+        a client used from a new loop, e.g. a second ``asyncio.run``, gets new ones)."""
+        loop = asyncio.get_running_loop()
+        if self._pair is None or self._loop is not loop:
+            self._loop = loop
+            self._pair = (
+                httpx.AsyncClient(timeout=self._core.timeout, headers=self._core.headers),
+                httpx.AsyncClient(timeout=2.0, headers=self._core.headers),
+            )
+        return self._pair
+
     async def aclose(self) -> None:
-        await self._http.aclose()
-        await self._probe.aclose()
+        if self._pair is not None and self._loop is asyncio.get_running_loop():
+            for c in self._pair:
+                await c.aclose()
+        self._pair = None
 
     async def __aenter__(self) -> "AsyncQuiverClient":
         return self
@@ -397,7 +422,7 @@ class AsyncQuiverClient(_Operations):
         status = None
         for url in list(self._core.known):
             try:
-                r = await self._probe.get(f"{url}/cluster")
+                r = await self._clients()[1].get(f"{url}/cluster")
                 if r.is_success:
                     status = r.json()
                     if status.get("leader_addr"):
@@ -409,7 +434,7 @@ class AsyncQuiverClient(_Operations):
 
         async def ready(addr: str) -> bool:
             try:
-                return (await self._probe.get(f"{addr.rstrip('/')}/readyz")).is_success
+                return (await self._clients()[1].get(f"{addr.rstrip('/')}/readyz")).is_success
             except httpx.HTTPError:
                 return False
 
@@ -429,10 +454,13 @@ class AsyncQuiverClient(_Operations):
                     step = plan.send(None)
                     continue
                 try:
-                    resp = await self._http.request(req.method, step[1] + req.path, params=req.params, json=req.body)
+                    http, _ = self._clients()
+                    resp = await http.request(req.method, step[1] + req.path, params=req.params, json=req.body)
                 except httpx.HTTPError as e:
                     step = plan.send((None, e))
                 else:
                     step = plan.send((resp, None))
         except StopIteration as done:
             return done.value
+        finally:
+            plan.close()

@@ -7,6 +7,7 @@ search right after an add sees the add, on whichever replica it lands.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any, Iterable, Sequence
 
@@ -99,16 +100,34 @@ class QuiverVectorStore(VectorStore):
         # The async client shares the sync one's nodes, balancer and session token.
         self.async_client = AsyncQuiverClient.sharing(self.client)
         self._dim: int | None = None
+        # An existing collection's metric wins over the argument (scores must be read its way).
+        try:
+            info = self.client.collection(collection_name)
+            self.metric, self._dim = info["config"]["metric"], info["config"]["dim"]
+        except QuiverError as e:
+            if not _missing(e):
+                raise
+
+    def close(self) -> None:
+        """Closes the sync client's connections."""
+        self.client.close()
+
+    async def aclose(self) -> None:
+        """Closes the async client's connections (of the running event loop)."""
+        await self.async_client.aclose()
 
     @property
     def embeddings(self) -> Embeddings:
         return self._embedding
 
     def _select_relevance_score_fn(self):
+        """Maps quiver's score to LangChain's relevance in [0, 1] (1 = most similar)."""
         if self.metric == "l2":
             return self._euclidean_relevance_score_fn
-        # cosine and dot: quiver's score is already a similarity (higher is better)
-        return lambda score: score
+        if self.metric == "dot":
+            return lambda score: 1.0 / (1.0 + math.exp(-score))
+        # cosine similarity in [-1, 1]
+        return lambda score: (score + 1.0) / 2.0
 
     # --- writing ------------------------------------------------------------------------
 
@@ -138,11 +157,19 @@ class QuiverVectorStore(VectorStore):
         if not texts:
             return []
         points = self._points(texts, self._embedding.embed_documents(texts), metadatas, ids)
+        dim = len(points[0]["vector"])
         if self._dim is None:
-            self.client.create_collection(self.collection_name, len(points[0]["vector"]), self.metric)
-            self._dim = len(points[0]["vector"])
+            self.client.create_collection(self.collection_name, dim, self.metric)
+            self._dim = dim
         for start in range(0, len(points), _BATCH):
-            self.client.upsert(self.collection_name, points[start : start + _BATCH])
+            try:
+                self.client.upsert(self.collection_name, points[start : start + _BATCH])
+            except QuiverError as e:
+                if not _missing(e):
+                    raise
+                # Dropped meanwhile (by another store on the same collection): create it again.
+                self.client.create_collection(self.collection_name, dim, self.metric)
+                self.client.upsert(self.collection_name, points[start : start + _BATCH])
         return [p["id"] for p in points]
 
     async def aadd_texts(
@@ -158,11 +185,18 @@ class QuiverVectorStore(VectorStore):
             return []
         vectors = await self._embedding.aembed_documents(texts)
         points = self._points(texts, vectors, metadatas, ids)
+        dim = len(points[0]["vector"])
         if self._dim is None:
-            await self.async_client.create_collection(self.collection_name, len(points[0]["vector"]), self.metric)
-            self._dim = len(points[0]["vector"])
+            await self.async_client.create_collection(self.collection_name, dim, self.metric)
+            self._dim = dim
         for start in range(0, len(points), _BATCH):
-            await self.async_client.upsert(self.collection_name, points[start : start + _BATCH])
+            try:
+                await self.async_client.upsert(self.collection_name, points[start : start + _BATCH])
+            except QuiverError as e:
+                if not _missing(e):
+                    raise
+                await self.async_client.create_collection(self.collection_name, dim, self.metric)
+                await self.async_client.upsert(self.collection_name, points[start : start + _BATCH])
         return [p["id"] for p in points]
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:

@@ -94,8 +94,13 @@ def test_vectorstore_filters_scores_retriever_and_from_texts(server):
         scored = store.similarity_search_with_score("grapes are green", k=2)
         assert scored[0][0].page_content == "grapes are green"
         assert scored[0][1] == pytest.approx(1.0, abs=1e-4) and scored[0][1] >= scored[1][1]
-        relevance = store.similarity_search_with_relevance_scores("grapes are green", k=1)
+        relevance = store.similarity_search_with_relevance_scores("grapes are green", k=4)
         assert relevance[0][1] == pytest.approx(1.0, abs=1e-4)
+        assert all(0.0 <= r <= 1.0 for _, r in relevance)
+        # A second store on the same collection reads its metric from the server.
+        again = QuiverVectorStore(emb, store.collection_name, urls=server.url, metric="l2")
+        assert again.metric == "cosine"
+        again.close()
         docs = store.as_retriever(search_kwargs={"k": 1}).invoke("bananas are yellow")
         assert docs[0].page_content == "bananas are yellow"
     finally:
@@ -146,3 +151,20 @@ async def test_max_marginal_relevance_prefers_diverse_results(server):
         assert [d.id for d in await retriever.ainvoke("q")] == ["a", "b"]
     finally:
         store.delete()
+
+
+def test_leases_are_released_when_a_read_is_cancelled(server):
+    import asyncio
+
+    async def cancelled_reads(c):
+        for _ in range(5):
+            try:
+                await asyncio.wait_for(c.search("nothing-here", [1.0, 0.0], 1), 1e-4)
+            except (asyncio.TimeoutError, QuiverError):
+                pass
+
+    c = AsyncQuiverClient(server.url, discover=False)
+    # Two separate event loops: the client follows the loop it is used from.
+    asyncio.run(cancelled_reads(c))
+    asyncio.run(cancelled_reads(c))
+    assert all(s["outstanding"] == 0 for s in c.read_stats())
