@@ -34,6 +34,11 @@ async fn client_discovers_the_leader_balances_reads_and_reads_its_writes() {
             .await
             .unwrap();
         assert_eq!(client.leader(), Some(a.url()));
+        // Readiness is live (a replica under load may miss a probe): wait until both count.
+        eventually("both replicas readers", || async {
+            client.refresh().await.is_ok() && client.read_stats().len() == 2
+        })
+        .await;
         let name = format!("{policy:?}").to_lowercase();
         client.create_collection(&name, &config4()).await.unwrap();
         let mut written = 0;
@@ -84,18 +89,7 @@ async fn client_discovers_the_leader_balances_reads_and_reads_its_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn client_writes_follow_the_leader_after_failover() {
-    let (a, _da) = start(None, false, |_| {}).await;
-    let (b, _db) = start(Some(&a.url()), true, |_| {}).await;
-    let (c, _dc) = start(Some(&a.url()), true, |_| {}).await;
-    a.cluster
-        .raft
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.membership_config.membership().voter_ids().count() == 3,
-            "three voters",
-        )
-        .await
-        .unwrap();
+    let [(a, _da), (b, _db), (c, _dc)] = start_three_voters().await;
     let client = Client::builder([a.url()]).connect().await.unwrap();
     client.create_collection("f", &config4()).await.unwrap();
     client.upsert("f", points(0, 10)).await.unwrap();

@@ -152,18 +152,7 @@ async fn a_late_learner_catches_up_from_a_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_voters_fail_over_without_losing_acknowledged_writes() {
-    let (a, _da) = start(None, false, |_| {}).await;
-    let (b, _db) = start(Some(&a.url()), true, |_| {}).await;
-    let (c, _dc) = start(Some(&a.url()), true, |_| {}).await;
-    a.cluster
-        .raft
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.membership_config.membership().voter_ids().count() == 3,
-            "three voters",
-        )
-        .await
-        .unwrap();
+    let [(a, _da), (b, _db), (c, _dc)] = start_three_voters().await;
     let ca = Client::new(&a.url(), None).unwrap();
     ca.create_collection("f", &config4()).await.unwrap();
     let mut acked = Vec::new();

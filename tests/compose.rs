@@ -157,6 +157,19 @@ async fn ready(url: &str) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// Waits until exactly `n` learners are members and every one answers `/readyz`.
+async fn ready_replicas(primary: &str, n: usize) {
+    eventually(&format!("{n} ready replicas"), || async {
+        let l = learners(primary).await;
+        l.len() == n
+            && futures_util::future::join_all(l.iter().map(|u| ready(u)))
+                .await
+                .iter()
+                .all(|r| *r)
+    })
+    .await;
+}
+
 fn search(v: &[f32], index: u64, exact: bool) -> SearchRequest {
     let mut q = SearchRequest::new(v.to_vec(), 10);
     q.exact = exact;
@@ -267,15 +280,7 @@ async fn compose_cluster_scales_and_fails_over() {
             .unwrap()
             .index;
     }
-    eventually("two ready replicas", || async {
-        let l = learners(&primary_url).await;
-        l.len() == 2
-            && futures_util::future::join_all(l.iter().map(|u| ready(u)))
-                .await
-                .iter()
-                .all(|r| *r)
-    })
-    .await;
+    ready_replicas(&primary_url, 2).await;
     replicas_agree(&primary, &learners(&primary_url).await, &queries, index).await;
     eprintln!("2 replicas agree after {:?}", started.elapsed());
 
@@ -289,15 +294,7 @@ async fn compose_cluster_scales_and_fails_over() {
 
     // Scale out: the new replicas join, catch up, become ready and answer alike.
     project.up(false, Some(4));
-    eventually("four ready replicas", || async {
-        let l = learners(&primary_url).await;
-        l.len() == 4
-            && futures_util::future::join_all(l.iter().map(|u| ready(u)))
-                .await
-                .iter()
-                .all(|r| *r)
-    })
-    .await;
+    ready_replicas(&primary_url, 4).await;
     replicas_agree(&primary, &learners(&primary_url).await, &queries, index).await;
     eprintln!("4 replicas agree after {:?}", started.elapsed());
 

@@ -98,10 +98,12 @@ async fn gateway_routes_writes_to_the_leader_and_spreads_reads() {
         );
         *served.entry(node).or_default() += 1;
     }
-    assert_eq!(
-        served,
-        BTreeMap::from([(b.url(), 10), (c.url(), 10)]),
-        "round robin splits evenly over the replicas"
+    // Both replicas, never the leader. (Exact alternation is the balancer's unit test: here a
+    // replica that misses a readiness probe under load may sit out a refresh.)
+    assert_eq!(served.values().sum::<usize>(), 20);
+    assert!(
+        served.keys().all(|n| *n == b.url() || *n == c.url()) && served.len() == 2,
+        "round robin spreads over the replicas: {served:?}"
     );
     // HEAD keeps the upstream's length.
     let head = http
@@ -238,18 +240,7 @@ async fn least_outstanding_and_power_of_two_use_every_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_through_the_gateway_resume_after_leader_failover() {
-    let (a, _da) = start(None, false, |_| {}).await;
-    let (b, _db) = start(Some(&a.url()), true, |_| {}).await;
-    let (c, _dc) = start(Some(&a.url()), true, |_| {}).await;
-    a.cluster
-        .raft
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.membership_config.membership().voter_ids().count() == 3,
-            "three voters",
-        )
-        .await
-        .unwrap();
+    let [(a, _da), (b, _db), (c, _dc)] = start_three_voters().await;
     // The gateway is seeded with the first node only: it must learn the others from it.
     let gw = Gateway::start(GatewayConfig::for_test(vec![a.url()], Policy::PowerOfTwo))
         .await

@@ -89,3 +89,20 @@ pub fn query(min_index: u64) -> SearchRequest {
     q.consistency = Some(Consistency::MinIndex { min_index });
     q
 }
+
+/// A leader and two nodes that joined it as voters, once all three are voters.
+pub async fn start_three_voters() -> [(Node, TempDir); 3] {
+    let a = start(None, false, |_| {}).await;
+    let b = start(Some(&a.0.url()), true, |_| {}).await;
+    let c = start(Some(&a.0.url()), true, |_| {}).await;
+    a.0.cluster
+        .raft
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.membership_config.membership().voter_ids().count() == 3,
+            "three voters",
+        )
+        .await
+        .unwrap();
+    [a, b, c]
+}

@@ -1,6 +1,7 @@
 """The Python client against real nodes: leader discovery, balanced reads, sessions, retries,
 and the LangChain store's filters, scores, retriever and constructors."""
 
+import time
 import uuid
 
 import pytest
@@ -31,6 +32,11 @@ def test_reads_spread_over_replicas_and_see_own_writes(cluster, policy):
     with QuiverClient(replicas[0].url, policy=policy, read_your_writes=True) as c:
         c.refresh()
         assert c.leader == leader.url
+        # Readiness is live (a replica under load may miss a probe): wait until both count.
+        deadline = time.monotonic() + 30
+        while len(c.read_stats()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            c.refresh()
         name = f"t{uuid.uuid4().hex[:8]}"
         c.create_collection(name, 3, "l2")
         w = c.upsert(name, _points(50))
