@@ -368,6 +368,45 @@ impl Cluster {
                 })
                 .await?;
         }
+        // Another member at the same address is an earlier life of this node whose state was
+        // lost: it can never answer again, so it goes (a dead voter would weaken the quorum).
+        let stale: BTreeSet<NodeId> = membership
+            .nodes()
+            .filter(|(id, n)| **id != req.id && n.addr == req.addr)
+            .map(|(id, _)| *id)
+            .collect();
+        if !stale.is_empty() {
+            tracing::warn!(?stale, addr = %req.addr, "removing earlier members at the joining node's address");
+            index = self
+                .change(|| {
+                    let voters: BTreeSet<NodeId> = stale
+                        .iter()
+                        .filter(|id| membership.voter_ids().any(|v| v == **id))
+                        .copied()
+                        .collect();
+                    let changes = if voters.is_empty() {
+                        ChangeMembers::RemoveNodes(stale.clone())
+                    } else {
+                        ChangeMembers::RemoveVoters(voters)
+                    };
+                    self.raft.change_membership(changes, false)
+                })
+                .await?;
+            let m = self.metrics();
+            let left: BTreeSet<NodeId> = stale
+                .iter()
+                .filter(|id| m.membership_config.membership().get_node(id).is_some())
+                .copied()
+                .collect();
+            if !left.is_empty() {
+                index = self
+                    .change(|| {
+                        self.raft
+                            .change_membership(ChangeMembers::RemoveNodes(left.clone()), false)
+                    })
+                    .await?;
+            }
+        }
         tracing::info!(id = req.id, addr = %req.addr, voter = req.voter, index, "node joined");
         Ok(index)
     }

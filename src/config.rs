@@ -52,6 +52,12 @@ pub struct Config {
     /// a read replica (a Raft learner).
     #[arg(long, env = "QUIVER_JOIN")]
     pub join: Option<String>,
+    /// Without `--join`: the other voters' URLs (comma-separated). A node with no state first
+    /// asks them for the cluster; if one knows a leader, it joins that cluster as a voter instead
+    /// of initialising a new one (so a first voter whose volume was lost cannot start a second
+    /// cluster beside the first).
+    #[arg(long, env = "QUIVER_PEERS")]
+    pub peers: Option<String>,
     /// With `--join`: join as a voter instead (for a 3-voter primary group with failover).
     #[arg(long, env = "QUIVER_VOTER")]
     pub voter: bool,
@@ -83,15 +89,23 @@ pub struct Config {
     pub log: String,
 }
 
+fn url_list(list: Option<&str>) -> Vec<String> {
+    list.into_iter()
+        .flat_map(|j| j.split(','))
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
 impl Config {
     /// The `--join` URLs.
     pub fn join_urls(&self) -> Vec<String> {
-        self.join
-            .iter()
-            .flat_map(|j| j.split(','))
-            .map(|u| u.trim().trim_end_matches('/').to_string())
-            .filter(|u| !u.is_empty())
-            .collect()
+        url_list(self.join.as_deref())
+    }
+
+    /// The `--peers` URLs.
+    pub fn peer_urls(&self) -> Vec<String> {
+        url_list(self.peers.as_deref())
     }
 
     /// Defaults for tests: a data dir, an ephemeral port on loopback.
@@ -110,6 +124,7 @@ impl Config {
             max_batch_points: 4_096,
             advertise: None,
             join: None,
+            peers: None,
             voter: false,
             cluster_secret: None,
             read_wait_ms: 5_000,

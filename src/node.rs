@@ -217,8 +217,33 @@ async fn route_ip(join: &[String]) -> anyhow::Result<std::net::IpAddr> {
     anyhow::bail!("--advertise auto: found no route to the cluster; give --advertise URL")
 }
 
+/// The leader's URL when one of `--peers` belongs to a cluster that has one.
+async fn existing_cluster(config: &Config) -> Option<String> {
+    let peers = config.peer_urls();
+    if peers.is_empty() {
+        return None;
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    crate::topology::discover(&http, &peers, config.api_key.as_deref())
+        .await?
+        .leader
+}
+
 async fn bootstrap(cluster: &Arc<Cluster>, config: &Config, pristine: bool) -> anyhow::Result<()> {
     match &config.join {
+        None if pristine && existing_cluster(config).await.is_some() => {
+            let (c, urls) = (cluster.clone(), config.peer_urls());
+            tracing::warn!(?urls, "this node has no state but its peers already form a cluster: joining it as a voter instead of initialising a new one");
+            tokio::spawn(async move {
+                match c.request_join(&urls, true, JOIN_DEADLINE).await {
+                    Ok(index) => tracing::info!(index, "joined the existing cluster"),
+                    Err(e) => tracing::error!(error = %e, "could not join the existing cluster"),
+                }
+            });
+        }
         None if pristine => {
             let members = BTreeMap::from([(
                 cluster.id,

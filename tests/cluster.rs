@@ -277,3 +277,44 @@ async fn a_replica_that_disappears_is_removed_and_concurrent_joins_all_succeed()
     b.stop().await.unwrap();
     a.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_voter_that_lost_its_state_rejoins_instead_of_starting_a_second_cluster() {
+    let [(a, _da), (b, _db), (c, _dc)] = start_three_voters().await;
+    let cb = Client::new(&b.url(), None).unwrap();
+    cb.create_collection("k", &config4()).await.unwrap();
+    let w = cb.upsert("k", points(0, 50)).await.unwrap();
+    let (old_id, addr) = (a.id(), a.addr);
+    a.stop().await.unwrap();
+
+    // The same address, an empty data dir, no --join: only --peers.
+    let peers = format!("{},{}", b.url(), c.url());
+    let (a2, _da2) = start(None, false, |cfg| {
+        cfg.listen = addr;
+        cfg.peers = Some(peers);
+    })
+    .await;
+    assert_ne!(a2.id(), old_id);
+    let survivors = [&b, &c];
+    eventually(
+        "the new node replaces the old one among the voters",
+        || async {
+            let m = b.cluster.metrics();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            voters.len() == 3 && voters.contains(&a2.id()) && !voters.contains(&old_id)
+        },
+    )
+    .await;
+    // It holds the cluster's data, and no second cluster exists: everyone agrees on one leader.
+    wait_applied(&a2, w.index).await;
+    assert_eq!(a2.engine.info("k").unwrap().points, 50);
+    let leader = b.cluster.metrics().current_leader;
+    assert!(leader.is_some());
+    for n in survivors {
+        assert_eq!(n.cluster.metrics().current_leader, leader);
+    }
+    assert_eq!(a2.cluster.metrics().current_leader, leader);
+    for n in [a2, b, c] {
+        n.stop().await.unwrap();
+    }
+}
