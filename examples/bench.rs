@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use quiver::client::Client;
 use quiver::config::Config;
-use quiver::dataset::{read_fvecs, read_ivecs, recall_at};
+use quiver::dataset::{percentile, read_fvecs, read_ivecs, recall_at};
 use quiver::engine::SearchParams;
 use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
 use quiver::node::Node;
@@ -79,13 +79,6 @@ fn peak_rss_mib() -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn exact_truth(base: &[Vec<f32>], queries: &[Vec<f32>]) -> Vec<Vec<i32>> {

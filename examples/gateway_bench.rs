@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use quiver::balance::Policy;
 use quiver::client::Client;
-use quiver::dataset::read_fvecs;
+use quiver::dataset::{percentile, read_fvecs};
 use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
 
 #[derive(Parser)]
@@ -106,13 +106,6 @@ async fn wait_indexed(url: &str) -> anyhow::Result<()> {
         anyhow::ensure!(Instant::now() < deadline, "{url} never finished indexing");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// `clients` loops of searches against `url` for `secs`: (qps, p50 ms, p99 ms, errors).

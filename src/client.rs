@@ -212,21 +212,13 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-enum Body<'a> {
-    None,
-    Json(&'a (dyn erased::Json + Sync)),
-}
+/// A request body, serialised once however many nodes it is sent to.
+type Body = Option<axum::body::Bytes>;
 
-/// Object-safe JSON bodies, so that the request paths are not generic over every DTO.
-mod erased {
-    pub trait Json {
-        fn to_bytes(&self) -> serde_json::Result<Vec<u8>>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_bytes(&self) -> serde_json::Result<Vec<u8>> {
-            serde_json::to_vec(self)
-        }
-    }
+fn json<T: serde::Serialize + ?Sized>(body: &T) -> Result<Body, ClientError> {
+    serde_json::to_vec(body)
+        .map(|v| Some(v.into()))
+        .map_err(|e| ClientError::NoNode(format!("unserialisable body: {e}")))
 }
 
 impl Client {
@@ -327,7 +319,7 @@ impl Client {
         node: &str,
         method: &Method,
         path: &str,
-        body: &Body<'_>,
+        body: &Body,
     ) -> Result<(StatusCode, axum::body::Bytes), ClientError> {
         let mut req = self
             .inner
@@ -336,13 +328,10 @@ impl Client {
         if let Some(k) = &self.inner.settings.api_key {
             req = req.bearer_auth(k);
         }
-        if let Body::Json(b) = body {
-            let bytes = b
-                .to_bytes()
-                .map_err(|e| ClientError::NoNode(format!("unserialisable body: {e}")))?;
+        if let Some(bytes) = body {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(bytes);
+                .body(bytes.clone());
         }
         // The body is read here, so that a connection lost mid-answer is a transport error.
         let resp = req.send().await?;
@@ -387,7 +376,7 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Body<'_>,
+        body: Body,
     ) -> Result<WriteResponse, ClientError> {
         let mut tried: Vec<String> = Vec::new();
         let mut rediscovered = false;
@@ -429,7 +418,7 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        body: Body<'_>,
+        body: Body,
     ) -> Result<T, ClientError> {
         self.refresh_if_due();
         let mut tried: Vec<String> = Vec::new();
@@ -500,17 +489,13 @@ impl Client {
         name: &str,
         config: &CollectionConfig,
     ) -> Result<WriteResponse, ClientError> {
-        self.write(
-            Method::PUT,
-            &format!("/collections/{name}"),
-            Body::Json(config),
-        )
-        .await
+        self.write(Method::PUT, &format!("/collections/{name}"), json(config)?)
+            .await
     }
 
     /// `DELETE /collections/{name}`.
     pub async fn delete_collection(&self, name: &str) -> Result<WriteResponse, ClientError> {
-        self.write(Method::DELETE, &format!("/collections/{name}"), Body::None)
+        self.write(Method::DELETE, &format!("/collections/{name}"), None)
             .await
     }
 
@@ -526,14 +511,14 @@ impl Client {
         consistency: Option<&Consistency>,
     ) -> Result<CollectionInfo, ClientError> {
         let q = self.read_query(consistency);
-        self.read(Method::GET, &format!("/collections/{name}{q}"), Body::None)
+        self.read(Method::GET, &format!("/collections/{name}{q}"), None)
             .await
     }
 
     /// `GET /collections`.
     pub async fn collections(&self) -> Result<CollectionList, ClientError> {
         let q = self.read_query(None);
-        self.read(Method::GET, &format!("/collections{q}"), Body::None)
+        self.read(Method::GET, &format!("/collections{q}"), None)
             .await
     }
 
@@ -547,7 +532,7 @@ impl Client {
         self.write(
             Method::PUT,
             &format!("/collections/{name}/points"),
-            Body::Json(&body),
+            json(&body)?,
         )
         .await
     }
@@ -569,7 +554,7 @@ impl Client {
         self.read(
             Method::GET,
             &format!("/collections/{name}/points/{id}{q}"),
-            Body::None,
+            None,
         )
         .await
     }
@@ -589,7 +574,7 @@ impl Client {
             consistency: consistency.or_else(|| self.session_consistency()),
         };
         let path = format!("/collections/{name}/points/get");
-        self.read(Method::POST, &path, Body::Json(&req)).await
+        self.read(Method::POST, &path, json(&req)?).await
     }
 
     /// `POST /collections/{name}/points/delete`.
@@ -601,7 +586,7 @@ impl Client {
         self.write(
             Method::POST,
             &format!("/collections/{name}/points/delete"),
-            Body::Json(req),
+            json(req)?,
         )
         .await
     }
@@ -617,9 +602,9 @@ impl Client {
             (None, Some(c)) => {
                 let mut req = req.clone();
                 req.consistency = Some(c);
-                self.read(Method::POST, &path, Body::Json(&req)).await
+                self.read(Method::POST, &path, json(&req)?).await
             }
-            _ => self.read(Method::POST, &path, Body::Json(req)).await,
+            _ => self.read(Method::POST, &path, json(req)?).await,
         }
     }
 
@@ -636,15 +621,15 @@ impl Client {
                     searches: req.searches.clone(),
                     consistency: Some(c),
                 };
-                self.read(Method::POST, &path, Body::Json(&req)).await
+                self.read(Method::POST, &path, json(&req)?).await
             }
-            _ => self.read(Method::POST, &path, Body::Json(req)).await,
+            _ => self.read(Method::POST, &path, json(req)?).await,
         }
     }
 
     /// `GET /cluster` from a reader.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
-        self.read(Method::GET, "/cluster", Body::None).await
+        self.read(Method::GET, "/cluster", None).await
     }
 }
 

@@ -90,11 +90,12 @@ pub struct Config {
 }
 
 fn url_list(list: Option<&str>) -> Vec<String> {
-    list.into_iter()
+    let parts: Vec<String> = list
+        .into_iter()
         .flat_map(|j| j.split(','))
-        .map(|u| u.trim().trim_end_matches('/').to_string())
-        .filter(|u| !u.is_empty())
-        .collect()
+        .map(str::to_string)
+        .collect();
+    crate::topology::normalise(&parts)
 }
 
 impl Config {

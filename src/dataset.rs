@@ -69,3 +69,11 @@ pub fn recall_at(found: &[u64], truth: &[i32], k: usize) -> f64 {
     let want: std::collections::HashSet<u64> = truth.iter().take(k).map(|&t| t as u64).collect();
     found.iter().take(k).filter(|f| want.contains(f)).count() as f64 / k.max(1) as f64
 }
+
+/// The `p` quantile (0..=1) of an ascending slice, by nearest rank; 0 when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p.clamp(0.0, 1.0)).round() as usize]
+}

@@ -257,24 +257,39 @@ impl Inner {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Sends `req` to `node` (counted and timed in the metrics) and reads the whole answer.
     async fn send(
         &self,
         node: &str,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
-        body: &Bytes,
+        req: &Proxied<'_>,
     ) -> reqwest::Result<(reqwest::StatusCode, HeaderMap, Bytes)> {
-        let head = *method == Method::HEAD;
-        let method =
-            reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap_or(reqwest::Method::GET);
+        let started = std::time::Instant::now();
+        let sent = self.send_untimed(node, req).await;
+        let status = sent.as_ref().map_or(0, |(s, _, _)| s.as_u16());
+        let _ = crate::api::metrics::handle();
+        metrics::counter!("quiver_gateway_requests_total", "kind" => req.kind, "node" => node.to_string(), "status" => status.to_string())
+            .increment(1);
+        metrics::histogram!("quiver_gateway_request_duration_seconds", "kind" => req.kind)
+            .record(started.elapsed().as_secs_f64());
+        sent
+    }
+
+    async fn send_untimed(
+        &self,
+        node: &str,
+        req: &Proxied<'_>,
+    ) -> reqwest::Result<(reqwest::StatusCode, HeaderMap, Bytes)> {
+        let head = *req.method == Method::HEAD;
+        let method = reqwest::Method::from_bytes(req.method.as_str().as_bytes())
+            .unwrap_or(reqwest::Method::GET);
+        let headers = req.headers;
         let mut req = self
             .http
-            .request(method, format!("{node}{path}"))
-            .body(body.clone());
+            .request(method, format!("{node}{}", req.path))
+            .body(req.body.clone());
         for (name, value) in headers {
             if forwardable(name) {
-                req = req.header(name.as_str(), value.as_bytes());
+                req = req.header(name, value);
             }
         }
         let resp = req.send().await?;
@@ -283,12 +298,7 @@ impl Inner {
         for (name, value) in resp.headers() {
             // A HEAD answer has no body, so its length is the upstream's to tell.
             if forwardable(name) || (head && name == reqwest::header::CONTENT_LENGTH) {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(name.as_str().as_bytes()),
-                    HeaderValue::from_bytes(value.as_bytes()),
-                ) {
-                    out.append(n, v);
-                }
+                out.append(name.clone(), value.clone());
             }
         }
         let bytes = resp.bytes().await?;
@@ -296,10 +306,21 @@ impl Inner {
     }
 }
 
-/// Hop-by-hop and framing headers are the proxy's own business.
-fn forwardable(name: &impl AsRef<str>) -> bool {
+/// One client request as the proxy forwards it.
+struct Proxied<'a> {
+    /// `read` or `write`, for the metrics.
+    kind: &'static str,
+    method: &'a Method,
+    path: &'a str,
+    headers: &'a HeaderMap,
+    body: &'a Bytes,
+}
+
+/// Hop-by-hop and framing headers are the proxy's own business. (Header names are stored in
+/// lower case, so no case folding is needed.)
+fn forwardable(name: &HeaderName) -> bool {
     !matches!(
-        name.as_ref().to_ascii_lowercase().as_str(),
+        name.as_str(),
         "host"
             | "connection"
             | "keep-alive"
@@ -400,15 +421,6 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Response {
         .into_response()
 }
 
-/// Counts and times one proxied request.
-fn observe(kind: &'static str, node: &str, status: u16, started: std::time::Instant) {
-    let _ = crate::api::metrics::handle();
-    metrics::counter!("quiver_gateway_requests_total", "kind" => kind, "node" => node.to_string(), "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!("quiver_gateway_request_duration_seconds", "kind" => kind)
-        .record(started.elapsed().as_secs_f64());
-}
-
 async fn proxy(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let limit = inner.config.max_body_bytes;
@@ -420,20 +432,22 @@ async fn proxy(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    if crate::api::is_read(&parts.method, parts.uri.path()) {
-        read(&inner, &parts.method, &path, &parts.headers, &body).await
+    let read_only = crate::api::is_read(&parts.method, parts.uri.path());
+    let req = Proxied {
+        kind: if read_only { "read" } else { "write" },
+        method: &parts.method,
+        path: &path,
+        headers: &parts.headers,
+        body: &body,
+    };
+    if read_only {
+        read(&inner, &req).await
     } else {
-        write(&inner, &parts.method, &path, &parts.headers, &body).await
+        write(&inner, &req).await
     }
 }
 
-async fn read(
-    inner: &Inner,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Response {
+async fn read(inner: &Inner, req: &Proxied<'_>) -> Response {
     let mut tried: Vec<String> = Vec::new();
     let mut last: Option<Response> = None;
     for _ in 0..2 {
@@ -441,14 +455,7 @@ async fn read(
             break;
         };
         let node = lease.url().to_string();
-        let started = std::time::Instant::now();
-        let sent = inner.send(&node, method, path, headers, body).await;
-        observe(
-            "read",
-            &node,
-            sent.as_ref().map_or(0, |(s, _, _)| s.as_u16()),
-            started,
-        );
+        let sent = inner.send(&node, req).await;
         if !tried.is_empty() {
             metrics::counter!("quiver_gateway_retries_total", "kind" => "read").increment(1);
         }
@@ -483,7 +490,7 @@ async fn read(
     // No replica is ready: the leader (if any) answers.
     let leader = inner.leader.read().clone();
     match leader {
-        Some(node) => match inner.send(&node, method, path, headers, body).await {
+        Some(node) => match inner.send(&node, req).await {
             Ok((status, h, b)) => answer(&node, status, h, b),
             Err(e) => Error::Unavailable(format!("leader {node} failed: {e}")).into_response(),
         },
@@ -491,13 +498,7 @@ async fn read(
     }
 }
 
-async fn write(
-    inner: &Inner,
-    method: &Method,
-    path: &str,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Response {
+async fn write(inner: &Inner, req: &Proxied<'_>) -> Response {
     for attempt in 0..2 {
         let leader = inner.leader.read().clone();
         let Some(node) = leader else {
@@ -507,14 +508,7 @@ async fn write(
             }
             return Error::NotLeader(None).into_response();
         };
-        let started = std::time::Instant::now();
-        let sent = inner.send(&node, method, path, headers, body).await;
-        observe(
-            "write",
-            &node,
-            sent.as_ref().map_or(0, |(s, _, _)| s.as_u16()),
-            started,
-        );
+        let sent = inner.send(&node, req).await;
         if attempt > 0 {
             metrics::counter!("quiver_gateway_retries_total", "kind" => "write").increment(1);
         }

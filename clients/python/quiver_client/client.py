@@ -156,6 +156,16 @@ class _Operations:
 
     _core: _Core
 
+    def __init__(self, urls: str | list[str], *, api_key: str | None = None,
+                 policy: Policy | str = Policy.POWER_OF_TWO, discover: bool = True,
+                 read_your_writes: bool = False, read_from_leader: bool = False,
+                 timeout: float = 120.0, refresh_every: float = 5.0) -> None:
+        """`urls`: one or more nodes (the leader and the replicas are discovered from them unless
+        `discover=False`). `read_your_writes`: reads carry the highest index this client's
+        writes returned as `min_index`."""
+        self._core = _Core(urls, api_key, policy, discover, read_your_writes, read_from_leader,
+                           timeout, refresh_every)
+
     def _run(self, req: _Request):  # pragma: no cover - defined by the subclasses
         raise NotImplementedError
 
@@ -244,6 +254,22 @@ class _Operations:
         return self._run(_Request("read", "GET", "/cluster"))
 
 
+def _discover(core: _Core):
+    """Discovery without I/O, shared by both clients: yields lists of URLs to GET and receives
+    the answers (None where the request failed); applies what it learnt."""
+    status = None
+    for url in list(core.known):
+        (resp,) = yield [f"{url}/cluster"]
+        if resp is not None and resp.is_success:
+            status = resp.json()
+            if status.get("leader_addr"):
+                break
+    if status is None:
+        raise QuiverConnectionError(f"none of {core.known} answered GET /cluster")
+    answers = yield [f"{m['addr'].rstrip('/')}/readyz" for m in status["members"]]
+    core.apply(status, [r is not None and r.is_success for r in answers])
+
+
 def _finish(core: _Core, req: _Request, resp: httpx.Response):
     if resp.is_success:
         out = resp.json()
@@ -307,13 +333,9 @@ def _plan(core: _Core, req: _Request):
 class QuiverClient(_Operations):
     """Synchronous client. Thread-safe; use one per process."""
 
-    def __init__(self, urls: str | list[str], *, api_key: str | None = None,
-                 policy: Policy | str = Policy.POWER_OF_TWO, discover: bool = True,
-                 read_your_writes: bool = False, read_from_leader: bool = False,
-                 timeout: float = 120.0, refresh_every: float = 5.0) -> None:
-        self._core = _Core(urls, api_key, policy, discover, read_your_writes, read_from_leader,
-                           timeout, refresh_every)
-        self._http = httpx.Client(timeout=timeout, headers=self._core.headers)
+    def __init__(self, urls: str | list[str], **settings) -> None:
+        super().__init__(urls, **settings)
+        self._http = httpx.Client(timeout=self._core.timeout, headers=self._core.headers)
         self._probe = httpx.Client(timeout=2.0, headers=self._core.headers)
 
     def close(self) -> None:
@@ -328,25 +350,20 @@ class QuiverClient(_Operations):
 
     def refresh(self) -> None:
         """Rediscovers the leader and the ready replicas now."""
-        status = None
-        for url in list(self._core.known):
+
+        def get(url: str) -> httpx.Response | None:
             try:
-                r = self._probe.get(f"{url}/cluster")
-                if r.is_success:
-                    status = r.json()
-                    if status.get("leader_addr"):
-                        break
+                return self._probe.get(url)
             except httpx.HTTPError:
-                continue
-        if status is None:
-            raise QuiverConnectionError(f"none of {self._core.known} answered GET /cluster")
-        ready = []
-        for m in status["members"]:
-            try:
-                ready.append(self._probe.get(f"{m['addr'].rstrip('/')}/readyz").is_success)
-            except httpx.HTTPError:
-                ready.append(False)
-        self._core.apply(status, ready)
+                return None
+
+        plan = _discover(self._core)
+        try:
+            urls = next(plan)
+            while True:
+                urls = plan.send([get(u) for u in urls])
+        except StopIteration:
+            pass
 
     def _run(self, req: _Request):
         plan = _plan(self._core, req)
@@ -375,12 +392,8 @@ class QuiverClient(_Operations):
 class AsyncQuiverClient(_Operations):
     """Asynchronous client (asyncio); every endpoint method returns an awaitable."""
 
-    def __init__(self, urls: str | list[str], *, api_key: str | None = None,
-                 policy: Policy | str = Policy.POWER_OF_TWO, discover: bool = True,
-                 read_your_writes: bool = False, read_from_leader: bool = False,
-                 timeout: float = 120.0, refresh_every: float = 5.0) -> None:
-        self._core = _Core(urls, api_key, policy, discover, read_your_writes, read_from_leader,
-                           timeout, refresh_every)
+    def __init__(self, urls: str | list[str], **settings) -> None:
+        super().__init__(urls, **settings)
         self._loop = None
         self._pair: tuple[httpx.AsyncClient, httpx.AsyncClient] | None = None
 
@@ -418,28 +431,22 @@ class AsyncQuiverClient(_Operations):
         await self.aclose()
 
     async def refresh(self) -> None:
-        """Rediscovers the leader and the ready replicas now."""
-        status = None
-        for url in list(self._core.known):
-            try:
-                r = await self._clients()[1].get(f"{url}/cluster")
-                if r.is_success:
-                    status = r.json()
-                    if status.get("leader_addr"):
-                        break
-            except httpx.HTTPError:
-                continue
-        if status is None:
-            raise QuiverConnectionError(f"none of {self._core.known} answered GET /cluster")
+        """Rediscovers the leader and the ready replicas now (members probed concurrently)."""
+        probe = self._clients()[1]
 
-        async def ready(addr: str) -> bool:
+        async def get(url: str) -> httpx.Response | None:
             try:
-                return (await self._clients()[1].get(f"{addr.rstrip('/')}/readyz")).is_success
+                return await probe.get(url)
             except httpx.HTTPError:
-                return False
+                return None
 
-        flags = await asyncio.gather(*(ready(m["addr"]) for m in status["members"]))
-        self._core.apply(status, list(flags))
+        plan = _discover(self._core)
+        try:
+            urls = next(plan)
+            while True:
+                urls = plan.send(list(await asyncio.gather(*(get(u) for u in urls))))
+        except StopIteration:
+            pass
 
     async def _run(self, req: _Request):
         plan = _plan(self._core, req)
