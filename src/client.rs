@@ -38,8 +38,9 @@ use crate::balance::{BackendStats, Balancer, Policy};
 use crate::cluster::ClusterStatus;
 use crate::model::{
     BatchSearchRequest, BatchSearchResponse, CollectionConfig, CollectionInfo, CollectionList,
-    Consistency, ConsistencyLevel, DeleteRequest, GetPointsRequest, GetPointsResponse, PointId,
-    PointInput, PointResponse, SearchRequest, SearchResponse, UpsertRequest, WriteResponse,
+    Consistency, ConsistencyLevel, DeleteRequest, GetPointsRequest, GetPointsResponse, Health,
+    PointId, PointInput, PointResponse, SearchRequest, SearchResponse, UpsertRequest,
+    WriteResponse,
 };
 use crate::topology;
 
@@ -630,6 +631,23 @@ impl Client {
     /// `GET /cluster` from a reader.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
         self.read(Method::GET, "/cluster", None).await
+    }
+
+    /// `GET /healthz` of one node (`node`: its URL, e.g. from [`Client::read_stats`]).
+    pub async fn health(&self, node: &str) -> Result<Health, ClientError> {
+        let (status, body) = self.send(node, &Method::GET, "/healthz", &None).await?;
+        Self::decode(status, &body)
+    }
+
+    /// `GET /readyz` of one node: `Ok(index)` when it is a member and caught up, else the API
+    /// error saying why (503 `unavailable`).
+    pub async fn readiness(&self, node: &str) -> Result<u64, ClientError> {
+        #[derive(Deserialize)]
+        struct Ready {
+            index: u64,
+        }
+        let (status, body) = self.send(node, &Method::GET, "/readyz", &None).await?;
+        Self::decode::<Ready>(status, &body).map(|r| r.index)
     }
 }
 

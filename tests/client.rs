@@ -70,6 +70,13 @@ async fn client_discovers_the_leader_balances_reads_and_reads_its_writes() {
         }
     }
 
+    // Per-node probes.
+    let probe = Client::builder([a.url()]).connect().await.unwrap();
+    let health = probe.health(&b.url()).await.unwrap();
+    assert_eq!(health.status, "ok");
+    assert!(probe.readiness(&b.url()).await.unwrap() >= 1);
+    assert!(probe.readiness("http://127.0.0.1:1").await.is_err());
+
     // A replica dies: every read still succeeds (retried on the other one).
     let client = Client::builder([a.url()])
         .policy(Policy::RoundRobin)
