@@ -92,8 +92,8 @@ pub struct Cluster {
     pub id: NodeId,
     /// This node's URL.
     pub advertise: String,
-    /// The cluster secret, if any.
-    pub secret: Option<String>,
+    /// The cluster secret (sent on every internal call; see [`crate::config::Config::secret`]).
+    pub secret: String,
     /// When peers last answered (leader side).
     pub health: PeerHealth,
     http: reqwest::Client,
@@ -137,7 +137,7 @@ impl Cluster {
         raft: Raft,
         id: NodeId,
         advertise: String,
-        secret: Option<String>,
+        secret: String,
         health: PeerHealth,
         read_wait: Duration,
         ready_max_lag: u64,
@@ -271,10 +271,10 @@ impl Cluster {
                     self.read_index().await?
                 } else {
                     let (_, addr) = self.leader().ok_or(Error::NotLeader(None))?;
-                    let mut req = self.http.post(format!("{addr}/cluster/read_index"));
-                    if let Some(s) = &self.secret {
-                        req = req.header(SECRET_HEADER, s);
-                    }
+                    let req = self
+                        .http
+                        .post(format!("{addr}/cluster/read_index"))
+                        .header(SECRET_HEADER, &self.secret);
                     let resp = req
                         .send()
                         .await
@@ -637,13 +637,11 @@ impl Cluster {
         loop {
             let url = &urls[attempt % urls.len()];
             attempt += 1;
-            let mut req = self
+            let req = self
                 .http
                 .post(format!("{}/cluster/join", url.trim_end_matches('/')))
+                .header(SECRET_HEADER, &self.secret)
                 .json(&body);
-            if let Some(s) = &self.secret {
-                req = req.header(SECRET_HEADER, s);
-            }
             let outcome = match req.send().await {
                 Ok(r) if r.status().is_success() => match r.json::<IndexResponse>().await {
                     Ok(ix) => return Ok(ix.index),

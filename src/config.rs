@@ -61,7 +61,11 @@ pub struct Config {
     /// With `--join`: join as a voter instead (for a 3-voter primary group with failover).
     #[arg(long, env = "QUIVER_VOTER")]
     pub voter: bool,
-    /// Secret required on Raft RPC and cluster membership calls, and sent to peers.
+    /// Secret required on Raft RPC and cluster membership calls (`/raft/*`,
+    /// `/cluster/{join,leave,promote,read_index}`), and sent to peers; at least 16 characters,
+    /// the same on every node. Required with `--join`, `--peers` and `--voter`. Without it a node
+    /// makes up a random secret that nobody else knows: its internal endpoints are closed, and it
+    /// can neither take nor join other nodes.
     #[arg(long, env = "QUIVER_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
     /// Longest a `min_index` or linearizable read waits for this node to catch up, in ms.
@@ -89,6 +93,9 @@ pub struct Config {
     pub log: String,
 }
 
+/// Shortest `--cluster-secret` accepted.
+pub const MIN_SECRET_CHARS: usize = 16;
+
 fn url_list(list: Option<&str>) -> Vec<String> {
     let parts: Vec<String> = list
         .into_iter()
@@ -99,6 +106,18 @@ fn url_list(list: Option<&str>) -> Vec<String> {
 }
 
 impl Config {
+    /// The cluster secret, and whether it was made up because none was given (a node alone, whose
+    /// internal endpoints nobody can then call).
+    pub fn secret(&self) -> (String, bool) {
+        match &self.cluster_secret {
+            Some(s) => (s.clone(), false),
+            None => {
+                let bytes: [u8; 32] = rand::random();
+                (bytes.iter().map(|b| format!("{b:02x}")).collect(), true)
+            }
+        }
+    }
+
     /// The `--join` URLs.
     pub fn join_urls(&self) -> Vec<String> {
         url_list(self.join.as_deref())
@@ -160,6 +179,17 @@ impl Config {
             self.max_unindexed >= 1,
             "--max-unindexed must be at least 1"
         );
+        if let Some(s) = &self.cluster_secret {
+            anyhow::ensure!(
+                s.chars().count() >= MIN_SECRET_CHARS,
+                "--cluster-secret must be at least {MIN_SECRET_CHARS} characters (e.g. `openssl rand -hex 24`)"
+            );
+        } else {
+            anyhow::ensure!(
+                self.join.is_none() && self.peers.is_none() && !self.voter,
+                "--join, --peers and --voter need --cluster-secret (QUIVER_CLUSTER_SECRET), the same on every node"
+            );
+        }
         if let (Some(a), Some(b)) = (&self.api_key, &self.read_only_api_key) {
             anyhow::ensure!(a != b, "--api-key and --read-only-api-key must differ");
         }

@@ -422,6 +422,16 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Response {
 }
 
 async fn proxy(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    // Raft RPC and membership changes are between nodes only: never reachable through the
+    // public entry point, whatever credentials a caller sends.
+    if crate::api::is_internal(req.uri().path()) {
+        let error = crate::api::ErrorDetail {
+            code: "not_found",
+            message: "internal endpoint: not served by the gateway".into(),
+            field: None,
+        };
+        return (StatusCode::NOT_FOUND, Json(crate::api::ErrorBody { error })).into_response();
+    }
     let (parts, body) = req.into_parts();
     let limit = inner.config.max_body_bytes;
     let Ok(body) = axum::body::to_bytes(body, limit).await else {

@@ -127,9 +127,27 @@ async fn open(
     let log = LogStore::open(engine.store().db())?;
     let pristine = log.is_pristine();
     let sm = StateMachine::new(engine.clone())?;
+    let (secret, made_up) = config.secret();
     let health = PeerHealth::default();
-    let network = Network::new(config.cluster_secret.clone(), health.clone());
+    let network = Network::new(secret.clone(), health.clone());
     let raft = Raft::new(id, Arc::new(config.raft_config()?), network, log, sm).await?;
+    if made_up {
+        let others = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(n, _)| **n != id)
+            .count();
+        if others > 0 {
+            let _ = raft.shutdown().await;
+            anyhow::bail!("this node's cluster has {others} other member(s): start it with the cluster's --cluster-secret");
+        }
+        tracing::info!(
+            "no --cluster-secret: internal endpoints are closed (this node can take no replicas)"
+        );
+    }
     let advertise = advertise_url(config, addr).await?;
     tracing::info!(
         id,
@@ -143,7 +161,7 @@ async fn open(
         raft,
         id,
         advertise,
-        config.cluster_secret.clone(),
+        secret,
         health,
         Duration::from_millis(config.read_wait_ms),
         config.ready_max_lag,
@@ -288,14 +306,12 @@ async fn leave(cluster: &Cluster) {
     let Some((_, leader)) = cluster.leader() else {
         return;
     };
-    let mut req = cluster
+    let req = cluster
         .http()
         .post(format!("{leader}/cluster/leave"))
         .timeout(Duration::from_secs(5))
+        .header(SECRET_HEADER, &cluster.secret)
         .json(&MemberRequest { id: cluster.id });
-    if let Some(s) = &cluster.secret {
-        req = req.header(SECRET_HEADER, s);
-    }
     match req.send().await {
         Ok(r) if r.status().is_success() => tracing::info!("left the cluster"),
         Ok(r) => tracing::warn!(status = %r.status(), "leaving the cluster failed"),

@@ -251,7 +251,10 @@ async fn compose_cluster_scales_and_fails_over() {
             ("QUIVER_PRIMARY_PORT".into(), pp.to_string()),
             ("QUIVER_GATEWAY_PORT".into(), gp.to_string()),
             ("QUIVER_GATEWAY_REFRESH_MS".into(), "300".into()),
-            ("QUIVER_CLUSTER_SECRET".into(), "e2e-secret".into()),
+            (
+                "QUIVER_CLUSTER_SECRET".into(),
+                "e2e-cluster-secret-0123".into(),
+            ),
         ],
     };
     let (primary_url, gateway_url) = (

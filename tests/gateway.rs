@@ -316,3 +316,41 @@ async fn writes_through_the_gateway_resume_after_leader_failover() {
     b.stop().await.unwrap();
     c.stop().await.unwrap();
 }
+
+/// The public entry point never proxies Raft RPC or membership changes, even with the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_does_not_proxy_internal_endpoints() {
+    let (a, _da) = start(None, false, |_| {}).await;
+    let gw = Gateway::start(GatewayConfig::for_test(vec![a.url()], Policy::RoundRobin))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    for path in [
+        "/raft/vote",
+        "/raft/append",
+        "/raft/snapshot",
+        "/cluster/join",
+        "/cluster/leave",
+        "/cluster/promote",
+        "/cluster/read_index",
+    ] {
+        let r = http
+            .post(format!("{}{path}", gw.url()))
+            .header("x-quiver-cluster-secret", SECRET)
+            .json(&serde_json::json!({"id": 42, "addr": "http://127.0.0.1:9", "voter": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    wait_members(&a, 1).await;
+    assert_eq!(
+        a.cluster
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .count(),
+        1
+    );
+}

@@ -963,3 +963,74 @@ async fn several_points_are_read_in_one_request() {
     );
     h.node.stop().await.unwrap();
 }
+
+/// Without `--cluster-secret` the internal endpoints are closed (C1): neither an unauthenticated
+/// caller nor one holding the API key can join, leave, promote, read the read index, vote or
+/// append, and nothing is streamed anywhere.
+#[tokio::test]
+async fn internal_endpoints_are_closed_without_a_cluster_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.api_key = Some("admin-secret".into());
+    assert!(config.cluster_secret.is_none());
+    let h = Harness::with(config, Some(dir)).await;
+    let join = json!({"id": 42, "addr": "http://127.0.0.1:9", "voter": true});
+    for key in [None, Some("admin-secret")] {
+        for (path, body) in [
+            ("/cluster/join", join.clone()),
+            ("/cluster/leave", json!({"id": 1})),
+            ("/cluster/promote", json!({"id": 42})),
+            ("/cluster/read_index", json!({})),
+        ] {
+            let (s, b) = h.call_with("POST", path, Some(body), key).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{path} with {key:?}: {b}");
+        }
+        for path in ["/raft/vote", "/raft/append", "/raft/snapshot"] {
+            let mut req = h
+                .http
+                .post(format!("{}{path}", h.node.url()))
+                .body(vec![0u8; 64]);
+            if let Some(k) = key {
+                req = req.bearer_auth(k);
+            }
+            let s = req.send().await.unwrap().status();
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{path} with {key:?}");
+        }
+    }
+    // A guessed secret header does not help either.
+    let s = h
+        .http
+        .post(format!("{}/cluster/join", h.node.url()))
+        .header("x-quiver-cluster-secret", "")
+        .json(&join)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // The membership is still this node alone.
+    let (_, c) = h
+        .call_with("GET", "/cluster", None, Some("admin-secret"))
+        .await;
+    assert_eq!(c["members"].as_array().map(Vec::len), Some(1), "{c}");
+}
+
+/// Settings that would leave a cluster's internal endpoints guessable are refused at start.
+#[test]
+fn cluster_settings_need_a_real_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = Config::for_test(dir.path());
+    assert!(base.validate().is_ok(), "a lone node needs no secret");
+    let mut c = base.clone();
+    c.join = Some("http://127.0.0.1:7070".into());
+    assert!(c.validate().is_err(), "--join without a secret");
+    let mut c = base.clone();
+    c.peers = Some("http://127.0.0.1:7070".into());
+    assert!(c.validate().is_err(), "--peers without a secret");
+    let mut c = base.clone();
+    c.cluster_secret = Some("short".into());
+    assert!(c.validate().is_err(), "a secret under 16 characters");
+    c.cluster_secret = Some("0123456789abcdef".into());
+    c.join = Some("http://127.0.0.1:7070".into());
+    assert!(c.validate().is_ok());
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use quiver::client::Client;
 use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
 
-const SECRET: &str = "proc-secret";
+const SECRET: &str = "proc-cluster-secret-0123";
 const WAIT: Duration = Duration::from_secs(60);
 
 struct Proc {

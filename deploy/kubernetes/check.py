@@ -6,7 +6,7 @@ import yaml
 
 here = Path(__file__).parent
 docs = {}
-for f in ("secret.yaml", "voters.yaml", "replicas.yaml", "gateway.yaml"):
+for f in ("voters.yaml", "replicas.yaml", "gateway.yaml"):
     for d in yaml.safe_load_all((here / f).read_text()):
         docs[(d["kind"], d["metadata"]["name"])] = d
 
@@ -15,6 +15,11 @@ def fail(msg):
     print(f"check.py: {msg}", file=sys.stderr)
     sys.exit(1)
 
+
+if any(kind == "Secret" for kind, _ in docs):
+    fail("no Secret may be shipped: each deployment creates quiver-cluster with its own secret")
+if "secret.yaml" in (here / "kustomization.yaml").read_text():
+    fail("the kustomization must not ship a cluster secret")
 
 hpa = docs[("HorizontalPodAutoscaler", "quiver-replica")]["spec"]
 targets = {m["resource"]["name"]: m["resource"]["target"]["averageUtilization"] for m in hpa["metrics"]}

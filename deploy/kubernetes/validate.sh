@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 version=${1:-1.31.0}
-manifests=(secret.yaml voters.yaml replicas.yaml gateway.yaml)
+manifests=(voters.yaml replicas.yaml gateway.yaml)
 kubernetes-validate --strict -k "$version" "${manifests[@]}"
 for m in "${manifests[@]}"; do
     grep -q -- "- $m" kustomization.yaml || { echo "kustomization.yaml does not list $m" >&2; exit 1; }

@@ -27,17 +27,17 @@ pub fn is_internal(path: &str) -> bool {
         )
 }
 
-/// Middleware for internal paths: the cluster secret, when set, is required.
+/// Middleware for internal paths: the cluster secret is always required. A node started without
+/// `--cluster-secret` holds a random one that nobody else knows, so its internal endpoints are
+/// closed rather than open (see `Config::cluster_secret`).
 pub async fn require_secret(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if is_internal(req.uri().path()) {
-        if let Some(secret) = &state.config.cluster_secret {
-            let given = req
-                .headers()
-                .get(SECRET_HEADER)
-                .and_then(|v| v.to_str().ok());
-            if !given.is_some_and(|g| key_eq(g, secret)) {
-                return Error::Unauthorized.into_response();
-            }
+        let given = req
+            .headers()
+            .get(SECRET_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if !given.is_some_and(|g| key_eq(g, &state.cluster.secret)) {
+            return Error::Unauthorized.into_response();
         }
     }
     next.run(req).await

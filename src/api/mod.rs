@@ -26,6 +26,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::writer::Writer;
 
+pub(crate) use cluster::is_internal;
 pub use handlers::ApiDoc;
 
 /// What every handler sees.

@@ -55,13 +55,13 @@ impl PeerHealth {
 /// Builds one [`Peer`] per replication target.
 #[derive(Clone)]
 pub struct Network {
-    secret: Option<String>,
+    secret: String,
     health: PeerHealth,
 }
 
 impl Network {
-    /// A network factory; `secret` is sent to peers when set.
-    pub fn new(secret: Option<String>, health: PeerHealth) -> Network {
+    /// A network factory; `secret` is sent to every peer.
+    pub fn new(secret: String, health: PeerHealth) -> Network {
         Network { secret, health }
     }
 }
@@ -71,7 +71,7 @@ pub struct Peer {
     target: NodeId,
     node: BasicNode,
     client: reqwest::Client,
-    secret: Option<String>,
+    secret: String,
     health: PeerHealth,
 }
 
@@ -107,15 +107,13 @@ impl Peer {
         E: std::error::Error + DeserializeOwned,
     {
         let url = format!("{}/raft/{path}", self.node.addr.trim_end_matches('/'));
-        let mut r = self
+        let r = self
             .client
             .post(url)
             .timeout(option.hard_ttl())
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(SECRET_HEADER, &self.secret)
             .body(encode(req));
-        if let Some(s) = &self.secret {
-            r = r.header(SECRET_HEADER, s);
-        }
         let resp = r.send().await.map_err(|e| {
             if e.is_connect() {
                 RPCError::Unreachable(Unreachable::new(&e))

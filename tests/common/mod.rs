@@ -12,6 +12,8 @@ use quiver::node::Node;
 use tempfile::TempDir;
 
 pub const WAIT: Duration = Duration::from_secs(30);
+/// The cluster secret every test node shares.
+pub const SECRET: &str = "test-cluster-secret-0123";
 
 pub async fn start(
     join: Option<&str>,
@@ -22,7 +24,7 @@ pub async fn start(
     let mut config = Config::for_test(dir.path());
     config.join = join.map(str::to_string);
     config.voter = voter;
-    config.cluster_secret = Some("s3cret".into());
+    config.cluster_secret = Some(SECRET.into());
     tweak(&mut config);
     (Node::start(config).await.unwrap(), dir)
 }
