@@ -1034,3 +1034,136 @@ fn cluster_settings_need_a_real_secret() {
     c.join = Some("http://127.0.0.1:7070".into());
     assert!(c.validate().is_ok());
 }
+
+/// A dot-product upsert whose distances would overflow to NaN used to be acknowledged and then
+/// kill the indexer on every node (H2): now it is a 400 naming the vector, before the log.
+#[tokio::test]
+async fn vectors_whose_distances_overflow_are_refused() {
+    let h = Harness::start().await;
+    let (s, _) = h
+        .call(
+            "PUT",
+            "/collections/d",
+            Some(json!({"dim": 4, "metric": "dot"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let big = json!([3e38, -3e38, 3e38, -3e38]);
+    let got = h
+        .call(
+            "PUT",
+            "/collections/d/points",
+            Some(json!({"points": [{"id": 1, "vector": [1, 0, 0, 0]}, {"id": 99, "vector": big}]})),
+        )
+        .await;
+    assert_field_error(got, StatusCode::BAD_REQUEST, "points[1].vector");
+    let got = h
+        .call(
+            "POST",
+            "/collections/d/points/search",
+            Some(json!({"vector": big, "k": 1})),
+        )
+        .await;
+    assert_field_error(got, StatusCode::BAD_REQUEST, "vector");
+    // Nothing of the refused request was written, and the collection still indexes.
+    let (s, info) = h.call("GET", "/collections/d", None).await;
+    assert_eq!((s, &info["points"]), (StatusCode::OK, &json!(0)));
+    let (s, _) = h
+        .call(
+            "PUT",
+            "/collections/d/points",
+            Some(json!({"points": [{"id": 1, "vector": [1, 0, 0, 0]}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+/// An indexer that fails is reported by /readyz and recovers by itself, rebuilding the graph
+/// from the store; searches stay complete meanwhile and afterwards (H2).
+#[tokio::test]
+async fn a_failed_indexer_is_reported_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.exact_below = 0;
+    let h = Harness::with(config, Some(dir)).await;
+    h.call(
+        "PUT",
+        "/collections/f",
+        Some(json!({"dim": 2, "metric": "l2"})),
+    )
+    .await;
+    let pts = |from: u64| -> Vec<Value> {
+        (from..from + 200)
+            .map(|i| json!({"id": i, "vector": [i as f32, (i % 7) as f32]}))
+            .collect()
+    };
+    h.call(
+        "PUT",
+        "/collections/f/points",
+        Some(json!({"points": pts(0)})),
+    )
+    .await;
+    let col = h.node.engine.get("f").unwrap();
+    // Three failures in a row: the indexer pauses 100 + 200 + 400 ms between them.
+    col.inject_indexer_faults(3);
+    let (s, _) = h
+        .call(
+            "PUT",
+            "/collections/f/points",
+            Some(json!({"points": pts(200)})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let reason = loop {
+        let (s, b) = h.call("GET", "/readyz", None).await;
+        if s == StatusCode::SERVICE_UNAVAILABLE {
+            break b["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readyz never reported the failure"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert!(reason.contains("indexer failed"), "{reason}");
+    // Searches are complete while the graph is rebuilt.
+    let (s, r) = h
+        .call(
+            "POST",
+            "/collections/f/points/search",
+            Some(json!({"vector": [399.0, 0.0], "k": 1})),
+        )
+        .await;
+    assert_eq!((s, &r["hits"][0]["id"]), (StatusCode::OK, &json!(399)));
+    let c = col.clone();
+    assert!(
+        tokio::task::spawn_blocking(move || c.wait_indexed(std::time::Duration::from_secs(30)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(col.indexer_failures(), 3);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.call("GET", "/readyz", None).await.0 != StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "readyz stayed 503");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, info) = h.call("GET", "/collections/f", None).await;
+    assert_eq!(
+        (&info["points"], &info["unindexed"]),
+        (&json!(400), &json!(0))
+    );
+    for q in [0u64, 150, 250, 399] {
+        let (_, r) = h
+            .call(
+                "POST",
+                "/collections/f/points/search",
+                Some(json!({"vector": [q as f32, (q % 7) as f32], "k": 1})),
+            )
+            .await;
+        assert_eq!(r["hits"][0]["id"], json!(q));
+    }
+}

@@ -249,9 +249,18 @@ pub async fn cluster_read_index(State(state): State<AppState>) -> Result<Json<In
     }))
 }
 
-/// `GET /readyz`: 200 once this node is a member and caught up with the leader.
+/// `GET /readyz`: 200 once this node is a member and caught up with the leader, and no
+/// collection's indexer is recovering from a failure.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match state.cluster.ready() {
+    let ready = state.cluster.ready().and_then(|index| {
+        match state.engine.indexer_failures().into_iter().next() {
+            Some((name, why)) => Err(format!(
+                "collection '{name}': indexer failed ({why}); rebuilding its graph from the store"
+            )),
+            None => Ok(index),
+        }
+    });
+    match ready {
         Ok(index) => (
             StatusCode::OK,
             Json(serde_json::json!({"status": "ready", "index": index})),

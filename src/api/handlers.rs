@@ -168,11 +168,12 @@ fn prepare_vector(mut v: Vec<f32>, config: &CollectionConfig, field: &str) -> Re
             format!("expected dimension {}, got {}", config.dim, v.len()),
         ));
     }
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(Error::invalid(
-            format!("{field}[{i}]"),
-            "must be a finite number",
-        ));
+    if let Some((at, why)) = crate::index::vector_problem(&v) {
+        let field = match at {
+            Some(i) => format!("{field}[{i}]"),
+            None => field.to_string(),
+        };
+        return Err(Error::invalid(field, why));
     }
     if config.metric == Metric::Cosine && !normalize(&mut v) {
         return Err(Error::invalid(

@@ -90,6 +90,12 @@ struct Shared {
     cancel: AtomicBool,
     /// Held while the graph dump folder is written or read (snapshots copy it).
     dump_lock: Mutex<()>,
+    /// Why the indexer last failed, until the graph rebuilt from the store has caught up.
+    failure: Mutex<Option<String>>,
+    /// Test hook: this many inserts in a row panic (see [`Collection::inject_indexer_faults`]).
+    faults: AtomicU64,
+    /// Indexer and rebuild failures since the collection was opened.
+    failures: AtomicU64,
 }
 
 /// A collection. Dropping it does not stop its indexer: call [`Collection::close`].
@@ -288,6 +294,9 @@ impl Collection {
             progress: Condvar::new(),
             cancel: AtomicBool::new(false),
             dump_lock: Mutex::new(()),
+            failure: Mutex::new(None),
+            faults: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         });
         let s = shared.clone();
         let handle = std::thread::Builder::new()
@@ -340,10 +349,8 @@ impl Collection {
                     got: p.vector.len(),
                 });
             }
-            if p.vector.iter().any(|x| !x.is_finite()) {
-                return Err(ApplyError::Invalid(format!(
-                    "points[{i}].vector: values must be finite"
-                )));
+            if let Some((_, why)) = crate::index::vector_problem(&p.vector) {
+                return Err(ApplyError::Invalid(format!("points[{i}].vector: {why}")));
             }
             let payload = match &p.payload {
                 Some(text) => Some(Arc::new(
@@ -493,6 +500,23 @@ impl Collection {
                 return false;
             }
         }
+    }
+
+    /// Why the indexer failed, while the graph is being rebuilt after the failure.
+    pub fn indexer_failure(&self) -> Option<String> {
+        self.shared.failure.lock().clone()
+    }
+
+    /// Indexer and rebuild failures since the collection was opened.
+    pub fn indexer_failures(&self) -> u64 {
+        self.shared.failures.load(Ordering::Acquire)
+    }
+
+    /// Test hook: makes the indexer's next `n` inserts panic, to exercise its recovery.
+    #[doc(hidden)]
+    pub fn inject_indexer_faults(&self, n: u64) {
+        self.shared.faults.store(n, Ordering::Release);
+        self.shared.notify_indexer();
     }
 
     /// Blocks until every applied point is in the graph and no rebuild is pending (tests, benches).
@@ -732,6 +756,15 @@ impl Collection {
     }
 }
 
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
 /// Graph building is background work: let request handling and Raft win the CPU from it.
 fn lower_priority() {
     #[cfg(target_os = "linux")]
@@ -775,9 +808,60 @@ impl Shared {
         self.wake.notify_all();
     }
 
-    /// The indexer: inserts ids in order, starts rebuilds, swaps finished graphs, dumps when idle.
+    /// The indexer thread. A failure (a panic inside hnsw_rs, or a bug of ours) never leaves the
+    /// collection silently unindexed: it is logged, counted (`quiver_indexer_failures_total`),
+    /// reported by `/readyz` until the graph has caught up again, and the graph is rebuilt from
+    /// the points in memory (which are the store's) exactly as a restart without a dump would,
+    /// after a pause that doubles on each failure in a row (up to 30 s).
     fn run_indexer(self: Arc<Self>) {
         lower_priority();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let me = self.clone();
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| me.index()));
+            let Err(panic) = outcome else {
+                return;
+            };
+            let why = panic_message(&*panic);
+            tracing::error!(collection = %self.name, error = %why, "indexer failed; rebuilding the graph from the store");
+            metrics::counter!("quiver_indexer_failures_total", "collection" => self.name.clone())
+                .increment(1);
+            *self.failure.lock() = Some(why);
+            self.failures.fetch_add(1, Ordering::AcqRel);
+            {
+                let mut ctl = self.ctl.lock();
+                if !ctl.stop {
+                    self.wake.wait_for(&mut ctl, pause);
+                }
+                if ctl.stop {
+                    return;
+                }
+            }
+            pause = (pause * 2).min(Duration::from_secs(30));
+            self.reset_graph();
+        }
+    }
+
+    /// Replaces the graph with an empty one that the indexer fills from the points in memory, in
+    /// id order, as `Collection::open` does when there is no dump. Until it catches up, the ids
+    /// it lacks are searched exactly, so answers stay complete.
+    fn reset_graph(&self) {
+        let st = self.state.read();
+        let graph = Graph::new(&self.config, st.live, 0, st.epoch_since);
+        *self.graph.write() = Arc::new(graph);
+        drop(st);
+        let mut ctl = self.ctl.lock();
+        // A rebuild that was running belonged to the old graph; it is decided again by apply.
+        ctl.generation += 1;
+        ctl.job = None;
+        ctl.built = None;
+        ctl.rebuilding = false;
+        self.progress.notify_all();
+    }
+
+    /// The indexer's work: inserts ids in order, starts rebuilds, swaps finished graphs, dumps
+    /// when idle.
+    fn index(self: Arc<Self>) {
         let mut dirty: u64 = 0;
         loop {
             let (job, built) = {
@@ -824,6 +908,11 @@ impl Shared {
             if graph.flat_lag() >= FREEZE_EVERY || (inserted == 0 && graph.flat_lag() > 0) {
                 graph.freeze();
             }
+            let caught_up = graph.watermark() >= self.next_iid.load(Ordering::Acquire);
+            if caught_up && self.failure.lock().is_some() {
+                tracing::info!(collection = %self.name, points = graph.len(), "graph rebuilt after an indexer failure");
+                *self.failure.lock() = None;
+            }
             {
                 let _ctl = self.ctl.lock();
                 self.progress.notify_all();
@@ -847,6 +936,10 @@ impl Shared {
                 .collect()
         };
         for (iid, v) in &batch {
+            if self.faults.load(Ordering::Acquire) > 0 {
+                self.faults.fetch_sub(1, Ordering::AcqRel);
+                panic!("injected indexer fault at id {iid}");
+            }
             match v {
                 Some(v) => graph.insert(*iid, v),
                 None => graph.advance(iid + 1),
@@ -862,14 +955,35 @@ impl Shared {
             .spawn(move || {
                 lower_priority();
                 let started = Instant::now();
-                let g = Graph::new(&s.config, job.base.len(), 0, job.since);
-                for (n, (iid, v)) in job.base.iter().enumerate() {
-                    if n % 64 == 0 && (s.cancel.load(Ordering::Acquire) || s.ctl.lock().generation != job.generation) {
+                let build = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let g = Graph::new(&s.config, job.base.len(), 0, job.since);
+                    for (n, (iid, v)) in job.base.iter().enumerate() {
+                        if n % 64 == 0 && (s.cancel.load(Ordering::Acquire) || s.ctl.lock().generation != job.generation) {
+                            return None;
+                        }
+                        g.insert(*iid, v);
+                    }
+                    g.advance(job.since);
+                    Some(g)
+                }));
+                let g = match build {
+                    Ok(Some(g)) => g,
+                    Ok(None) => return,
+                    Err(panic) => {
+                        // The old graph keeps serving; the next apply that crosses the ratio
+                        // decides a rebuild again.
+                        let why = panic_message(&*panic);
+                        tracing::error!(collection = %s.name, error = %why, "graph rebuild failed; keeping the current graph");
+                        metrics::counter!("quiver_indexer_failures_total", "collection" => s.name.clone()).increment(1);
+                        s.failures.fetch_add(1, Ordering::AcqRel);
+                        let mut ctl = s.ctl.lock();
+                        if ctl.generation == job.generation {
+                            ctl.rebuilding = ctl.job.is_some();
+                            s.progress.notify_all();
+                        }
                         return;
                     }
-                    g.insert(*iid, v);
-                }
-                g.advance(job.since);
+                };
                 tracing::info!(collection = %s.name, points = job.base.len(), secs = started.elapsed().as_secs_f64(), "graph rebuilt");
                 let mut ctl = s.ctl.lock();
                 if ctl.generation == job.generation {

@@ -360,6 +360,15 @@ impl Engine {
         cols.iter().map(|c| c.info()).collect()
     }
 
+    /// Collections whose indexer failed and whose graph is being rebuilt: (name, why).
+    pub fn indexer_failures(&self) -> Vec<(String, String)> {
+        self.collections
+            .read()
+            .iter()
+            .filter_map(|(name, c)| c.indexer_failure().map(|why| (name.clone(), why)))
+            .collect()
+    }
+
     /// One collection's info.
     pub fn info(&self, name: &str) -> Result<CollectionInfo> {
         Ok(self.get(name)?.info())

@@ -46,6 +46,30 @@ impl<I: Ord> Ord for Scored<I> {
     }
 }
 
+/// Largest squared Euclidean norm a stored or query vector may have. With `‖a‖², ‖b‖² ≤ B`, every
+/// partial sum of `a·b` is at most `B` and `‖a-b‖² ≤ 4B` in absolute value, so with `B = f32::MAX/8`
+/// no distance, in any kernel's accumulation order, can overflow to ±inf or NaN. Real embeddings
+/// are many orders of magnitude below it (the bound is a norm of about 6.5e18).
+pub const MAX_NORM_SQUARED: f64 = f32::MAX as f64 / 8.0;
+
+/// Why a vector cannot be indexed: `Some((position, reason))`, where `position` is the element at
+/// fault (a non-finite value) or `None` for the vector as a whole (its norm is too large for its
+/// distances to be finite). The one rule for every metric, checked by the API before a write
+/// reaches the log and again when a write is applied.
+pub fn vector_problem(v: &[f32]) -> Option<(Option<usize>, &'static str)> {
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Some((Some(i), "must be a finite number"));
+    }
+    let norm2: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    if norm2 > MAX_NORM_SQUARED {
+        return Some((
+            None,
+            "its norm is too large for distances to be finite (at most about 6.5e18)",
+        ));
+    }
+    None
+}
+
 /// Normalises in place to unit length; returns false for a zero (or non-finite-norm) vector.
 pub fn normalize(v: &mut [f32]) -> bool {
     let norm = dot(v, v).sqrt();
@@ -74,7 +98,7 @@ pub struct GraphDistance(pub Metric);
 impl Distance<f32> for GraphDistance {
     #[inline]
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        match self.0 {
+        let d = match self.0 {
             Metric::Cosine => (1.0 - dot(a, b)).max(0.0),
             Metric::L2 => l2_squared(a, b).sqrt(),
             Metric::Dot => {
@@ -85,6 +109,14 @@ impl Distance<f32> for GraphDistance {
                     1.0 - d
                 }
             }
+        };
+        // hnsw_rs panics on a NaN distance and asserts non-negative ones. `vector_problem` keeps
+        // such vectors out of the store; this is the second line, so that no input can ever kill
+        // an indexer: NaN sorts last.
+        if d.is_nan() {
+            f32::INFINITY
+        } else {
+            d
         }
     }
 }
@@ -323,6 +355,52 @@ mod tests {
             .collect();
         assert!(ds.iter().all(|d| *d > 0.0));
         assert!(ds.windows(2).all(|w| w[0] > w[1]), "{ds:?}");
+    }
+
+    #[test]
+    fn vectors_whose_distances_could_overflow_are_refused() {
+        assert_eq!(
+            vector_problem(&[3e38, -3e38, 3e38, -3e38]).map(|p| p.0),
+            Some(None)
+        );
+        assert_eq!(
+            vector_problem(&[0.0, f32::NAN, 1.0]).map(|p| p.0),
+            Some(Some(1))
+        );
+        assert_eq!(
+            vector_problem(&[0.0, 1.0, f32::NEG_INFINITY]).map(|p| p.0),
+            Some(Some(2))
+        );
+        assert!(vector_problem(&[0.1, -0.2, 0.3, 1e6]).is_none());
+        // At the bound, every distance between two admissible vectors is finite, for every
+        // metric and every kernel (the dimension exercises the SIMD tails too).
+        for dim in [1usize, 7, 16, 33, 384] {
+            let x = (MAX_NORM_SQUARED / dim as f64).sqrt() as f32 * 0.999_999;
+            let a = vec![x; dim];
+            let b: Vec<f32> = a.iter().map(|v| -v).collect();
+            assert!(vector_problem(&a).is_none(), "dim {dim}");
+            for m in [Metric::Dot, Metric::L2, Metric::Cosine] {
+                for (p, q) in [(&a, &b), (&a, &a), (&b, &b)] {
+                    let d = GraphDistance(m).eval(p, q);
+                    assert!(d.is_finite() && d >= 0.0, "{m:?} dim {dim}: {d}");
+                    assert!(score(m, p, q).is_finite(), "{m:?} dim {dim}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn overflowing_distances_never_panic_the_graph() {
+        // Such vectors are refused before they reach a graph; the graph survives them anyway.
+        let g = Graph::new(&cfg(Metric::Dot), 10, 0, 0);
+        g.insert(0, &[3e38, -3e38, 3e38, -3e38]);
+        g.insert(1, &[3e38, 3e38, 3e38, 3e38]);
+        g.insert(2, &[1.0, 0.0, 0.0, 0.0]);
+        g.insert(3, &[-3e38, 3e38, -3e38, 3e38]);
+        assert_eq!(g.watermark(), 4);
+        let found = g.search(&[3e38, -3e38, 3e38, -3e38], 4, 16, None);
+        assert!(!found.is_empty());
+        assert!(found.iter().all(|(_, d)| !d.is_nan()));
     }
 
     #[test]
