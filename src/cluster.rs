@@ -54,6 +54,42 @@ pub struct ClusterStatus {
     pub last_log_index: u64,
     /// Members, voters first.
     pub members: Vec<MemberInfo>,
+    /// Whether this node takes writes now: it leads, its Raft runs, and a quorum acknowledged it
+    /// within an election timeout. A leader cut off from its quorum says `false` here and
+    /// answers writes with 503 `not_leader` until it hears from the quorum again or steps down.
+    #[serde(default)]
+    pub writable: bool,
+    /// On the leader: milliseconds since a quorum last acknowledged it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub quorum_ack_ms: Option<u64>,
+    /// Why Raft stopped on this node (a fatal error), if it did.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fatal: Option<String>,
+}
+
+/// Where a write received by this node should go.
+#[derive(Debug, PartialEq)]
+pub enum WriteTarget {
+    /// This node leads with a quorum: propose it here.
+    Here,
+    /// Forward it to the leader at this URL.
+    Leader(String),
+}
+
+/// Whether a leader may take writes, given its metrics: it heard from a quorum within `limit`.
+/// `None` while it has not been acknowledged yet (just elected).
+pub fn quorum_fresh(m: &RaftMetrics<NodeId, BasicNode>, limit: Duration) -> Option<bool> {
+    m.millis_since_quorum_ack
+        .map(|ms| ms <= limit.as_millis() as u64)
+}
+
+/// Why Raft stopped, from its metrics.
+pub fn fatal_of(m: &RaftMetrics<NodeId, BasicNode>) -> Option<String> {
+    match (&m.running_state, m.state) {
+        (Err(e), _) => Some(e.to_string()),
+        (Ok(()), ServerState::Shutdown) => Some("raft has shut down".into()),
+        _ => None,
+    }
 }
 
 /// A join request (`POST /cluster/join`).
@@ -102,7 +138,6 @@ pub struct Cluster {
     membership_lock: tokio::sync::Mutex<()>,
     read_wait: Duration,
     ready_max_lag: u64,
-    isolated: std::sync::atomic::AtomicBool,
 }
 
 fn role_of(s: ServerState) -> &'static str {
@@ -158,24 +193,80 @@ impl Cluster {
             membership_lock: tokio::sync::Mutex::new(()),
             read_wait,
             ready_max_lag,
-            isolated: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Fault injection for tests: while set, this node refuses all inbound Raft RPC, as if a
-    /// network partition cut it off from its peers.
+    /// Fault injection for tests: while set, this node refuses all inbound Raft RPC and its own
+    /// RPCs fail, as if a network partition cut it off from its peers (client HTTP still
+    /// reaches it).
     pub fn set_isolated(&self, on: bool) {
-        self.isolated.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.health.set_isolated(on);
     }
 
     /// Whether [`Cluster::set_isolated`] is on.
     pub fn is_isolated(&self) -> bool {
-        self.isolated.load(std::sync::atomic::Ordering::SeqCst)
+        self.health.is_isolated()
     }
 
     /// A snapshot of Raft's metrics.
     pub fn metrics(&self) -> RaftMetrics<NodeId, BasicNode> {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// The longest election timeout: a leader not acknowledged by a quorum for this long may have
+    /// been replaced, so it stops taking writes.
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.raft.config().election_timeout_max)
+    }
+
+    /// Why Raft stopped on this node, if it did (probes fail then).
+    pub fn fatal(&self) -> Option<String> {
+        fatal_of(&self.raft.metrics().borrow())
+    }
+
+    /// Where a write should go. Waits, for at most two election timeouts, while no leader is
+    /// known or this node was just elected and not yet acknowledged by a quorum (a fresh node, an
+    /// election under way); then answers `not_leader`. A leader that has not heard from a quorum
+    /// for an election timeout answers `not_leader` at once: another node may lead by now, and
+    /// the write was not proposed, so a client may safely send it elsewhere.
+    pub async fn write_target(&self) -> Result<WriteTarget> {
+        let limit = self.election_timeout();
+        let deadline = Instant::now() + limit * 2;
+        let mut watch = self.raft.metrics();
+        loop {
+            {
+                let m = watch.borrow_and_update();
+                if let Some(why) = fatal_of(&m) {
+                    return Err(Error::Unavailable(format!("raft stopped: {why}")));
+                }
+                match m.current_leader {
+                    Some(l) if l == self.id => match quorum_fresh(&m, limit) {
+                        Some(true) => return Ok(WriteTarget::Here),
+                        Some(false) => {
+                            return Err(Error::NotLeader(None));
+                        }
+                        None => {}
+                    },
+                    Some(l) => {
+                        if let Some(n) = m.membership_config.membership().get_node(&l) {
+                            return Ok(WriteTarget::Leader(n.addr.clone()));
+                        }
+                    }
+                    None => {}
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::NotLeader(None));
+            }
+            // Metrics change on elections; the quorum acknowledgement of a new leader may not
+            // publish a change, so look again at least every 20 ms.
+            let _ = tokio::time::timeout(
+                (deadline - now).min(Duration::from_millis(20)),
+                watch.changed(),
+            )
+            .await;
+        }
     }
 
     /// Whether this node leads.
@@ -204,6 +295,11 @@ impl Cluster {
     /// The HTTP client for calls to peers.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// When a leader last reached this node, if one ever did.
+    pub fn last_contact(&self) -> Option<Instant> {
+        self.contact.lock().map(|(at, _)| at)
     }
 
     /// Called on every AppendEntries from the leader (heartbeats included).
@@ -514,7 +610,18 @@ impl Cluster {
             .current_leader
             .and_then(|l| membership.get_node(&l))
             .map(|n| n.addr.clone());
+        let leads = m.current_leader == Some(self.id);
+        let fatal = fatal_of(&m);
         ClusterStatus {
+            writable: leads
+                && fatal.is_none()
+                && quorum_fresh(&m, self.election_timeout()) == Some(true),
+            quorum_ack_ms: if leads {
+                m.millis_since_quorum_ack
+            } else {
+                None
+            },
+            fatal,
             id: self.id,
             role: role_of(m.state).to_string(),
             term: m.current_term,
@@ -530,6 +637,9 @@ impl Cluster {
     /// `/readyz`: a member that has applied the leader's commit index within the allowed lag.
     pub fn ready(&self) -> std::result::Result<u64, String> {
         let m = self.metrics();
+        if let Some(why) = fatal_of(&m) {
+            return Err(format!("raft stopped: {why}"));
+        }
         let applied = m.last_applied.map_or(0, |l| l.index);
         if m.membership_config
             .membership()
@@ -562,13 +672,20 @@ impl Cluster {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1).min(expiry));
+            let mut led_term: Option<u64> = None;
             loop {
                 tick.tick().await;
                 let Some(c) = me.upgrade() else { return };
                 if !c.is_leader() {
+                    led_term = None;
                     continue;
                 }
                 let m = c.metrics();
+                if led_term != Some(m.current_term) {
+                    // Leadership (re)gained: silence from an earlier term does not count.
+                    c.health.reset();
+                    led_term = Some(m.current_term);
+                }
                 let membership = m.membership_config.membership();
                 let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
                 let learners: Vec<NodeId> = membership

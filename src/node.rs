@@ -235,46 +235,129 @@ async fn route_ip(join: &[String]) -> anyhow::Result<std::net::IpAddr> {
     anyhow::bail!("--advertise auto: found no route to the cluster; give --advertise URL")
 }
 
-/// The leader's URL when one of `--peers` belongs to a cluster that has one.
-async fn existing_cluster(config: &Config) -> Option<String> {
-    let peers = config.peer_urls();
-    if peers.is_empty() {
-        return None;
+/// What the `--peers` of a node with no state say, asked all at once.
+#[derive(Debug, PartialEq)]
+enum PeersSay {
+    /// At least one peer is a member of a cluster: join it.
+    Cluster,
+    /// Every peer answered, and none belongs to a cluster: a first start, this node initialises.
+    AllFresh,
+    /// Some peers did not answer (down, still loading, not resolvable yet) and none that did
+    /// belongs to a cluster: those may hold the cluster, so wait.
+    Unsure(Vec<String>),
+}
+
+async fn ask_peers(http: &reqwest::Client, peers: &[String], api_key: Option<&str>) -> PeersSay {
+    let asks = peers.iter().map(|url| async move {
+        let mut req = http.get(format!("{url}/cluster"));
+        if let Some(k) = api_key {
+            req = req.bearer_auth(k);
+        }
+        let answer = async {
+            req.send()
+                .await
+                .ok()?
+                .error_for_status()
+                .ok()?
+                .json::<crate::cluster::ClusterStatus>()
+                .await
+                .ok()
+        };
+        (url.clone(), answer.await)
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    if answers
+        .iter()
+        .any(|(_, a)| a.as_ref().is_some_and(|s| !s.members.is_empty()))
+    {
+        return PeersSay::Cluster;
     }
-    let http = reqwest::Client::builder()
+    let missing: Vec<String> = answers
+        .into_iter()
+        .filter(|(_, a)| a.is_none())
+        .map(|(u, _)| u)
+        .collect();
+    if missing.is_empty() {
+        PeersSay::AllFresh
+    } else {
+        PeersSay::Unsure(missing)
+    }
+}
+
+/// A first voter with no state and `--peers` (pod 0 of a StatefulSet): it initialises a cluster
+/// only when every peer answered and none belongs to one; it joins the peers' cluster as a voter
+/// when one does; and it waits, however long, while some peer does not answer, since that peer
+/// may hold the cluster (its volume intact, still loading). Never a second cluster beside the
+/// first (split brain), at the price that a lost volume plus a peer gone for good needs an
+/// operator (start the node without `--peers`, or with `--join`).
+async fn bootstrap_with_peers(cluster: Arc<Cluster>, config: Config) {
+    let peers = config.peer_urls();
+    let http = match reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
-        .ok()?;
-    crate::topology::discover(&http, &peers, config.api_key.as_deref())
-        .await?
-        .leader
+    {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build an HTTP client to ask --peers");
+            return;
+        }
+    };
+    let mut last_note: Option<Instant> = None;
+    loop {
+        match ask_peers(&http, &peers, config.api_key.as_deref()).await {
+            PeersSay::Cluster => {
+                tracing::warn!(?peers, "this node has no state but its peers already form a cluster: joining it as a voter instead of initialising a new one");
+                match cluster.request_join(&peers, true, JOIN_DEADLINE).await {
+                    Ok(index) => tracing::info!(index, "joined the existing cluster"),
+                    Err(e) => tracing::error!(error = %e, "could not join the existing cluster"),
+                }
+                return;
+            }
+            PeersSay::AllFresh => {
+                match initialise(&cluster).await {
+                    Ok(()) => tracing::info!(
+                        id = cluster.id,
+                        "every peer is new: initialised the cluster"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "could not initialise the cluster"),
+                }
+                return;
+            }
+            PeersSay::Unsure(missing) => {
+                if last_note.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(?missing, "no state here, and some --peers do not answer: waiting for them before deciding whether to initialise or join (they may hold the cluster)");
+                    last_note = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Initialises a single-voter cluster of this node and waits until it leads.
+async fn initialise(cluster: &Cluster) -> anyhow::Result<()> {
+    let members = BTreeMap::from([(
+        cluster.id,
+        BasicNode {
+            addr: cluster.advertise.clone(),
+        },
+    )]);
+    cluster.raft.initialize(members).await?;
+    cluster
+        .raft
+        .wait(Some(Duration::from_secs(30)))
+        .current_leader(cluster.id, "initialise")
+        .await?;
+    Ok(())
 }
 
 async fn bootstrap(cluster: &Arc<Cluster>, config: &Config, pristine: bool) -> anyhow::Result<()> {
     match &config.join {
-        None if pristine && existing_cluster(config).await.is_some() => {
-            let (c, urls) = (cluster.clone(), config.peer_urls());
-            tracing::warn!(?urls, "this node has no state but its peers already form a cluster: joining it as a voter instead of initialising a new one");
-            tokio::spawn(async move {
-                match c.request_join(&urls, true, JOIN_DEADLINE).await {
-                    Ok(index) => tracing::info!(index, "joined the existing cluster"),
-                    Err(e) => tracing::error!(error = %e, "could not join the existing cluster"),
-                }
-            });
+        None if pristine && !config.peer_urls().is_empty() => {
+            tokio::spawn(bootstrap_with_peers(cluster.clone(), config.clone()));
         }
         None if pristine => {
-            let members = BTreeMap::from([(
-                cluster.id,
-                BasicNode {
-                    addr: cluster.advertise.clone(),
-                },
-            )]);
-            cluster.raft.initialize(members).await?;
-            cluster
-                .raft
-                .wait(Some(Duration::from_secs(30)))
-                .current_leader(cluster.id, "initialise")
-                .await?;
+            initialise(cluster).await?;
             tracing::info!(id = cluster.id, "initialised a single-voter cluster");
         }
         None => {}
@@ -286,10 +369,51 @@ async fn bootstrap(cluster: &Arc<Cluster>, config: &Config, pristine: bool) -> a
                     Ok(index) => tracing::info!(index, "joined the cluster"),
                     Err(e) => tracing::error!(error = %e, "could not join the cluster"),
                 }
+                if !voter {
+                    rejoin_when_forgotten(c, urls).await;
+                }
             });
         }
     }
     Ok(())
+}
+
+/// How long a read replica goes without hearing from a leader before it asks to join again.
+const REJOIN_AFTER: Duration = Duration::from_secs(15);
+
+/// A read replica that no leader has reached for [`REJOIN_AFTER`] may have been removed (learner
+/// expiry while it was slow or cut off), and a removed learner is never told: it asks to join
+/// again. For a replica that is still a member the join is a no-op on the leader.
+async fn rejoin_when_forgotten(cluster: Arc<Cluster>, urls: Vec<String>) {
+    let weak = Arc::downgrade(&cluster);
+    drop(cluster);
+    let mut silent_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(c) = weak.upgrade() else { return };
+        if c.fatal().is_some() {
+            return;
+        }
+        let heard =
+            c.ready().is_ok() || c.last_contact().is_some_and(|t| t.elapsed() < REJOIN_AFTER);
+        if heard {
+            silent_since = None;
+            continue;
+        }
+        let since = *silent_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < REJOIN_AFTER {
+            continue;
+        }
+        tracing::warn!(
+            secs = since.elapsed().as_secs(),
+            "no leader has reached this replica for a while; asking to join again"
+        );
+        match c.request_join(&urls, false, Duration::from_secs(30)).await {
+            Ok(index) => tracing::info!(index, "joined the cluster again"),
+            Err(e) => tracing::warn!(error = %e, "asking to join again failed; will retry"),
+        }
+        silent_since = None;
+    }
 }
 
 /// Best effort: a learner asks the leader to remove it (scale-down), so that it is not retried.

@@ -47,33 +47,31 @@ impl Topology {
     }
 }
 
-/// Asks `candidates` in turn for `GET /cluster` (the first answer naming a leader wins), then
-/// probes every member's `/readyz`. `probe` should have a short timeout. `None` when no
-/// candidate answered.
+/// Asks every candidate for `GET /cluster` at once and believes the answer that names a leader in
+/// the highest term (a leader cut off from its quorum keeps naming itself in an older term, and
+/// says it is not `writable`), then probes every member's `/readyz`. `probe` should have a short
+/// timeout. `None` when no candidate answered.
 pub async fn discover(
     probe: &reqwest::Client,
     candidates: &[String],
     api_key: Option<&str>,
 ) -> Option<Topology> {
-    let mut view: Option<ClusterStatus> = None;
-    for url in candidates {
+    let asks = candidates.iter().map(|url| async move {
         let mut req = probe.get(format!("{}/cluster", url.trim_end_matches('/')));
         if let Some(k) = api_key {
             req = req.bearer_auth(k);
         }
-        let Ok(resp) = req.send().await else { continue };
-        let Ok(resp) = resp.error_for_status() else {
-            continue;
-        };
-        let Ok(status) = resp.json::<ClusterStatus>().await else {
-            continue;
-        };
-        let has_leader = status.leader_addr.is_some();
-        view = Some(status);
-        if has_leader {
-            break;
-        }
-    }
+        req.send()
+            .await
+            .ok()?
+            .error_for_status()
+            .ok()?
+            .json::<ClusterStatus>()
+            .await
+            .ok()
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let view = best_view(answers.into_iter().flatten());
     let view = view?;
     let probes = view.members.iter().map(|m| {
         let url = format!("{}/readyz", m.addr.trim_end_matches('/'));
@@ -96,6 +94,15 @@ pub async fn discover(
             .leader_addr
             .map(|l| l.trim_end_matches('/').to_string()),
         members,
+    })
+}
+
+/// The most trustworthy of several nodes' views: one naming a leader, in the highest term, and
+/// among those one whose leader says it takes writes.
+pub fn best_view(views: impl IntoIterator<Item = ClusterStatus>) -> Option<ClusterStatus> {
+    views.into_iter().max_by_key(|v| {
+        let self_led_without_quorum = v.leader_id == Some(v.id) && !v.writable;
+        (v.leader_addr.is_some(), v.term, !self_led_without_quorum)
     })
 }
 
@@ -145,6 +152,44 @@ mod tests {
         assert_eq!(t.readers(true), ["http://a", "http://b"]);
         t.members[1].ready = false;
         assert_eq!(t.readers(false), ["http://a"]);
+    }
+
+    fn view(id: u64, term: u64, leader: Option<u64>, writable: bool) -> ClusterStatus {
+        ClusterStatus {
+            id,
+            role: if leader == Some(id) {
+                "leader"
+            } else {
+                "follower"
+            }
+            .into(),
+            term,
+            leader_id: leader,
+            leader_addr: leader.map(|l| format!("http://n{l}")),
+            applied_index: 0,
+            committed_index: 0,
+            last_log_index: 0,
+            members: Vec::new(),
+            writable,
+            quorum_ack_ms: None,
+            fatal: None,
+        }
+    }
+
+    #[test]
+    fn the_highest_term_wins_over_a_cut_off_leader() {
+        // The old leader (term 3) still names itself; a follower of the new one knows term 4.
+        let old = view(1, 3, Some(1), false);
+        let new = view(2, 4, Some(3), false);
+        let unknown = view(3, 5, None, false);
+        let best = best_view([old.clone(), new, unknown]).unwrap();
+        assert_eq!(best.leader_addr.as_deref(), Some("http://n3"));
+        // Same term: the leader that says it takes writes wins over one that lost its quorum.
+        let a = view(1, 4, Some(1), false);
+        let b = view(2, 4, Some(2), true);
+        assert_eq!(best_view([a, b]).unwrap().leader_id, Some(2));
+        assert_eq!(best_view([old]).unwrap().leader_id, Some(1));
+        assert!(best_view([]).is_none());
     }
 
     #[test]

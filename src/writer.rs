@@ -4,8 +4,13 @@
 //! budget) and proposes it as one Raft entry (a `Command::Batch` when several), so that one log
 //! fsync and one replication round cover many requests. A few entries may be in flight at once.
 //! Each request is answered once its entry is committed and applied, with the entry's index.
+//!
+//! Nothing waits without bound: a full queue answers 503 at once (load shedding, the request was
+//! not proposed), and a proposal that cannot commit, because this leader lost its quorum or the
+//! deadline passed, answers 503 saying the write may or may not have been applied.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -15,6 +20,11 @@ use crate::raft::Raft;
 
 /// Entries proposed concurrently by one writer.
 const IN_FLIGHT: usize = 4;
+/// Requests that may wait for the writer; more are shed with a 503.
+const QUEUE: usize = 1024;
+/// Longest a request waits for its entry to commit and apply (an apply may wait for the indexer
+/// under backpressure, so this is generous; a lost quorum is noticed much sooner).
+const COMMIT_DEADLINE: Duration = Duration::from_secs(60);
 
 struct Pending {
     cmd: Command,
@@ -30,7 +40,7 @@ pub struct Writer {
 impl Writer {
     /// Starts the writer task proposing to `raft`.
     pub fn start(raft: Raft, max_batch_points: usize) -> Writer {
-        let (tx, rx) = mpsc::channel(1024);
+        let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(raft, rx, max_batch_points));
         Writer { tx }
     }
@@ -39,11 +49,20 @@ impl Writer {
     pub async fn write(&self, cmd: Command) -> Result<(u64, Reply)> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Pending { cmd, reply })
-            .await
-            .map_err(|_| Error::Unavailable("writer stopped".into()))?;
-        rx.await
-            .map_err(|_| Error::Unavailable("writer stopped".into()))?
+            .try_send(Pending { cmd, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Error::Unavailable(format!(
+                    "{QUEUE} writes are already waiting; this one was not proposed, retry later"
+                )),
+                mpsc::error::TrySendError::Closed(_) => Error::Unavailable("writer stopped".into()),
+            })?;
+        match tokio::time::timeout(COMMIT_DEADLINE, rx).await {
+            Ok(r) => r.map_err(|_| Error::Unavailable("writer stopped".into()))?,
+            Err(_) => Err(Error::Unavailable(format!(
+                "not committed within {} s; the write may or may not have been applied",
+                COMMIT_DEADLINE.as_secs()
+            ))),
+        }
     }
 }
 
@@ -75,7 +94,20 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_batch_points: usiz
             } else {
                 cmds.into_iter().next().unwrap_or(Command::Noop)
             };
-            match raft.client_write(cmd).await {
+            let outcome = tokio::select! {
+                r = raft.client_write(cmd) => r,
+                why = quorum_lost(&raft) => {
+                    let err = Error::Unavailable(format!(
+                        "{why}; the write may or may not have been applied"
+                    ));
+                    for tx in replies {
+                        let _ = tx.send(Err(err.clone_for_reply()));
+                    }
+                    drop(permit);
+                    return;
+                }
+            };
+            match outcome {
                 Ok(resp) => {
                     let index = resp.log_id.index;
                     let parts = match resp.data {
@@ -95,5 +127,24 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_batch_points: usiz
             }
             drop(permit);
         });
+    }
+}
+
+/// Resolves when this node leads but no quorum acknowledged it for an election timeout: its
+/// pending proposals may never commit here (another node may lead by now).
+async fn quorum_lost(raft: &Raft) -> String {
+    let limit = Duration::from_millis(raft.config().election_timeout_max);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        if m.current_leader == Some(m.id) && crate::cluster::quorum_fresh(&m, limit) == Some(false)
+        {
+            return format!(
+                "this leader has not heard from a quorum for {} ms",
+                m.millis_since_quorum_ack.unwrap_or_default()
+            );
+        }
     }
 }

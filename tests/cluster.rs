@@ -318,3 +318,176 @@ async fn a_first_voter_that_lost_its_state_rejoins_instead_of_starting_a_second_
         n.stop().await.unwrap();
     }
 }
+
+/// H1: all three voters restart at once, and the first comes back with its volume lost before
+/// the others answer. It must not initialise a second cluster while they are down; once they are
+/// back (with their data) it joins them as a voter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_voter_with_no_state_waits_for_peers_that_do_not_answer() {
+    let [(a, _da), (b, db), (c, dc)] = start_three_voters().await;
+    let cb = Client::new(&b.url(), None).unwrap();
+    cb.create_collection("k", &config4()).await.unwrap();
+    let w = cb.upsert("k", points(0, 50)).await.unwrap();
+    let (a_addr, a_url, b_addr, c_addr) = (a.addr, a.url(), b.addr, c.addr);
+    let peers = format!("{},{}", b.url(), c.url());
+    for n in [a, b, c] {
+        n.stop().await.unwrap();
+    }
+
+    let (a2, _da2) = start(None, false, |cfg| {
+        cfg.listen = a_addr;
+        cfg.peers = Some(peers);
+    })
+    .await;
+    // Ten election timeouts with both peers down: still no cluster here.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let m = a2.cluster.metrics();
+    assert_eq!(m.membership_config.membership().nodes().count(), 0);
+    assert_eq!(m.current_leader, None);
+
+    // The peers come back with their state and elect a leader; the empty node joins them.
+    let restart = |dir: &tempfile::TempDir, addr| {
+        let mut cfg = quiver::config::Config::for_test(dir.path());
+        cfg.listen = addr;
+        cfg.join = Some(a_url.clone());
+        cfg.voter = true;
+        cfg.cluster_secret = Some(SECRET.into());
+        quiver::node::Node::start(cfg)
+    };
+    let b2 = restart(&db, b_addr).await.unwrap();
+    let c2 = restart(&dc, c_addr).await.unwrap();
+    eventually(
+        "the empty node becomes a voter of the old cluster",
+        || async {
+            let m = b2.cluster.metrics();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            voters.len() == 3 && voters.contains(&a2.id())
+        },
+    )
+    .await;
+    wait_applied(&a2, w.index).await;
+    assert_eq!(a2.engine.info("k").unwrap().points, 50);
+    let leader = b2.cluster.metrics().current_leader;
+    assert!(leader.is_some());
+    for n in [&a2, &c2] {
+        assert_eq!(n.cluster.metrics().current_leader, leader);
+    }
+    for n in [a2, b2, c2] {
+        n.stop().await.unwrap();
+    }
+}
+
+async fn put_points(
+    http: &reqwest::Client,
+    node: &str,
+    from: u64,
+    n: u64,
+) -> (u16, serde_json::Value) {
+    let r = http
+        .put(format!("{node}/collections/p/points"))
+        .json(&serde_json::json!({ "points": points(from, n) }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
+async fn search_at(http: &reqwest::Client, node: &str, consistency: serde_json::Value) -> u16 {
+    http.post(format!("{node}/collections/p/points/search"))
+        .json(&serde_json::json!({"vector": [1.0, 0.0, 1.0, 0.0], "k": 3, "consistency": consistency}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Item 7 and the fault tests of issue 9: the leader of three voters is cut off from the other
+/// two (its Raft RPC fail both ways; clients still reach it). It stops acknowledging writes and
+/// says so in /cluster; the others elect a leader that acknowledges writes; reads on the cut-off
+/// node never return data older than a token; after healing every node holds every
+/// acknowledged write and agrees on one leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_quorum_stops_acknowledging_writes() {
+    let [(a, _da), (b, _db), (c, _dc)] = start_three_voters().await;
+    let http = reqwest::Client::new();
+    let r = http
+        .put(format!("{}/collections/p", a.url()))
+        .json(&config4())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, _) = put_points(&http, &a.url(), 0, 20).await;
+    assert_eq!(s, 200);
+
+    a.cluster.set_isolated(true);
+    // A write on the cut-off leader is not acknowledged: 503 within a few election timeouts
+    // (the first may have been proposed, so it is ambiguous; later ones are refused at once).
+    let started = Instant::now();
+    let (s, _) = put_points(&http, &a.url(), 1_000, 5).await;
+    assert_eq!(s, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let (s, body) = put_points(&http, &a.url(), 2_000, 5).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (503, Some("not_leader"))
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let status = a.cluster.status();
+    assert!(
+        !status.writable && status.quorum_ack_ms.is_some(),
+        "{status:?}"
+    );
+
+    // The other two elect a leader, and writes through either are acknowledged again.
+    eventually("a new leader among the others", || async {
+        let l = b.cluster.metrics().current_leader;
+        l.is_some() && l != Some(a.id()) && c.cluster.metrics().current_leader == l
+    })
+    .await;
+    let (s, w2) = put_points(&http, &b.url(), 100, 20).await;
+    assert_eq!(s, 200, "{w2}");
+    let w2 = w2["index"].as_u64().unwrap();
+
+    // Reads on the cut-off side: a token it has not reached, a linearizable read, and a
+    // bounded-staleness read are refused rather than answered from old data.
+    assert_eq!(
+        search_at(&http, &a.url(), serde_json::json!({"min_index": w2})).await,
+        504
+    );
+    assert!(search_at(&http, &a.url(), serde_json::json!("linearizable")).await >= 500);
+    assert_eq!(
+        search_at(&http, &a.url(), serde_json::json!({"max_lag_ms": 200})).await,
+        503
+    );
+
+    // Heal: everyone converges on the new leader's log, with every acknowledged write.
+    a.cluster.set_isolated(false);
+    wait_applied(&a, w2).await;
+    eventually("one leader everywhere", || async {
+        let l = b.cluster.metrics().current_leader;
+        l.is_some()
+            && [&a, &c]
+                .iter()
+                .all(|n| n.cluster.metrics().current_leader == l)
+    })
+    .await;
+    for n in [&a, &b, &c] {
+        wait_applied(n, w2).await;
+        let info = n.engine.info("p").unwrap();
+        // 20 + 20 acknowledged; the refused writes are nowhere.
+        assert_eq!(info.points, 40, "node {}", n.id());
+        for id in [2_000u64, 2_004] {
+            assert!(n.engine.get("p").unwrap().get(&PointId::Num(id)).is_none());
+        }
+    }
+    for n in [a, b, c] {
+        n.stop().await.unwrap();
+    }
+}

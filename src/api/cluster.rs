@@ -11,7 +11,7 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
 
 use super::{key_eq, ApiJson, AppState};
-use crate::cluster::{ClusterStatus, IndexResponse, JoinRequest, MemberRequest};
+use crate::cluster::{ClusterStatus, IndexResponse, JoinRequest, MemberRequest, WriteTarget};
 use crate::error::{Error, Result};
 use crate::raft::{decode, encode, TypeConfig, SECRET_HEADER};
 
@@ -56,18 +56,22 @@ fn is_write(method: &Method, path: &str) -> bool {
             || (method == Method::POST && path.ends_with("/points/delete")))
 }
 
-/// Middleware: a write that reaches a follower or learner is forwarded to the leader, and the
-/// leader's answer returned as it is.
+/// Middleware: a write is proposed here when this node leads with a quorum; one that reaches a
+/// follower or learner is forwarded to the leader, and the leader's answer returned as it is.
+/// While no leader is known the write waits (bounded) for an election; see
+/// [`crate::cluster::Cluster::write_target`].
 pub async fn forward_writes(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !is_write(req.method(), req.uri().path()) || state.cluster.is_leader() {
+    if !is_write(req.method(), req.uri().path()) {
         return next.run(req).await;
     }
-    if req.headers().contains_key(FORWARDED_HEADER) {
-        return Error::NotLeader(state.cluster.leader().map(|l| l.1)).into_response();
-    }
-    let Some((_, leader)) = state.cluster.leader() else {
-        return Error::NotLeader(None).into_response();
+    let leader = match state.cluster.write_target().await {
+        Ok(WriteTarget::Here) => return next.run(req).await,
+        Ok(WriteTarget::Leader(addr)) => addr,
+        Err(e) => return e.into_response(),
     };
+    if req.headers().contains_key(FORWARDED_HEADER) {
+        return Error::NotLeader(Some(leader)).into_response();
+    }
     match forward(&state, &leader, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

@@ -89,12 +89,17 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::Internal(format!("worker failed: {e}")))?
 }
 
-#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
-pub async fn healthz(State(state): State<AppState>) -> Json<Health> {
-    Json(Health {
+/// Liveness: 200 while the node serves and its Raft runs; 503 once Raft stopped with a fatal
+/// error (a restart is then the cure, which is what a liveness probe does).
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>> {
+    if let Some(why) = state.cluster.fatal() {
+        return Err(Error::Unavailable(format!("raft stopped: {why}")));
+    }
+    Ok(Json(Health {
         status: "ok".into(),
         index: state.engine.last_applied(),
-    })
+    }))
 }
 
 #[utoipa::path(get, path = "/collections", responses((status = 200, body = CollectionList)))]

@@ -30,25 +30,43 @@ const APPEND_BODY_SOFT_LIMIT: usize = 4 << 20;
 /// Header carrying the cluster secret on `/raft/*` and `/cluster/*` calls.
 pub const SECRET_HEADER: &str = "x-quiver-cluster-secret";
 
-/// When each peer last answered a Raft RPC.
+/// When each peer last answered a Raft RPC (any HTTP answer counts: a slow but live peer is not
+/// silent), and the fault-injection switch that cuts this node off from its peers.
 #[derive(Clone, Default)]
-pub struct PeerHealth(Arc<Mutex<HashMap<NodeId, Instant>>>);
+pub struct PeerHealth {
+    seen: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    isolated: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl PeerHealth {
     fn ok(&self, id: NodeId) {
-        self.0.lock().insert(id, Instant::now());
+        self.seen.lock().insert(id, Instant::now());
     }
     /// Time since `id` last answered, if it ever did.
     pub fn silent_for(&self, id: NodeId) -> Option<Duration> {
-        self.0.lock().get(&id).map(|t| t.elapsed())
+        self.seen.lock().get(&id).map(|t| t.elapsed())
     }
     /// Starts the clock for `id` (a member just added), so that one that never answers expires too.
     pub fn touch(&self, id: NodeId) {
-        self.0.lock().entry(id).or_insert_with(Instant::now);
+        self.seen.lock().entry(id).or_insert_with(Instant::now);
+    }
+    /// Restarts every peer's clock (this node just became leader: what it saw in an earlier term
+    /// says nothing about the peers now).
+    pub fn reset(&self) {
+        let now = Instant::now();
+        self.seen.lock().values_mut().for_each(|t| *t = now);
     }
     /// Forgets `id`.
     pub fn forget(&self, id: NodeId) {
-        self.0.lock().remove(&id);
+        self.seen.lock().remove(&id);
+    }
+    /// Fault injection: while on, Raft RPC in both directions fails as if the network were cut.
+    pub fn set_isolated(&self, on: bool) {
+        self.isolated.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+    /// Whether [`PeerHealth::set_isolated`] is on.
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -106,6 +124,11 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if self.health.is_isolated() {
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other("isolated (fault injection)"),
+            )));
+        }
         let url = format!("{}/raft/{path}", self.node.addr.trim_end_matches('/'));
         let r = self
             .client
@@ -122,6 +145,7 @@ impl Peer {
             }
         })?;
         let status = resp.status();
+        self.health.ok(self.target);
         if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(64),
@@ -139,7 +163,6 @@ impl Peer {
         }
         let res: Result<Resp, RaftError<NodeId, E>> =
             decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        self.health.ok(self.target);
         res.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
