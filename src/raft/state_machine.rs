@@ -129,6 +129,8 @@ pub struct SnapshotBuilder {
     engine: Arc<Engine>,
     dir: PathBuf,
     files: Arc<Mutex<Files>>,
+    /// First wait after a failed build (`BUILD_RETRY_FIRST`; shorter in tests).
+    retry: Duration,
 }
 
 fn unique() -> u128 {
@@ -255,8 +257,9 @@ fn remove_stale(dir: &Path) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)?.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let temp = TEMP_PREFIXES.iter().any(|p| name.starts_with(p)) || name.ends_with(".tmp");
+        // Without a readable `current` nothing is known to be stale: the next promote cleans up.
         let stale_snap = name.starts_with("snap-")
-            && current.as_deref().is_none_or(|c| {
+            && current.as_deref().is_some_and(|c| {
                 name != format!("snap-{c}.meta") && name != format!("snap-{c}.data")
             });
         if (temp || stale_snap) && std::fs::remove_file(e.path()).is_ok() {
@@ -361,7 +364,7 @@ fn build_once(
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         // Never returns an error: see the module doc ("Building never fails").
-        let mut delay = BUILD_RETRY_FIRST;
+        let mut delay = self.retry;
         let mut failures = 0u32;
         loop {
             let (engine, dir, files) = (self.engine.clone(), self.dir.clone(), self.files.clone());
@@ -385,7 +388,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     return Ok(current);
                 }
             }
-            tracing::warn!(%error, failures, retry_in_secs = delay.as_secs(), "snapshot build failed; retrying");
+            tracing::warn!(%error, failures, retry_in_ms = delay.as_millis() as u64, "snapshot build failed; retrying");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(BUILD_RETRY_MAX);
         }
@@ -450,6 +453,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             engine: self.engine.clone(),
             dir: self.dir.clone(),
             files: self.files.clone(),
+            retry: BUILD_RETRY_FIRST,
         }
     }
 
@@ -667,6 +671,44 @@ mod tests {
         }
         assert!(data_path(&snaps, &cur).exists());
         assert_eq!(current_id(&snaps).as_deref(), Some(cur.as_str()));
+    }
+
+    /// A build that fails (here: its folder is gone) is retried instead of returning the error
+    /// openraft would treat as fatal, and succeeds once the cause is fixed.
+    #[tokio::test]
+    async fn a_failing_build_is_retried_not_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = StateMachine::new(engine(dir.path())).unwrap();
+        sm.apply([Entry {
+            log_id: log_id(1, 1),
+            payload: EntryPayload::Blank,
+        }])
+        .await
+        .unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        builder.retry = Duration::from_millis(5);
+        std::fs::remove_dir_all(&sm.dir).unwrap();
+        let build = tokio::spawn(async move { builder.build_snapshot().await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!build.is_finished(), "the build gave up");
+        std::fs::create_dir_all(&sm.dir).unwrap();
+        let snap = tokio::time::timeout(Duration::from_secs(10), build)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(snap.meta.last_log_id, Some(log_id(1, 1)));
+        assert_eq!(
+            sm.get_current_snapshot().await.unwrap().unwrap().meta,
+            snap.meta
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&sm.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("building-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[tokio::test]
