@@ -16,7 +16,8 @@
 //! fsynced; data files are fsynced before they are renamed into place. `current` moves only
 //! forward (a build that finishes after a newer install never replaces it), and older snapshot
 //! files are deleted only once the new `current` is durable. A missing or corrupt `current` or
-//! meta file reads as "no snapshot" (with a warning): openraft then builds one.
+//! meta file, or a data file of another format version (left from before an upgrade), reads as
+//! "no snapshot" (with a warning): openraft then builds one.
 //!
 //! # Building never fails
 //! openraft 0.9 treats an error from `build_snapshot` as fatal: the node's Raft stops, and at
@@ -237,13 +238,29 @@ async fn open_current(dir: &Path) -> Option<Snapshot<TypeConfig>> {
             return None;
         }
     };
-    match tokio::fs::File::open(data_path(dir, &fid)).await {
+    // A data file of another format (left by an older version before an upgrade) would be
+    // refused by every receiver: treat it as absent, so that a new one is built.
+    let opened = async {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut file = tokio::fs::File::open(data_path(dir, &fid)).await?;
+        let mut magic = [0u8; crate::store::SNAPSHOT_MAGIC.len()];
+        file.read_exact(&mut magic).await?;
+        if &magic != crate::store::SNAPSHOT_MAGIC {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not this version's snapshot format",
+            ));
+        }
+        file.seek(std::io::SeekFrom::Start(0)).await?;
+        Ok(file)
+    };
+    match opened.await {
         Ok(file) => Some(Snapshot {
             meta,
             snapshot: Box::new(file),
         }),
         Err(e) => {
-            tracing::warn!(snapshot = %fid, error = %e, "snapshot data missing; treating the snapshot as absent");
+            tracing::warn!(snapshot = %fid, error = %e, "snapshot data missing or unusable; treating the snapshot as absent");
             None
         }
     }
@@ -570,7 +587,11 @@ mod tests {
     fn put(dir: &Path, m: &SnapshotMeta) -> String {
         let fid = file_id(&m.snapshot_id);
         std::fs::write(meta_path(dir, &fid), encode(m)).unwrap();
-        std::fs::write(data_path(dir, &fid), b"data").unwrap();
+        std::fs::write(
+            data_path(dir, &fid),
+            [&crate::store::SNAPSHOT_MAGIC[..], b"data"].concat(),
+        )
+        .unwrap();
         fid
     }
 
@@ -621,6 +642,9 @@ mod tests {
         promote(d, &files, &fid, Some(log_id(1, 5))).unwrap();
         let found = open_current(d).await.unwrap();
         assert_eq!(found.meta.last_log_id, Some(log_id(1, 5)));
+        // A data file in an older format (before an upgrade) is not offered to replicas.
+        std::fs::write(data_path(d, &fid), b"\x05\0\0\0old").unwrap();
+        assert!(open_current(d).await.is_none());
         // Power loss: a zero-length meta, then a garbled one, then none.
         std::fs::write(meta_path(d, &fid), b"").unwrap();
         assert!(open_current(d).await.is_none());
