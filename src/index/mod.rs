@@ -126,7 +126,7 @@ impl Graph {
             config.hnsw.m,
             capacity.max(1_000),
             MAX_LAYER,
-            config.hnsw.ef_construction,
+            config.hnsw.ef_construction.max(config.hnsw.m),
             GraphDistance(config.metric),
         );
         Graph {
