@@ -7,8 +7,11 @@
 //!   node (connection refused) or a node refused it as not the leader; a write that may have been
 //!   applied is never silently retried (upserts by id are idempotent, so the caller may).
 //! - **Reads** are spread over the replicas with a [`Policy`] (round robin, least outstanding,
-//!   power of two choices on latency) and retried once on another node when a node cannot be
-//!   reached or answers 502/503/504.
+//!   power of two choices on latency) and retried once on another node only when the first one
+//!   provably did no work: the connection was never made (refused, connect timeout), or the node
+//!   answered 503 (not ready, no leader, too stale) or 504 `read_timeout` (it waited for an index
+//!   and gave up before reading). A read whose connection broke after it was sent is not sent
+//!   again: the request itself may be what killed the node, and would kill the next one.
 //! - **Sessions**: the client remembers the highest index its writes returned; with
 //!   [`ClientBuilder::read_your_writes`] every read that names no consistency carries it as
 //!   `min_index`, so a replica answers only once it has those writes.
@@ -430,7 +433,7 @@ impl Client {
             };
             let node = lease.url().to_string();
             match self.send(&node, &method, path, &body).await {
-                Ok((status, bytes)) if matches!(status.as_u16(), 502..=504) => {
+                Ok((status, bytes)) if refused_before_work(status, &bytes) => {
                     lease.failure();
                     last_err = Some(Self::decode::<T>(status, &bytes).err());
                 }
@@ -444,10 +447,19 @@ impl Client {
                     }
                     return Self::decode(status, &bytes);
                 }
-                // Reads are idempotent: any transport failure may be retried elsewhere.
+                // Never connected: the node did nothing, another may take the read.
+                Err(ClientError::Http(e)) if e.is_connect() => {
+                    lease.failure();
+                    last_err = Some(Some(ClientError::Http(e)));
+                }
+                // Sent, then the connection broke or timed out: the read may be what brought the
+                // node down, so it is not repeated on the next one.
                 Err(e) => {
                     lease.failure();
-                    last_err = Some(Some(e));
+                    if self.inner.settings.discover {
+                        self.refresh_soon();
+                    }
+                    return Err(e);
                 }
             }
             tried.push(node);
@@ -662,6 +674,19 @@ fn urlencode(s: &str) -> String {
         }
     }
     out
+}
+
+/// Whether an error answer says the node refused a read before doing any of its work, so that
+/// another node may be asked: 503 (not ready, no leader, stale) or a quiver 504 `read_timeout`
+/// (the wait for an index expired before the read ran). A 502, or a 504 from something between
+/// the client and the node, says nothing of what the node did.
+pub(crate) fn refused_before_work(status: StatusCode, body: &[u8]) -> bool {
+    match status.as_u16() {
+        503 => true,
+        504 => serde_json::from_slice::<ErrorEnvelope>(body)
+            .is_ok_and(|e| e.error.code == "read_timeout"),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,12 @@ pub enum Error {
     /// The request body is larger than the configured limit.
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    /// A read's answer would be larger than the limit on answers.
+    #[error("the answer would exceed {0} bytes; ask for fewer points, a smaller k, or without vectors or payloads")]
+    AnswerTooLarge(usize),
+    /// A body that is not JSON by its content type.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// This node is not the leader and cannot forward (no leader known, or leadership moved).
     #[error("not the leader{}", .0.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_default())]
     NotLeader(Option<String>),
@@ -110,6 +116,8 @@ impl Error {
             | Error::Unauthorized
             | Error::Forbidden
             | Error::PayloadTooLarge(_)
+            | Error::AnswerTooLarge(_)
+            | Error::UnsupportedMediaType(_)
             | Error::Corrupt(_)
             | Error::Storage(_)
             | Error::Internal(_) => false,
@@ -125,7 +133,9 @@ impl Error {
             | Error::Conflict(_)
             | Error::Unauthorized
             | Error::Forbidden
-            | Error::PayloadTooLarge(_) => true,
+            | Error::PayloadTooLarge(_)
+            | Error::AnswerTooLarge(_)
+            | Error::UnsupportedMediaType(_) => true,
             Error::Unavailable(_)
             | Error::NotLeader(_)
             | Error::ReadTimeout { .. }

@@ -19,17 +19,20 @@ pub const MAX_CONDITIONS: usize = 1_024;
 pub struct Filter {
     /// Every condition must hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 1024)]
     pub must: Vec<Condition>,
     /// At least one condition must hold (when the list is not empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 1024)]
     pub should: Vec<Condition>,
     /// No condition may hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 1024)]
     pub must_not: Vec<Condition>,
 }
 
-/// One condition on one payload key: exactly one of `match` and `range`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+/// One condition on one payload key: exactly one of `match` and `range` (schema: `api::schema`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     /// Payload key; dots walk into nested objects (`meta.lang`).
@@ -43,21 +46,19 @@ pub struct Condition {
 }
 
 /// `{"value": v}` or `{"any": [v, ...]}`; values are strings, numbers or booleans.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
     /// Equal to this value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub value: Option<Value>,
     /// Equal to any of these values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
     pub any: Option<Vec<Value>>,
 }
 
 /// Numeric bounds; all given bounds must hold.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Range {
     /// Greater than.
@@ -93,6 +94,11 @@ impl Filter {
             }
         }
         Ok(())
+    }
+
+    /// Whether the filter has no condition at all (it matches every point).
+    pub fn is_empty(&self) -> bool {
+        self.must.is_empty() && self.should.is_empty() && self.must_not.is_empty()
     }
 
     /// Whether a payload (a JSON object, or none) satisfies the filter.

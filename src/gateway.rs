@@ -2,10 +2,12 @@
 //!
 //! It learns the members from `GET /cluster` on any node it knows (the seeds, then every member
 //! it has seen, so losing the seed does not blind it), probes each member's `/readyz`, sends
-//! writes to the leader and spreads reads over the ready replicas with a [`Policy`]. A read that
-//! fails on one replica (connection error, 502/503/504) is retried once on another; a write is
-//! retried only when it provably never reached a node (the connection was refused) or the node
-//! said it is not the leader — never after it may have been applied. Bodies, query strings and
+//! writes to the leader and spreads reads over the ready replicas with a [`Policy`]. A read is
+//! retried once on another replica only when the first did no work: it could not be connected to,
+//! or it answered 503 or a quiver 504 `read_timeout`. A read whose connection broke after it was
+//! sent is not repeated (it may be what killed the node). A write is retried only when it
+//! provably never reached a node (the connection was refused) or the node said it is not the
+//! leader — never after it may have been applied. Bodies, query strings and
 //! consistency tokens pass through untouched; each answer names the node that served it in
 //! `x-quiver-node`. Several gateways can run side by side: they share nothing.
 
@@ -350,9 +352,14 @@ fn error_code(body: &[u8]) -> Option<String> {
     v.get("error")?.get("code")?.as_str().map(str::to_string)
 }
 
-/// Worth another node: the node is down, overloaded, behind, or not the leader.
-fn retryable(status: reqwest::StatusCode) -> bool {
-    matches!(status.as_u16(), 502..=504)
+/// Worth another node: the node refused the read before doing any work (503, or a 504
+/// `read_timeout` from quiver itself).
+fn retryable(status: reqwest::StatusCode, body: &[u8]) -> bool {
+    match status.as_u16() {
+        503 => true,
+        504 => error_code(body).as_deref() == Some("read_timeout"),
+        _ => false,
+    }
 }
 
 fn router(inner: Arc<Inner>) -> Router {
@@ -470,7 +477,7 @@ async fn read(inner: &Inner, req: &Proxied<'_>) -> Response {
             metrics::counter!("quiver_gateway_retries_total", "kind" => "read").increment(1);
         }
         match sent {
-            Ok((status, h, b)) if retryable(status) => {
+            Ok((status, h, b)) if retryable(status, &b) => {
                 lease.failure();
                 inner.refresh_now.notify_one();
                 last = Some(answer(&node, status, h, b));
@@ -484,12 +491,22 @@ async fn read(inner: &Inner, req: &Proxied<'_>) -> Response {
                 }
                 return answer(&node, status, h, b);
             }
-            Err(e) => {
+            Err(e) if e.is_connect() => {
                 lease.failure();
                 inner.refresh_now.notify_one();
-                tracing::debug!(node, error = %e, "read failed; trying another replica");
+                tracing::debug!(node, error = %e, "replica unreachable; trying another");
                 last =
                     Some(Error::Unavailable(format!("replica {node} failed: {e}")).into_response());
+            }
+            Err(e) => {
+                // Sent, then lost: the read may be what brought the node down. Not repeated.
+                lease.failure();
+                inner.refresh_now.notify_one();
+                tracing::warn!(node, error = %e, "read failed after it was sent; not retried");
+                return Error::Unavailable(format!(
+                    "replica {node} failed after the read was sent (not retried): {e}"
+                ))
+                .into_response();
             }
         }
         tried.push(node);
@@ -550,4 +567,22 @@ async fn write(inner: &Inner, req: &Proxied<'_>) -> Response {
         }
     }
     Error::Unavailable("no reachable leader".into()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reads_refused_before_any_work_are_retried() {
+        let timeout = br#"{"error":{"code":"read_timeout","message":"m"}}"#;
+        let s = |c: u16| reqwest::StatusCode::from_u16(c).unwrap();
+        assert!(retryable(s(503), b"{}"));
+        assert!(retryable(s(504), timeout));
+        // A 504 or 502 from anything between the gateway and the node says nothing of what the
+        // node did; a 500 is an answer.
+        assert!(!retryable(s(504), b"upstream timed out"));
+        assert!(!retryable(s(502), b""));
+        assert!(!retryable(s(500), timeout));
+    }
 }

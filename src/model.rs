@@ -22,8 +22,81 @@ pub const MAX_M: usize = 128;
 pub const MAX_EF_CONSTRUCTION: usize = 4_096;
 /// Longest collection name.
 pub const MAX_NAME_LEN: usize = 128;
-/// Longest string point id.
+/// Longest string point id, in characters (JSON Schema's `maxLength` counts characters).
 pub const MAX_ID_LEN: usize = 512;
+/// Most searches in one batch request.
+pub const MAX_BATCH_SEARCHES: usize = 1_024;
+/// Largest sum of `k` over the searches of one batch: the work one request may ask for.
+pub const MAX_BATCH_K: usize = 100_000;
+/// Most ids in one `points/get`.
+pub const MAX_GET_IDS: usize = 10_000;
+/// Largest `min_index` and `max_lag_ms` a request may give (2^53, exact in every JSON parser).
+pub const MAX_TOKEN: u64 = 1 << 53;
+/// Largest JSON answer a read may produce, in bytes (searches, batches, `points/get`); a read
+/// whose answer would be larger fails with 413 `answer_too_large` before it is all built.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// Serde helpers for integer fields: JSON Schema's `integer` includes integer-valued numbers
+/// such as `18.0`, so JSON input accepts them; binary formats (the log) read plain integers.
+pub mod int {
+    use serde::de::{Deserializer, Error, Visitor};
+    use serde::Deserialize;
+    use std::fmt;
+
+    struct Unsigned;
+
+    impl Visitor<'_> for Unsigned {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an unsigned integer")
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom("expected an unsigned integer"))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<u64, E> {
+            // 2^64 is exactly representable; every integral f64 below it fits a u64.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::custom(format!("expected an unsigned integer, got {v}")))
+            }
+        }
+    }
+
+    /// A `u64`, from a JSON integer or an integer-valued number.
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        if d.is_human_readable() {
+            d.deserialize_any(Unsigned)
+        } else {
+            <u64 as Deserialize>::deserialize(d)
+        }
+    }
+
+    /// A `usize`, likewise.
+    pub fn usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        let v = if d.is_human_readable() {
+            d.deserialize_any(Unsigned)?
+        } else {
+            return <usize as Deserialize>::deserialize(d);
+        };
+        usize::try_from(v).map_err(|_| D::Error::custom("integer too large"))
+    }
+
+    struct Wrapped(usize);
+    impl<'de> Deserialize<'de> for Wrapped {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            usize(d).map(Wrapped)
+        }
+    }
+
+    /// An optional `usize` (`null` or absent is `None`).
+    pub fn opt_usize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
+    }
+}
 
 /// A point's external id: a string (LangChain uses UUID strings) or an unsigned integer.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,12 +133,14 @@ impl utoipa::PartialSchema for PointId {
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::String)
-                    .min_length(Some(1)),
+                    .min_length(Some(1))
+                    .max_length(Some(MAX_ID_LEN)),
             )
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::Integer)
-                    .minimum(Some(0)),
+                    .minimum(Some(0))
+                    .maximum(Some(utoipa::Number::UInt(u64::MAX as usize))),
             )
             .description(Some("A string (e.g. a UUID) or an unsigned integer"))
             .into()
@@ -113,10 +188,19 @@ impl<'de> Deserialize<'de> for PointId {
                         .map(PointId::Num)
                         .map_err(|_| E::custom("point id must be an unsigned integer or a string"))
                 }
+                fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<PointId, E> {
+                    if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                        Ok(PointId::Num(v as u64))
+                    } else {
+                        Err(E::custom(
+                            "point id must be an unsigned integer or a string",
+                        ))
+                    }
+                }
                 fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PointId, E> {
-                    if v.is_empty() || v.len() > MAX_ID_LEN {
+                    if v.is_empty() || v.chars().count() > MAX_ID_LEN {
                         return Err(E::custom(format!(
-                            "string point id must have 1 to {MAX_ID_LEN} bytes"
+                            "string point id must have 1 to {MAX_ID_LEN} characters"
                         )));
                     }
                     Ok(PointId::Str(v.to_string()))
@@ -155,11 +239,14 @@ impl Metric {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HnswConfig {
-    /// Links per node on upper layers (layer 0 keeps 2·m).
-    #[serde(default = "default_m")]
+    /// Links per node on upper layers (layer 0 keeps 2·m), 2..=128.
+    #[serde(default = "default_m", deserialize_with = "int::usize")]
+    #[schema(minimum = 2, maximum = 128, default = 16)]
     pub m: usize,
-    /// Candidate list size while building; larger builds slower and recalls better.
-    #[serde(default = "default_ef_construction")]
+    /// Candidate list size while building, 1..=4096 (a value below `m` builds as `m`); larger
+    /// builds slower and recalls better.
+    #[serde(default = "default_ef_construction", deserialize_with = "int::usize")]
+    #[schema(minimum = 1, maximum = 4096, default = 100)]
     pub ef_construction: usize,
 }
 
@@ -184,6 +271,8 @@ impl Default for HnswConfig {
 #[serde(deny_unknown_fields)]
 pub struct CollectionConfig {
     /// Vector dimension, 1..=65536.
+    #[serde(deserialize_with = "int::usize")]
+    #[schema(minimum = 1, maximum = 65536)]
     pub dim: usize,
     /// Similarity measure.
     pub metric: Metric,
@@ -201,12 +290,10 @@ impl CollectionConfig {
         if self.hnsw.m < 2 || self.hnsw.m > MAX_M {
             return Err(("hnsw.m".into(), format!("must be between 2 and {MAX_M}")));
         }
-        if self.hnsw.ef_construction < self.hnsw.m
-            || self.hnsw.ef_construction > MAX_EF_CONSTRUCTION
-        {
+        if self.hnsw.ef_construction == 0 || self.hnsw.ef_construction > MAX_EF_CONSTRUCTION {
             return Err((
                 "hnsw.ef_construction".into(),
-                format!("must be between m and {MAX_EF_CONSTRUCTION}"),
+                format!("must be between 1 and {MAX_EF_CONSTRUCTION}"),
             ));
         }
         Ok(())
@@ -360,7 +447,8 @@ pub enum ApplyError {
 pub struct PointInput {
     /// String or unsigned integer id.
     pub id: PointId,
-    /// The embedding.
+    /// The embedding, of the collection's dimension.
+    #[schema(schema_with = crate::api::schema::vector)]
     pub vector: Vec<f32>,
     /// Any JSON object.
     #[serde(default)]
@@ -372,12 +460,14 @@ pub struct PointInput {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertRequest {
-    /// Points to insert or replace.
+    /// Points to insert or replace (at least one).
+    #[schema(min_items = 1)]
     pub points: Vec<PointInput>,
 }
 
-/// `POST /collections/{name}/points/delete` body: exactly one of `ids` and `filter`.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+/// `POST /collections/{name}/points/delete` body: exactly one of `ids` (at least one) and
+/// `filter` (at least one condition). The schema is written out in `api::schema`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteRequest {
     /// Ids to delete.
@@ -389,20 +479,22 @@ pub struct DeleteRequest {
 }
 
 /// How fresh a read must be. JSON: `"eventual"` (default), `"linearizable"`,
-/// `{"min_index": N}` or `{"max_lag_ms": T}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
+/// `{"min_index": N}` or `{"max_lag_ms": T}`. The schema is written out in `api::schema`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum Consistency {
     /// A named level.
     Level(ConsistencyLevel),
     /// Read-your-writes: wait (bounded) until this node has applied index N.
     MinIndex {
         /// The index a write returned.
+        #[serde(deserialize_with = "int::u64")]
         min_index: u64,
     },
     /// Bounded staleness: answer only if caught up with the leader within T ms.
     MaxLag {
         /// Largest acceptable staleness, in ms.
+        #[serde(deserialize_with = "int::u64")]
         max_lag_ms: u64,
     },
 }
@@ -425,12 +517,16 @@ impl Default for Consistency {
 
 /// Query parameters of reads that have no body (`GET .../points/{id}`).
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReadParams {
     /// `eventual` or `linearizable`.
+    #[param(nullable = false)]
     pub consistency: Option<ConsistencyLevel>,
     /// Read-your-writes: wait until this index is applied.
+    #[param(nullable = false, maximum = 9007199254740992_u64)]
     pub min_index: Option<u64>,
     /// Bounded staleness in ms.
+    #[param(nullable = false, maximum = 9007199254740992_u64)]
     pub max_lag_ms: Option<u64>,
 }
 
@@ -454,18 +550,22 @@ impl ReadParams {
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
     /// Query vector, of the collection's dimension.
+    #[schema(schema_with = crate::api::schema::vector)]
     pub vector: Vec<f32>,
     /// Number of neighbours wanted (1..=10000).
-    #[serde(default = "default_k")]
+    #[serde(default = "default_k", deserialize_with = "int::usize")]
+    #[schema(minimum = 1, maximum = 10000, default = 10)]
     pub k: usize,
-    /// Search breadth; defaults to the node's `default_ef` (at least k).
-    #[serde(default)]
+    /// Search breadth, 1..=10000; defaults to the node's `default_ef` (at least k).
+    #[serde(default, deserialize_with = "int::opt_usize")]
+    #[schema(minimum = 1, maximum = 10000)]
     pub ef: Option<usize>,
     /// Payload filter.
     #[serde(default)]
     pub filter: Option<Filter>,
     /// Drop hits worse than this score.
     #[serde(default)]
+    #[schema(schema_with = crate::api::schema::score_threshold)]
     pub score_threshold: Option<f32>,
     /// Include payloads in hits (default true).
     #[serde(default = "default_true")]
@@ -509,7 +609,8 @@ fn default_true() -> bool {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSearchRequest {
-    /// The searches, answered in order.
+    /// The searches, answered in order: 1 to 1,024, whose `k` add up to at most 100,000.
+    #[schema(min_items = 1, max_items = 1024)]
     pub searches: Vec<SearchRequest>,
     /// How fresh the answers must be (default eventual); applies to the whole batch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -549,6 +650,7 @@ pub struct PointRecord {
 #[serde(deny_unknown_fields)]
 pub struct GetPointsRequest {
     /// The ids (1 to 10,000); ids with no point are left out of the answer.
+    #[schema(min_items = 1, max_items = 10000)]
     pub ids: Vec<PointId>,
     /// Include the stored vectors (default true).
     #[serde(default = "default_true")]

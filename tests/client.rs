@@ -131,3 +131,38 @@ async fn client_writes_follow_the_leader_after_failover() {
     b.stop().await.unwrap();
     c.stop().await.unwrap();
 }
+
+/// Review H5: a read whose connection broke after it was sent (as when the request itself killed
+/// the node) is not repeated on the next node. Two fake nodes read the request and drop the
+/// connection unanswered; exactly one of them sees it.
+#[tokio::test]
+async fn a_read_that_broke_a_node_is_not_sent_to_another() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+
+    let seen = Arc::new(AtomicUsize::new(0));
+    let mut urls = Vec::new();
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}", listener.local_addr().unwrap()));
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 65536];
+                let _ = conn.read(&mut buf).await;
+                seen.fetch_add(1, Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+    }
+    let client = Client::builder(urls)
+        .discover(false)
+        .policy(Policy::RoundRobin)
+        .build()
+        .unwrap();
+    let req = quiver::model::SearchRequest::new(vec![1.0, 0.0, 0.0], 3);
+    let err = client.search("d", &req).await.unwrap_err();
+    assert!(matches!(err, ClientError::Http(_)), "{err}");
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}

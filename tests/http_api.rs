@@ -1167,3 +1167,272 @@ async fn a_failed_indexer_is_reported_and_recovers() {
         assert_eq!(r["hits"][0]["id"], json!(q));
     }
 }
+
+/// Issue 9, the fuzzed API contract: what the OpenAPI document calls valid is accepted
+/// (integer-valued numbers where it says integer, ef_construction below m), and it carries the
+/// constraints the server checks (minItems, minimum, maximum, lengths, patterns).
+#[tokio::test]
+async fn the_schema_carries_the_constraints_and_integer_valued_numbers_are_integers() {
+    let h = Harness::start().await;
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/collections/ints",
+            Some(json!({"dim": 3.0, "metric": "l2", "hnsw": {"m": 16.0, "ef_construction": 8}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/collections/ints/points",
+            Some(json!({"points": [{"id": 7.0, "vector": [1, 0, 0]}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = h
+        .call(
+            "POST",
+            "/collections/ints/points/search",
+            Some(json!({"vector": [1, 0, 0], "k": 2.0, "ef": 18.0,
+                        "consistency": {"max_lag_ms": 1000.0}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["hits"][0]["id"], json!(7));
+    assert_field_error(
+        h.call(
+            "POST",
+            "/collections/ints/points/search",
+            Some(json!({"vector": [1, 0, 0], "k": 2.5})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "k",
+    );
+
+    let (_, doc) = h.call("GET", "/openapi.json", None).await;
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["CollectionConfig"]["properties"]["dim"]["minimum"],
+        1
+    );
+    assert_eq!(
+        schemas["CollectionConfig"]["properties"]["dim"]["maximum"],
+        65536
+    );
+    assert_eq!(schemas["HnswConfig"]["properties"]["m"]["minimum"], 2);
+    assert_eq!(
+        schemas["UpsertRequest"]["properties"]["points"]["minItems"],
+        1
+    );
+    assert_eq!(
+        schemas["SearchRequest"]["properties"]["k"]["maximum"],
+        10000
+    );
+    assert_eq!(schemas["SearchRequest"]["properties"]["ef"]["minimum"], 1);
+    assert_eq!(
+        schemas["GetPointsRequest"]["properties"]["ids"]["maxItems"],
+        10000
+    );
+    assert_eq!(
+        schemas["BatchSearchRequest"]["properties"]["searches"]["maxItems"],
+        1024
+    );
+    let create = &doc["paths"]["/collections/{name}"]["put"];
+    assert!(
+        create["parameters"][0]["schema"]["pattern"].is_string(),
+        "{create}"
+    );
+    for status in ["400", "401", "403", "409", "413", "415", "503"] {
+        assert!(
+            create["responses"][status].is_object(),
+            "create lacks {status}"
+        );
+    }
+    let search = &doc["paths"]["/collections/{name}/points/search"]["post"];
+    for status in ["400", "401", "404", "413", "415", "503", "504"] {
+        assert!(
+            search["responses"][status].is_object(),
+            "search lacks {status}"
+        );
+    }
+    let list = &doc["paths"]["/collections"]["get"]["parameters"];
+    assert_eq!(list[1]["name"], "min_index");
+    assert_eq!(list[1]["in"], "query");
+}
+
+/// Issue 9: a `min_index` past the end of the log is the client's mistake, answered 400 at once
+/// (it used to wait 5 s and answer 504).
+#[tokio::test]
+async fn a_min_index_past_the_log_is_a_400_at_once() {
+    let h = Harness::start().await;
+    create_docs(&h).await;
+    let started = std::time::Instant::now();
+    assert_field_error(
+        h.call(
+            "POST",
+            "/collections/docs/points/search",
+            Some(json!({"vector": [1, 0, 0], "consistency": {"min_index": 1_000_000}})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "consistency.min_index",
+    );
+    assert_field_error(
+        h.call(
+            "GET",
+            "/collections/docs/points/1?min_index=9007199254740992",
+            None,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "min_index",
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // A token that exists is served.
+    let (_, health) = h.call("GET", "/healthz", None).await;
+    let index = health["index"].as_u64().unwrap();
+    let (s, b) = h
+        .call(
+            "POST",
+            "/collections/docs/points/search",
+            Some(json!({"vector": [1, 0, 0], "consistency": {"min_index": index}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+/// Review M11: JSON bodies need a JSON content type (no "simple" cross-origin POST from a
+/// browser), and an empty delete filter, which matched every point, is refused.
+#[tokio::test]
+async fn bodies_must_be_json_and_an_empty_delete_filter_is_refused() {
+    let h = Harness::start().await;
+    create_docs(&h).await;
+    let url = format!("{}/collections/docs/points/search", h.node.url());
+    for ctype in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut req = h.http.post(&url).body(r#"{"vector": [1, 0, 0]}"#);
+        if let Some(c) = ctype {
+            req = req.header("content-type", c);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{ctype:?}: {body}"
+        );
+        assert_eq!(body["error"]["field"], "content-type");
+    }
+    let resp = h
+        .http
+        .post(&url)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(r#"{"vector": [1, 0, 0]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    for filter in [json!({}), json!({"must": [], "should": []})] {
+        assert_field_error(
+            h.call(
+                "POST",
+                "/collections/docs/points/delete",
+                Some(json!({ "filter": filter })),
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+            "filter",
+        );
+    }
+    let (_, info) = h.call("GET", "/collections/docs", None).await;
+    assert_eq!(info["points"], 4);
+}
+
+/// Review H5: one read cannot make the node build an unbounded answer. A batch's k add up to at
+/// most 100,000 (400 naming `searches`), and an answer past 64 MiB is refused with 413
+/// `answer_too_large` (here: a 2 MiB payload asked for 40 times, by search batch and points/get).
+#[tokio::test]
+async fn a_read_has_a_budget() {
+    let h = Harness::start().await;
+    create_docs(&h).await;
+    let searches: Vec<Value> = (0..20)
+        .map(|_| json!({"vector": [1, 0, 0], "k": 10_000}))
+        .collect();
+    assert_field_error(
+        h.call(
+            "POST",
+            "/collections/docs/points/search/batch",
+            Some(json!({ "searches": searches })),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "searches",
+    );
+
+    let big = "x".repeat(2 << 20);
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/collections/docs/points",
+            Some(json!({"points": [{"id": 9, "vector": [1, 1, 1], "payload": {"big": big}}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let searches: Vec<Value> = (0..40)
+        .map(|_| json!({"vector": [1, 1, 1], "k": 1}))
+        .collect();
+    let (s, b) = h
+        .call(
+            "POST",
+            "/collections/docs/points/search/batch",
+            Some(json!({ "searches": searches })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
+    assert_eq!(b["error"]["code"], "answer_too_large");
+    let (s, b) = h
+        .call(
+            "POST",
+            "/collections/docs/points/get",
+            Some(json!({ "ids": vec![9; 40] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
+    assert_eq!(b["error"]["code"], "answer_too_large");
+    // Within the budget, the same point is served.
+    let (s, b) = h
+        .call(
+            "POST",
+            "/collections/docs/points/get",
+            Some(json!({"ids": [9, 9]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["points"].as_array().map(Vec::len), Some(2));
+}
+
+/// Review M10: request metrics label only the standard methods; anything else is `other`, so
+/// random extension methods cannot add series without bound.
+#[tokio::test]
+async fn metrics_label_unknown_methods_as_other() {
+    let h = Harness::start().await;
+    let m = reqwest::Method::from_bytes(b"QUIVERFUZZ").unwrap();
+    let resp = h
+        .http
+        .request(m, format!("{}/collections", h.node.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_client_error());
+    let (_, text) = h.call("GET", "/metrics", None).await;
+    let text = text.as_str().unwrap_or_default().to_string();
+    assert!(!text.contains("QUIVERFUZZ"), "{text}");
+    assert!(text.contains(r#"method="other""#), "{text}");
+}

@@ -1,10 +1,11 @@
 //! Request handlers: validate, then write through the writer or read from the engine.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
+use serde::Serialize;
 use utoipa::OpenApi;
 
-use super::{ApiJson, AppState, ErrorBody, ErrorDetail};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, ErrorDetail};
 use crate::engine::SearchParams;
 use crate::error::{Error, Result};
 use crate::filter::{Condition, Filter, Match, Range};
@@ -14,11 +15,10 @@ use crate::model::{
     CollectionInfo, CollectionList, Command, DeleteRequest, DeleteSelector, GetPointsRequest,
     GetPointsResponse, Health, Hit, HnswConfig, Metric, PointId, PointInput, PointRecord,
     PointResponse, PointWrite, ReadParams, Reply, SearchRequest, SearchResponse, UpsertRequest,
-    WriteResponse, MAX_K,
+    WriteResponse, MAX_ANSWER_BYTES, MAX_BATCH_K, MAX_BATCH_SEARCHES, MAX_GET_IDS, MAX_K,
+    MAX_TOKEN,
 };
-
-/// Most searches in one batch request.
-const MAX_BATCH_SEARCHES: usize = 1_024;
+use crate::model::{Consistency, ConsistencyLevel};
 
 /// OpenAPI document, generated from the handler and DTO types.
 #[derive(OpenApi)]
@@ -44,6 +44,8 @@ const MAX_BATCH_SEARCHES: usize = 1_024;
         CollectionConfig,
         HnswConfig,
         Metric,
+        Consistency,
+        ConsistencyLevel,
         CollectionInfo,
         CollectionList,
         PointId,
@@ -89,6 +91,100 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::Internal(format!("worker failed: {e}")))?
 }
 
+/// The highest log index this node knows to exist: its own last log index, or the leader's commit
+/// index as the leader last reported it (a replica's log may trail the leader's).
+fn known_log_end(state: &AppState) -> u64 {
+    let last_log = state.cluster.metrics().last_log_index.unwrap_or(0);
+    last_log.max(state.cluster.committed())
+}
+
+/// Makes a read meet its consistency and returns the index it is served at. `at` prefixes the
+/// field names in errors (`consistency.` for bodies, nothing for query parameters).
+///
+/// A `min_index` past the end of the log is a client error, not a timeout: on the leader at once
+/// (every acknowledged write is in its log), on a replica only after the usual wait, since a token
+/// past what it has heard of may still be in flight; if a leader is known and the token is still
+/// past both this node's log and the leader's commit index, it is a 400; otherwise 504.
+async fn read_at(state: &AppState, c: &Consistency, at: &str) -> Result<u64> {
+    match c {
+        Consistency::MaxLag { max_lag_ms } if *max_lag_ms > MAX_TOKEN => {
+            return Err(Error::invalid(
+                format!("{at}max_lag_ms"),
+                format!("must be at most {MAX_TOKEN}"),
+            ))
+        }
+        Consistency::MinIndex { min_index } => {
+            let past_end = |end: u64| {
+                Error::invalid(
+                    format!("{at}min_index"),
+                    format!(
+                        "{min_index} is past the end of the log ({end}); pass the index a write \
+                         returned"
+                    ),
+                )
+            };
+            if *min_index > MAX_TOKEN {
+                return Err(past_end(known_log_end(state)));
+            }
+            if state.cluster.is_leader() {
+                let end = known_log_end(state);
+                if *min_index > end {
+                    return Err(past_end(end));
+                }
+            }
+            return match state.cluster.ensure_read(c).await {
+                Err(Error::ReadTimeout { wanted, applied }) => {
+                    let end = known_log_end(state);
+                    if *min_index > end && state.cluster.leader().is_some() {
+                        Err(past_end(end))
+                    } else {
+                        Err(Error::ReadTimeout { wanted, applied })
+                    }
+                }
+                other => other,
+            };
+        }
+        _ => {}
+    }
+    state.cluster.ensure_read(c).await
+}
+
+/// Size of a value's JSON encoding, without keeping it.
+fn json_len<T: Serialize>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing into a counter cannot fail; a value that cannot be encoded counts as empty.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// Running total of an answer's size, failing once it passes [`MAX_ANSWER_BYTES`]. Reads check
+/// it as they build their answer, so an oversized one is refused before it is all in memory.
+struct AnswerBudget(usize);
+
+impl AnswerBudget {
+    fn new() -> Self {
+        AnswerBudget(0)
+    }
+
+    fn add<T: Serialize>(&mut self, v: &T) -> Result<()> {
+        self.0 += json_len(v) + 1;
+        if self.0 > MAX_ANSWER_BYTES {
+            return Err(Error::AnswerTooLarge(MAX_ANSWER_BYTES));
+        }
+        Ok(())
+    }
+}
+
 /// Liveness: 200 while the node serves and its Raft runs; 503 once Raft stopped with a fatal
 /// error (a restart is then the cure, which is what a liveness probe does).
 #[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
@@ -102,22 +198,37 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>> {
     }))
 }
 
-#[utoipa::path(get, path = "/collections", responses((status = 200, body = CollectionList)))]
+#[utoipa::path(get, path = "/collections", params(ReadParams),
+    responses((status = 200, body = CollectionList),
+        (status = 400, description = "Invalid query parameter; `error.field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
+        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
+        (status = 503, description = "No leader known, node unavailable, or too stale for `max_lag_ms`", body = ErrorBody),
+        (status = 504, description = "`min_index` or `linearizable` wait timed out", body = ErrorBody)))]
 pub async fn list_collections(
     State(state): State<AppState>,
-    Query(read): Query<ReadParams>,
+    ApiQuery(read): ApiQuery<ReadParams>,
 ) -> Result<Json<CollectionList>> {
-    let index = state.cluster.ensure_read(&read.consistency()).await?;
+    let index = read_at(&state, &read.consistency(), "").await?;
     let engine = state.engine.clone();
     let collections = blocking(move || Ok(engine.list())).await?;
     Ok(Json(CollectionList { collections, index }))
 }
 
 #[utoipa::path(put, path = "/collections/{name}", request_body = CollectionConfig,
-    responses((status = 200, body = WriteResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("name" = String, Path, description = "Collection name", pattern = r"^[A-Za-z0-9_.\-]{1,128}$")),
+    responses((status = 200, body = WriteResponse),
+        (status = 400, description = "Invalid input; `error.field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
+        (status = 403, description = "A read-only API key tried to write", body = ErrorBody),
+        (status = 409, description = "The collection exists with another configuration", body = ErrorBody),
+        (status = 413, description = "The body is larger than --max-body-bytes", body = ErrorBody),
+        (status = 415, description = "The body is not sent as Content-Type: application/json", body = ErrorBody),
+        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
+        (status = 503, description = "No leader known, or the node is unavailable", body = ErrorBody)))]
 pub async fn create_collection(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(config): ApiJson<CollectionConfig>,
 ) -> Result<Json<WriteResponse>> {
     check_name(&name)?;
@@ -132,25 +243,36 @@ pub async fn create_collection(
     }))
 }
 
-#[utoipa::path(get, path = "/collections/{name}",
-    responses((status = 200, body = CollectionInfo), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/collections/{name}", params(("name" = String, Path, description = "Collection name"), ReadParams),
+    responses((status = 200, body = CollectionInfo),
+        (status = 400, description = "Invalid query parameter; `error.field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
+        (status = 404, description = "No such collection", body = ErrorBody),
+        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
+        (status = 503, description = "No leader known, node unavailable, or too stale for `max_lag_ms`", body = ErrorBody),
+        (status = 504, description = "`min_index` or `linearizable` wait timed out", body = ErrorBody)))]
 pub async fn get_collection(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    Query(read): Query<ReadParams>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(read): ApiQuery<ReadParams>,
 ) -> Result<Json<CollectionInfo>> {
-    let index = state.cluster.ensure_read(&read.consistency()).await?;
+    let index = read_at(&state, &read.consistency(), "").await?;
     let engine = state.engine.clone();
     let mut info = blocking(move || engine.info(&name)).await?;
     info.index = index;
     Ok(Json(info))
 }
 
-#[utoipa::path(delete, path = "/collections/{name}",
-    responses((status = 200, body = WriteResponse), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/collections/{name}", params(("name" = String, Path, description = "Collection name")),
+    responses((status = 200, body = WriteResponse),
+        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
+        (status = 403, description = "A read-only API key tried to write", body = ErrorBody),
+        (status = 404, description = "No such collection", body = ErrorBody),
+        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
+        (status = 503, description = "No leader known, or the node is unavailable", body = ErrorBody)))]
 pub async fn delete_collection(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<WriteResponse>> {
     state.engine.get(&name)?;
     let (index, reply) = write(&state, Command::DeleteCollection { name: name.clone() }).await?;
@@ -190,11 +312,19 @@ fn prepare_vector(mut v: Vec<f32>, config: &CollectionConfig, field: &str) -> Re
 }
 
 #[utoipa::path(put, path = "/collections/{name}/points", request_body = UpsertRequest,
-    responses((status = 200, body = WriteResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 413, body = ErrorBody)))]
+    params(("name" = String, Path, description = "Collection name")),
+    responses((status = 200, body = WriteResponse),
+        (status = 400, description = "Invalid input (a vector of another dimension included); `error.field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
+        (status = 403, description = "A read-only API key tried to write", body = ErrorBody),
+        (status = 404, description = "No such collection", body = ErrorBody),
+        (status = 413, description = "The body is larger than --max-body-bytes", body = ErrorBody),
+        (status = 415, description = "The body is not sent as Content-Type: application/json", body = ErrorBody),
+        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
+        (status = 503, description = "No leader known, or the node is unavailable", body = ErrorBody)))]
 pub async fn upsert_points(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<UpsertRequest>,
 ) -> Result<Json<WriteResponse>> {
     let config = *state.engine.get(&name)?.config();
@@ -247,13 +377,22 @@ pub async fn upsert_points(
 }
 
 #[utoipa::path(get, path = "/collections/{name}/points/{id}",
-    responses((status = 200, body = PointResponse), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path, description = "Collection name"),
+        ("id" = String, Path, description = "Point id; all digits means the integer id, else the string id"),
+        ReadParams),
+    responses((status = 200, body = PointResponse),
+        (status = 400, description = "Invalid query parameter; `error.field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
+        (status = 404, description = "No such collection or point", body = ErrorBody),
+        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
+        (status = 503, description = "No leader known, node unavailable, or too stale for `max_lag_ms`", body = ErrorBody),
+        (status = 504, description = "`min_index` or `linearizable` wait timed out", body = ErrorBody)))]
 pub async fn get_point(
     State(state): State<AppState>,
-    Path((name, id)): Path<(String, String)>,
-    Query(read): Query<ReadParams>,
+    ApiPath((name, id)): ApiPath<(String, String)>,
+    ApiQuery(read): ApiQuery<ReadParams>,
 ) -> Result<Json<PointResponse>> {
-    let index = state.cluster.ensure_read(&read.consistency()).await?;
+    let index = read_at(&state, &read.consistency(), "").await?;
     // A path segment of digits may name an integer id or a string id made of digits.
     let point = match state.engine.get_point(&name, &PointId::from_path(&id)) {
         Err(Error::PointNotFound(_)) if matches!(PointId::from_path(&id), PointId::Num(_)) => {
@@ -265,39 +404,68 @@ pub async fn get_point(
 }
 
 #[utoipa::path(post, path = "/collections/{name}/points/get", request_body = GetPointsRequest,
-    responses((status = 200, body = GetPointsResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path, description = "Collection name")),
+    responses((status = 200, body = GetPointsResponse),
+        (status = 400, description = "Invalid input; `error.field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
+        (status = 404, description = "No such collection", body = ErrorBody),
+        (status = 413, description = "The body is larger than --max-body-bytes (`payload_too_large`), or the answer would pass 64 MiB (`answer_too_large`)", body = ErrorBody),
+        (status = 415, description = "The body is not sent as Content-Type: application/json", body = ErrorBody),
+        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
+        (status = 503, description = "No leader known, node unavailable, or too stale for `max_lag_ms`", body = ErrorBody),
+        (status = 504, description = "`min_index` or `linearizable` wait timed out", body = ErrorBody)))]
 pub async fn get_points(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<GetPointsRequest>,
 ) -> Result<Json<GetPointsResponse>> {
-    if req.ids.is_empty() || req.ids.len() > MAX_K {
-        return Err(Error::invalid("ids", format!("must hold 1 to {MAX_K} ids")));
+    if req.ids.is_empty() || req.ids.len() > MAX_GET_IDS {
+        return Err(Error::invalid(
+            "ids",
+            format!("must hold 1 to {MAX_GET_IDS} ids"),
+        ));
     }
-    let index = state
-        .cluster
-        .ensure_read(&req.consistency.clone().unwrap_or_default())
-        .await?;
+    let index = read_at(
+        &state,
+        &req.consistency.clone().unwrap_or_default(),
+        "consistency.",
+    )
+    .await?;
     let collection = state.engine.get(&name)?;
-    let points = req
-        .ids
-        .iter()
-        .filter_map(|id| collection.get(id))
-        .map(|mut p| {
+    // Copying vectors is work proportional to the answer: off the async workers, and bounded.
+    let points = blocking(move || {
+        let mut budget = AnswerBudget::new();
+        let mut points = Vec::new();
+        for id in &req.ids {
+            let Some(mut p) = collection.get(id) else {
+                continue;
+            };
             if !req.with_vector {
                 p.vector = Vec::new();
             }
-            p
-        })
-        .collect();
+            budget.add(&p)?;
+            points.push(p);
+        }
+        Ok(points)
+    })
+    .await?;
     Ok(Json(GetPointsResponse { points, index }))
 }
 
 #[utoipa::path(post, path = "/collections/{name}/points/delete", request_body = DeleteRequest,
-    responses((status = 200, body = WriteResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path, description = "Collection name")),
+    responses((status = 200, body = WriteResponse),
+        (status = 400, description = "Invalid input (an empty filter included); `error.field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
+        (status = 403, description = "A read-only API key tried to write", body = ErrorBody),
+        (status = 404, description = "No such collection", body = ErrorBody),
+        (status = 413, description = "The body is larger than --max-body-bytes", body = ErrorBody),
+        (status = 415, description = "The body is not sent as Content-Type: application/json", body = ErrorBody),
+        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
+        (status = 503, description = "No leader known, or the node is unavailable", body = ErrorBody)))]
 pub async fn delete_points(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<DeleteRequest>,
 ) -> Result<Json<WriteResponse>> {
     state.engine.get(&name)?;
@@ -309,6 +477,15 @@ pub async fn delete_points(
             DeleteSelector::Ids(ids)
         }
         (None, Some(f)) => {
+            // An empty filter matches every point: one stray request must not empty a
+            // collection. Dropping the collection is the explicit way to do that.
+            if f.is_empty() {
+                return Err(Error::invalid(
+                    "filter",
+                    "needs at least one condition (an empty filter would delete every point; \
+                     to empty a collection, delete and re-create it)",
+                ));
+            }
             f.validate("filter")
                 .map_err(|(fl, m)| Error::invalid(fl, m))?;
             let text = serde_json::to_string(&f).map_err(|e| Error::Internal(e.to_string()))?;
@@ -386,35 +563,71 @@ fn prepare_search(
 }
 
 #[utoipa::path(post, path = "/collections/{name}/points/search", request_body = SearchRequest,
-    responses((status = 200, body = SearchResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path, description = "Collection name")),
+    responses((status = 200, body = SearchResponse),
+        (status = 400, description = "Invalid input (a vector of another dimension included); `error.field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
+        (status = 404, description = "No such collection", body = ErrorBody),
+        (status = 413, description = "The body is larger than --max-body-bytes (`payload_too_large`), or the answer would pass 64 MiB (`answer_too_large`)", body = ErrorBody),
+        (status = 415, description = "The body is not sent as Content-Type: application/json", body = ErrorBody),
+        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
+        (status = 503, description = "No leader known, node unavailable, or too stale for `max_lag_ms`", body = ErrorBody),
+        (status = 504, description = "`min_index` or `linearizable` wait timed out", body = ErrorBody)))]
 pub async fn search(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<SearchRequest>,
 ) -> Result<Json<SearchResponse>> {
     // Consistency first: the collection itself may only exist from the awaited index on.
     let consistency = req.consistency.clone().unwrap_or_default();
-    let index = state.cluster.ensure_read(&consistency).await?;
+    let index = read_at(&state, &consistency, "consistency.").await?;
     let collection = state.engine.get(&name)?;
     let params = prepare_search(req, collection.config(), state.config.default_ef, "")?;
-    let hits = blocking(move || Ok(collection.search(&params))).await?;
+    let hits = blocking(move || {
+        let hits = collection.search(&params);
+        let mut budget = AnswerBudget::new();
+        for h in &hits {
+            budget.add(h)?;
+        }
+        Ok(hits)
+    })
+    .await?;
     Ok(Json(SearchResponse { hits, index }))
 }
 
 #[utoipa::path(post, path = "/collections/{name}/points/search/batch", request_body = BatchSearchRequest,
-    responses((status = 200, body = BatchSearchResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path, description = "Collection name")),
+    responses((status = 200, body = BatchSearchResponse),
+        (status = 400, description = "Invalid input (a vector of another dimension, or k adding up to more than 100,000, included); `error.field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
+        (status = 404, description = "No such collection", body = ErrorBody),
+        (status = 413, description = "The body is larger than --max-body-bytes (`payload_too_large`), or the answer would pass 64 MiB (`answer_too_large`)", body = ErrorBody),
+        (status = 415, description = "The body is not sent as Content-Type: application/json", body = ErrorBody),
+        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
+        (status = 503, description = "No leader known, node unavailable, or too stale for `max_lag_ms`", body = ErrorBody),
+        (status = 504, description = "`min_index` or `linearizable` wait timed out", body = ErrorBody)))]
 pub async fn search_batch(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<BatchSearchRequest>,
 ) -> Result<Json<BatchSearchResponse>> {
     let consistency = req.consistency.clone().unwrap_or_default();
-    let index = state.cluster.ensure_read(&consistency).await?;
+    let index = read_at(&state, &consistency, "consistency.").await?;
     let collection = state.engine.get(&name)?;
     if req.searches.is_empty() || req.searches.len() > MAX_BATCH_SEARCHES {
         return Err(Error::invalid(
             "searches",
             format!("must hold 1 to {MAX_BATCH_SEARCHES} searches"),
+        ));
+    }
+    let total_k = req
+        .searches
+        .iter()
+        .fold(0usize, |sum, s| sum.saturating_add(s.k));
+    if total_k > MAX_BATCH_K {
+        return Err(Error::invalid(
+            "searches",
+            format!("their k add up to {total_k}; a batch may ask for at most {MAX_BATCH_K}"),
         ));
     }
     let params = req
@@ -430,7 +643,20 @@ pub async fn search_batch(
             )
         })
         .collect::<Result<Vec<_>>>()?;
-    let results =
-        blocking(move || Ok(params.iter().map(|p| collection.search(p)).collect())).await?;
+    // One search at a time, counting the answer as it grows: a batch whose answer would pass
+    // the limit stops there instead of holding every result first.
+    let results = blocking(move || {
+        let mut budget = AnswerBudget::new();
+        let mut results = Vec::with_capacity(params.len());
+        for p in &params {
+            let hits = collection.search(p);
+            for h in &hits {
+                budget.add(h)?;
+            }
+            results.push(hits);
+        }
+        Ok(results)
+    })
+    .await?;
     Ok(Json(BatchSearchResponse { results, index }))
 }

@@ -7,6 +7,7 @@
 mod cluster;
 mod handlers;
 pub(crate) mod metrics;
+pub(crate) mod schema;
 
 use std::sync::Arc;
 
@@ -71,6 +72,10 @@ impl IntoResponse for Error {
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Error::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::AnswerTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "answer_too_large"),
+            Error::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::NotLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
             Error::ReadTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "read_timeout"),
@@ -87,6 +92,7 @@ impl IntoResponse for Error {
         };
         let field = match &self {
             Error::InvalidInput { field, .. } => Some(field.clone()),
+            Error::UnsupportedMediaType(_) => Some("content-type".to_string()),
             _ => None,
         };
         let mut resp = (
@@ -111,13 +117,42 @@ impl IntoResponse for Error {
 }
 
 /// A JSON body whose parse errors name the field (`points[3].vector[7]: invalid type ...`) and
-/// whose size is bounded; accepted whatever the content type says.
+/// whose size is bounded. It must be sent as `Content-Type: application/json` (or another
+/// `application/*+json` type): anything else is 415, so that a browser's "simple" cross-origin
+/// POST (`text/plain`, forms) cannot reach a handler.
 pub struct ApiJson<T>(pub T);
+
+/// Whether a `Content-Type` value names JSON (`application/json`, `application/x+json`, with
+/// any parameters such as `charset`).
+pub(crate) fn is_json_content_type(value: Option<&header::HeaderValue>) -> bool {
+    let Some(v) = value.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = v
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
+}
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let ctype = req.headers().get(header::CONTENT_TYPE);
+        if !is_json_content_type(ctype) {
+            let got = ctype
+                .and_then(|v| v.to_str().ok())
+                .map_or_else(|| "none".to_string(), |v| format!("'{v}'"));
+            return Err(Error::UnsupportedMediaType(format!(
+                "the body must be sent as Content-Type: application/json (got {got})"
+            )));
+        }
         let limit = req
             .extensions()
             .get::<BodyLimit>()
@@ -151,6 +186,40 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
 #[derive(Clone, Copy)]
 struct BodyLimit(usize);
+
+/// Path parameters whose rejections are JSON errors naming `path`.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Error> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| Error::invalid("path", e.body_text()))
+    }
+}
+
+/// Query parameters whose rejections are JSON errors naming `query`.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Error> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| Error::invalid("query", e.body_text()))
+    }
+}
 
 /// Equal-time comparison, so that a key cannot be guessed byte by byte from response times.
 pub(crate) fn key_eq(a: &str, b: &str) -> bool {

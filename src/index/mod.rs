@@ -52,6 +52,10 @@ impl<I: Ord> Ord for Scored<I> {
 /// are many orders of magnitude below it (the bound is a norm of about 6.5e18).
 pub const MAX_NORM_SQUARED: f64 = f32::MAX as f64 / 8.0;
 
+/// Elements within ± this bound keep any vector of up to `MAX_DIM` (65,536) elements within
+/// [`MAX_NORM_SQUARED`]; the OpenAPI schema advertises it, the server checks the norm itself.
+pub const VECTOR_ELEMENT_BOUND: f64 = 1e16;
+
 /// Why a vector cannot be indexed: `Some((position, reason))`, where `position` is the element at
 /// fault (a non-finite value) or `None` for the vector as a whole (its norm is too large for its
 /// distances to be finite). The one rule for every metric, checked by the API before a write
@@ -158,7 +162,7 @@ impl Graph {
             config.hnsw.m,
             capacity.max(1_000),
             MAX_LAYER,
-            config.hnsw.ef_construction,
+            config.hnsw.ef_construction.max(config.hnsw.m),
             GraphDistance(config.metric),
         );
         Graph {
@@ -380,6 +384,9 @@ mod tests {
             Some(Some(2))
         );
         assert!(vector_problem(&[0.1, -0.2, 0.3, 1e6]).is_none());
+        let bound = VECTOR_ELEMENT_BOUND as f32;
+        assert!(vector_problem(&vec![bound; crate::model::MAX_DIM]).is_none());
+        assert!(vector_problem(&vec![-bound; crate::model::MAX_DIM]).is_none());
         // At the bound, every distance between two admissible vectors is finite, for every
         // metric and every kernel (the dimension exercises the SIMD tails too).
         for dim in [1usize, 7, 16, 33, 384] {

@@ -3,8 +3,9 @@
 Writes go to the leader (found with ``GET /cluster``); a write is sent again only when it
 provably never reached a node (connection refused) or a node refused it as not the leader, never
 after it may have been applied. Reads are spread over the ready replicas with a
-:class:`~quiver_client.Policy` and retried once elsewhere when a node cannot be reached or answers
-502/503/504. With ``read_your_writes=True`` the client sends the highest index its writes
+:class:`~quiver_client.Policy` and retried once elsewhere only when the first node did no work:
+it could not be connected to, or it answered 503 or a 504 ``read_timeout``. A read whose
+connection broke after it was sent is not repeated, since it may be what brought the node down. With ``read_your_writes=True`` the client sends the highest index its writes
 returned as ``min_index`` on every read that names no consistency.
 """
 
@@ -316,10 +317,14 @@ def _plan(core: _Core, req: _Request):
             # Cancelled, timed out by the caller, or the driver failed: free the lease unjudged.
             lease.release()
             raise
-        if err is not None:  # reads are idempotent: any failure may be retried elsewhere
+        if err is not None:
             lease.failure()
+            if not isinstance(err, (httpx.ConnectError, httpx.ConnectTimeout)):
+                # Sent, then lost: the read may be what killed the node; not repeated elsewhere.
+                core.last_refresh = None
+                raise QuiverConnectionError(f"{lease.url}: {err!r} (not retried)") from err
             last = QuiverConnectionError(f"{lease.url}: {err!r}")
-        elif 502 <= resp.status_code <= 504:
+        elif resp.status_code == 503 or (resp.status_code == 504 and _error(resp).code == "read_timeout"):
             lease.failure()
             last = _error(resp)
         else:

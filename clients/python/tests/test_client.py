@@ -7,7 +7,7 @@ import uuid
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
-from quiver_client import AsyncQuiverClient, Policy, QuiverClient, QuiverError
+from quiver_client import AsyncQuiverClient, Policy, QuiverClient, QuiverConnectionError, QuiverError
 from quiver_client.langchain import QuiverVectorStore
 
 
@@ -174,3 +174,39 @@ def test_leases_are_released_when_a_read_is_cancelled(server):
     asyncio.run(cancelled_reads(c))
     asyncio.run(cancelled_reads(c))
     assert all(s["outstanding"] == 0 for s in c.read_stats())
+
+
+def test_a_read_that_broke_a_node_is_not_sent_to_another():
+    """Two 'nodes' that read a request and drop the connection unanswered (as a node killed by the
+    request would): the read fails after one of them saw it, and the other never does."""
+    import socket
+    import threading
+
+    seen = []
+
+    def killer(sock):
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            seen.append(sock.getsockname()[1])
+            conn.close()
+
+    socks = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        threading.Thread(target=killer, args=(s,), daemon=True).start()
+        socks.append(s)
+    urls = [f"http://127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    try:
+        with QuiverClient(urls, discover=False, policy="round_robin", timeout=5.0) as c:
+            with pytest.raises(QuiverConnectionError):
+                c.search("d", [1.0, 0.0, 0.0], 3)
+        assert len(seen) == 1, seen
+    finally:
+        for s in socks:
+            s.close()
