@@ -447,6 +447,7 @@ fn replication(
         let mut c = Config::for_test(dirs[i].path());
         c.log = "warn".into();
         c.join = join;
+        c.cluster_secret = Some("bench-cluster-secret-0123".into());
         c.heartbeat_ms = args.heartbeat_ms;
         c.snapshot_logs = 200;
         c.snapshot_min_interval_secs = 30;

@@ -71,6 +71,7 @@ fn node(args: &Args, dir: &std::path::Path, port: u16, join: Option<&str>) -> an
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--log", "warn"])
+        .args(["--cluster-secret", "bench-cluster-secret-0123"])
         .stdout(Stdio::null());
     if let Some(j) = join {
         cmd.args(["--join", j]);

@@ -51,7 +51,7 @@ class Server:
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         cmd = [str(_binary()), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
-               "--log", "warn", "--heartbeat-ms", "100"]
+               "--log", "warn", "--heartbeat-ms", "100", "--cluster-secret", "python-test-cluster-secret"]
         if join:
             cmd += ["--join", join]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
