@@ -7,7 +7,9 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use serde::Serialize;
 
 use super::{key_eq, ApiJson, AppState};
@@ -174,10 +176,18 @@ pub async fn raft_append(State(state): State<AppState>, body: Bytes) -> Response
         &state,
         &body,
         |req: AppendEntriesRequest<TypeConfig>| async {
-            state
-                .cluster
-                .record_contact(req.leader_commit.map(|l| l.index));
-            state.cluster.raft.append_entries(req).await
+            let commit = req.leader_commit.map(|l| l.index);
+            let resp = state.cluster.raft.append_entries(req).await;
+            // Contact counts only when Raft accepted the sender as the current leader: a deposed
+            // leader's appends (answered HigherVote) must not make this node look fresh.
+            if matches!(
+                resp,
+                Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
+                    | Ok(AppendEntriesResponse::Conflict)
+            ) {
+                state.cluster.record_contact(commit);
+            }
+            resp
         },
     )
     .await
@@ -197,8 +207,12 @@ pub async fn raft_snapshot(State(state): State<AppState>, body: Bytes) -> Respon
         &state,
         &body,
         |req: InstallSnapshotRequest<TypeConfig>| async {
-            state.cluster.record_contact(None);
-            state.cluster.raft.install_snapshot(req).await
+            let vote = req.vote;
+            let resp = state.cluster.raft.install_snapshot(req).await;
+            if resp.as_ref().is_ok_and(|r| r.vote == vote) {
+                state.cluster.record_contact(None);
+            }
+            resp
         },
     )
     .await
