@@ -393,13 +393,18 @@ pub async fn get_point(
     ApiQuery(read): ApiQuery<ReadParams>,
 ) -> Result<Json<PointResponse>> {
     let index = read_at(&state, &read.consistency(), "").await?;
-    // A path segment of digits may name an integer id or a string id made of digits.
-    let point = match state.engine.get_point(&name, &PointId::from_path(&id)) {
-        Err(Error::PointNotFound(_)) if matches!(PointId::from_path(&id), PointId::Num(_)) => {
-            state.engine.get_point(&name, &PointId::Str(id))?
-        }
-        other => other?,
-    };
+    // A path segment of digits may name an integer id or a string id made of digits. Off the
+    // async workers: the lookup takes the collection's state lock (review M7).
+    let engine = state.engine.clone();
+    let point = blocking(
+        move || match engine.get_point(&name, &PointId::from_path(&id)) {
+            Err(Error::PointNotFound(_)) if matches!(PointId::from_path(&id), PointId::Num(_)) => {
+                engine.get_point(&name, &PointId::Str(id))
+            }
+            other => other,
+        },
+    )
+    .await?;
     Ok(Json(PointResponse { point, index }))
 }
 

@@ -74,7 +74,12 @@ pub async fn track(req: Request, next: Next) -> Response {
 /// `GET /metrics`: Prometheus text format.
 pub async fn render(State(state): State<AppState>) -> Response {
     let mut out = handle().map(|h| h.render()).unwrap_or_default();
-    let cols = state.engine.list();
+    // Collection info takes each collection's state lock, which a long search or an apply may
+    // hold: never on an async worker (review M7).
+    let engine = state.engine.clone();
+    let cols = tokio::task::spawn_blocking(move || engine.list())
+        .await
+        .unwrap_or_default();
     type Gauge = fn(&crate::model::CollectionInfo) -> usize;
     let gauges: [(&str, &str, Gauge); 3] = [
         (
