@@ -33,6 +33,11 @@ pub struct MemberInfo {
     pub lag: Option<u64>,
 }
 
+/// A learner is made a voter only once it trails the leader's log by at most this many entries.
+const PROMOTE_MAX_LAG: u64 = 100;
+/// ... waiting at most this long for it to get there.
+const PROMOTE_WAIT: Duration = Duration::from_secs(600);
+
 /// `GET /cluster`.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClusterStatus {
@@ -455,6 +460,7 @@ impl Cluster {
             .change(|| self.raft.add_learner(req.id, node.clone(), false))
             .await?;
         if req.voter && !membership.voter_ids().any(|v| v == req.id) {
+            self.wait_caught_up(req.id).await?;
             index = self
                 .change(|| {
                     self.raft.change_membership(
@@ -568,11 +574,38 @@ impl Cluster {
         if m.membership_config.membership().get_node(&id).is_none() {
             return Err(Error::invalid("id", format!("node {id} is not a member")));
         }
+        self.wait_caught_up(id).await?;
         self.change(|| {
             self.raft
                 .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
         })
         .await
+    }
+
+    /// Waits until learner `id` has replicated this leader's log up to the last
+    /// [`PROMOTE_MAX_LAG`] entries, so that making it a voter does not stall every commit behind
+    /// its snapshot transfer and catch-up (review M4). Bounded by [`PROMOTE_WAIT`].
+    async fn wait_caught_up(&self, id: NodeId) -> Result<()> {
+        let caught_up = self
+            .raft
+            .wait(Some(PROMOTE_WAIT))
+            .metrics(
+                |m| {
+                    let last = m.last_log_index.unwrap_or(0);
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id))
+                        .is_some_and(|l| l.map_or(0, |l| l.index) + PROMOTE_MAX_LAG >= last)
+                },
+                "learner caught up",
+            )
+            .await;
+        caught_up.map(|_| ()).map_err(|_| {
+            Error::Unavailable(format!(
+                "node {id} did not catch up with the leader's log within {} s; not promoted",
+                PROMOTE_WAIT.as_secs()
+            ))
+        })
     }
 
     /// `GET /cluster`.
