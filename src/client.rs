@@ -399,6 +399,11 @@ impl Client {
             match outcome {
                 Ok(w) => {
                     self.observe_index(w.index);
+                    // A node that knew no leader waited for an election and forwarded the write:
+                    // learn the new leader now, so that the next write goes straight to it.
+                    if self.inner.settings.discover && self.leader().is_none() {
+                        let _ = self.refresh().await;
+                    }
                     return Ok(w);
                 }
                 // Never reached the node (connection refused), or refused by a node that is not
