@@ -224,6 +224,15 @@ impl Cluster {
         Duration::from_millis(self.raft.config().election_timeout_max)
     }
 
+    /// Whether this node leads and no other node can have been elected since: a quorum
+    /// acknowledged it within half the shortest election timeout. Its log then holds every
+    /// acknowledged write, so a read token past its end is a client error.
+    pub fn leads_surely(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let limit = Duration::from_millis(self.raft.config().election_timeout_min / 2);
+        m.current_leader == Some(self.id) && quorum_fresh(&m, limit) == Some(true)
+    }
+
     /// Why Raft stopped on this node, if it did (probes fail then).
     pub fn fatal(&self) -> Option<String> {
         fatal_of(&self.raft.metrics().borrow())

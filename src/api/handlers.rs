@@ -101,10 +101,10 @@ fn known_log_end(state: &AppState) -> u64 {
 /// Makes a read meet its consistency and returns the index it is served at. `at` prefixes the
 /// field names in errors (`consistency.` for bodies, nothing for query parameters).
 ///
-/// A `min_index` past the end of the log is a client error, not a timeout: on the leader at once
-/// (every acknowledged write is in its log), on a replica only after the usual wait, since a token
-/// past what it has heard of may still be in flight; if a leader is known and the token is still
-/// past both this node's log and the leader's commit index, it is a 400; otherwise 504.
+/// A `min_index` past the end of the log is a client error, not a timeout, on a leader that surely
+/// still leads (a quorum acknowledged it within half an election timeout, so every acknowledged
+/// write is in its log): 400 at once. Anywhere else the token may come from a leader this node
+/// has not heard of, so the read waits as usual and then answers 504.
 async fn read_at(state: &AppState, c: &Consistency, at: &str) -> Result<u64> {
     match c {
         Consistency::MaxLag { max_lag_ms } if *max_lag_ms > MAX_TOKEN => {
@@ -126,19 +126,24 @@ async fn read_at(state: &AppState, c: &Consistency, at: &str) -> Result<u64> {
             if *min_index > MAX_TOKEN {
                 return Err(past_end(known_log_end(state)));
             }
-            if state.cluster.is_leader() {
+            // Only a leader that surely still leads: one cut off from its quorum may have been
+            // replaced by a leader that issued this token.
+            if state.cluster.leads_surely() {
                 let end = known_log_end(state);
                 if *min_index > end {
                     return Err(past_end(end));
                 }
             }
+            // After the wait the same holds: a node that does not surely lead cannot tell a
+            // forged token from one issued by a leader it has not heard of (it may be cut off),
+            // so it answers 504.
             return match state.cluster.ensure_read(c).await {
-                Err(Error::ReadTimeout { wanted, applied }) => {
+                Err(e @ Error::ReadTimeout { .. }) => {
                     let end = known_log_end(state);
-                    if *min_index > end && state.cluster.leader().is_some() {
+                    if state.cluster.leads_surely() && *min_index > end {
                         Err(past_end(end))
                     } else {
-                        Err(Error::ReadTimeout { wanted, applied })
+                        Err(e)
                     }
                 }
                 other => other,
