@@ -17,7 +17,7 @@ use quiver::model::{
     CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
 };
 
-const SECRET: &str = "snap-secret";
+const SECRET: &str = "snap-cluster-secret-0123";
 const WAIT: Duration = Duration::from_secs(30);
 /// Points on the leader: more than one import batch (2,000 records), so the pause falls in the
 /// middle of the import.
