@@ -55,6 +55,9 @@ impl Proc {
             .arg(SECRET)
             .arg("--heartbeat-ms")
             .arg("50")
+            // Graph search from the first point, so that approximate answers are compared too.
+            .arg("--exact-below")
+            .arg("0")
             .arg("--log")
             .arg("warn")
             .stdout(Stdio::null())
@@ -387,4 +390,220 @@ async fn cli_import_and_search_against_a_running_node() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("vector"));
     drop(node);
+}
+
+fn vec8(i: u64) -> Vec<f32> {
+    // A cheap deterministic scramble, so that the graph is not built on a lattice.
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    (0..8)
+        .map(|_| {
+            x ^= x >> 29;
+            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x ^= x >> 32;
+            (x % 20_000) as f32 / 10_000.0 - 1.0
+        })
+        .collect()
+}
+
+/// One of four writers: batches of 10 fresh ids through whichever voter answers, until `stop`.
+async fn writer(
+    w: u64,
+    urls: Vec<String>,
+    acked: Arc<Mutex<BTreeSet<u64>>>,
+    last: Arc<Mutex<u64>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let clients: Vec<Client> = urls.iter().map(|u| Client::new(u, None).unwrap()).collect();
+    let mut node = w as usize;
+    for b in 0u64.. {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let ids: Vec<u64> = (0..10).map(|j| (b * 4 + w) * 10 + j).collect();
+        let pts: Vec<PointInput> = ids
+            .iter()
+            .map(|&i| PointInput {
+                id: PointId::Num(i),
+                vector: vec8(i),
+                payload: None,
+            })
+            .collect();
+        match clients[node % clients.len()].upsert("g", pts).await {
+            Ok(r) => {
+                acked.lock().unwrap().extend(ids);
+                let mut l = last.lock().unwrap();
+                *l = (*l).max(r.index);
+            }
+            // Refused, or ambiguous: the batch is not counted as acknowledged (it may still be
+            // applied, which the end state allows); try another node next.
+            Err(_) => {
+                node += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Issue 9's leader kill loop: three voters and two replicas, four concurrent writers, the leader
+/// killed with SIGKILL and restarted ten times. At the end every acknowledged id is on every
+/// node, the counts are identical, and so are the approximate (graph) top-10s: every node,
+/// including the ones that restarted from a graph dump, built the same graph from the same log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_killed_ten_times_loses_nothing_and_every_graph_answers_alike() {
+    let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Proc::spawn(dirs[0].path(), free_port(), None, false);
+    let b = Proc::spawn(dirs[1].path(), free_port(), Some(a.url()), true);
+    let c = Proc::spawn(dirs[2].path(), free_port(), Some(a.url()), true);
+    let voters_url = format!("{},{},{}", a.url(), b.url(), c.url());
+    let r1 = Proc::spawn(dirs[3].path(), free_port(), Some(voters_url.clone()), false);
+    let r2 = Proc::spawn(dirs[4].path(), free_port(), Some(voters_url), false);
+    let mut voters = vec![a, b, c];
+    eventually("3 voters and 2 replicas", || async {
+        cluster_json(&voters[0].url()).await.is_some_and(|s| {
+            s["members"].as_array().is_some_and(|m| {
+                m.len() == 5 && m.iter().filter(|x| x["role"] == "voter").count() == 3
+            })
+        })
+    })
+    .await;
+    let urls: Vec<String> = voters.iter().map(Proc::url).collect();
+    Client::new(&urls[0], None)
+        .unwrap()
+        .create_collection(
+            "g",
+            &CollectionConfig {
+                dim: 8,
+                metric: Metric::L2,
+                hnsw: HnswConfig::default(),
+            },
+        )
+        .await
+        .unwrap();
+
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let last = Arc::new(Mutex::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            tokio::spawn(writer(
+                w,
+                urls.clone(),
+                acked.clone(),
+                last.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let mut round = 0;
+    while round < 10 {
+        let before = acked.lock().unwrap().len();
+        // Writes are acknowledged under the current leader before it is killed.
+        eventually("writes acknowledged", || async {
+            acked.lock().unwrap().len() >= before + 40
+        })
+        .await;
+        let mut leader = None;
+        for (i, v) in voters.iter().enumerate() {
+            if let Some(s) = cluster_json(&v.url()).await {
+                if s["role"] == "leader" && s["writable"] == true {
+                    leader = Some(i);
+                    break;
+                }
+            }
+        }
+        let mut view = Vec::new();
+        for v in &voters {
+            let s = cluster_json(&v.url()).await.unwrap_or_default();
+            view.push((s["id"].clone(), s["role"].clone(), s["term"].clone()));
+        }
+        eprintln!("round {round}: killing voter {leader:?} of {view:?}");
+        let Some(i) = leader else {
+            // No writable leader at this instant (an election): try again this round.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        voters[i].kill9();
+        // The others elect a leader among themselves before the killed node comes back.
+        let killed_id = view[i].0.clone();
+        let others: Vec<String> = (0..3)
+            .filter(|o| *o != i)
+            .map(|o| voters[o].url())
+            .collect();
+        eventually("a new leader among the others", || {
+            let others = others.clone();
+            let killed_id = killed_id.clone();
+            async move {
+                for o in &others {
+                    if let Some(s) = cluster_json(o).await {
+                        if s["role"] == "leader" && s["id"] != killed_id {
+                            return true;
+                        }
+                    }
+                }
+                false
+            }
+        })
+        .await;
+        voters[i].restart();
+        eprintln!("round {round}: voter {i} killed, replaced as leader, restarted");
+        round += 1;
+    }
+    let after_kills = acked.lock().unwrap().len();
+    eventually("writes after the last kill", || async {
+        acked.lock().unwrap().len() >= after_kills + 40
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let index = *last.lock().unwrap();
+    let mut all: Vec<String> = urls.clone();
+    all.extend([r1.url(), r2.url()]);
+
+    // Every node: the final index applied, every acknowledged id present, the graph complete.
+    let mut answers = Vec::new();
+    for url in &all {
+        let client = Client::new(url, None).unwrap();
+        let at = Some(quiver::model::Consistency::MinIndex { min_index: index });
+        let info = client.collection_with("g", at.as_ref()).await.unwrap();
+        let ids: Vec<PointId> = acked.iter().map(|&i| PointId::Num(i)).collect();
+        for chunk in ids.chunks(1_000) {
+            let got = client
+                .get_points("g", chunk.to_vec(), false, at.clone())
+                .await
+                .unwrap();
+            assert_eq!(
+                got.points.len(),
+                chunk.len(),
+                "{url} lost acknowledged points"
+            );
+        }
+        eventually("the graph holds every point", || async {
+            client.collection("g").await.is_ok_and(|i| i.unindexed == 0)
+        })
+        .await;
+        let mut tops = Vec::new();
+        for q in 0..20u64 {
+            let mut req = SearchRequest::new(vec8(1_000_000 + q), 10);
+            req.with_payload = false;
+            let hits = client.search("g", &req).await.unwrap().hits;
+            tops.push(
+                hits.into_iter()
+                    .map(|h| (h.id, h.score.to_bits()))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        answers.push((url.clone(), info.points, tops));
+    }
+    for (url, points, tops) in &answers[1..] {
+        assert_eq!(*points, answers[0].1, "{url}: point count differs");
+        assert!(tops == &answers[0].2, "{url}: graph top-10s differ");
+    }
+    eprintln!(
+        "{} acknowledged points, {} in the collection",
+        acked.len(),
+        answers[0].1
+    );
 }
