@@ -37,6 +37,10 @@ for kind, name, port in (("StatefulSet", "quiver-voter", "http"), ("Deployment",
     if c["readinessProbe"]["httpGet"]["path"] != "/readyz" or c["livenessProbe"]["httpGet"]["path"] != "/healthz":
         fail(f"{name}: readiness on /readyz, liveness on /healthz")
     if name != "quiver-gateway":
+        start = c.get("startupProbe", {})
+        if start.get("httpGet", {}).get("path") != "/healthz" or start["periodSeconds"] * start["failureThreshold"] < 600:
+            fail(f"{name}: a startup probe on /healthz allowing 10 minutes to load")
+    if name != "quiver-gateway":
         env = {e["name"]: e for e in c["env"]}
         ref = env["QUIVER_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"]
         if ref != {"name": "quiver-cluster", "key": "cluster-secret"}:
