@@ -364,13 +364,14 @@ async fn bootstrap(cluster: &Arc<Cluster>, config: &Config, pristine: bool) -> a
         Some(_) => {
             // Also on restart: a replica that was expired while away asks to be added again.
             let (c, urls, voter) = (cluster.clone(), config.join_urls(), config.voter);
+            let after = rejoin_after(config);
             tokio::spawn(async move {
                 match c.request_join(&urls, voter, JOIN_DEADLINE).await {
                     Ok(index) => tracing::info!(index, "joined the cluster"),
                     Err(e) => tracing::error!(error = %e, "could not join the cluster"),
                 }
                 if !voter {
-                    rejoin_when_forgotten(c, urls).await;
+                    rejoin_when_forgotten(c, urls, after).await;
                 }
             });
         }
@@ -378,13 +379,17 @@ async fn bootstrap(cluster: &Arc<Cluster>, config: &Config, pristine: bool) -> a
     Ok(())
 }
 
-/// How long a read replica goes without hearing from a leader before it asks to join again.
-const REJOIN_AFTER: Duration = Duration::from_secs(15);
+/// How long a read replica goes without hearing from a leader before it asks to join again: half
+/// the learner expiry (nodes share their flags), between 2 and 15 s.
+fn rejoin_after(config: &Config) -> Duration {
+    Duration::from_millis(config.learner_expiry_secs * 500)
+        .clamp(Duration::from_secs(2), Duration::from_secs(15))
+}
 
-/// A read replica that no leader has reached for [`REJOIN_AFTER`] may have been removed (learner
-/// expiry while it was slow or cut off), and a removed learner is never told: it asks to join
-/// again. For a replica that is still a member the join is a no-op on the leader.
-async fn rejoin_when_forgotten(cluster: Arc<Cluster>, urls: Vec<String>) {
+/// A read replica that no leader has reached for `after` may have been removed (learner expiry
+/// while it was slow or cut off), and a removed learner is never told: it asks to join again.
+/// For a replica that is still a member the join is a no-op on the leader.
+async fn rejoin_when_forgotten(cluster: Arc<Cluster>, urls: Vec<String>, after: Duration) {
     let weak = Arc::downgrade(&cluster);
     drop(cluster);
     let mut silent_since: Option<Instant> = None;
@@ -394,14 +399,13 @@ async fn rejoin_when_forgotten(cluster: Arc<Cluster>, urls: Vec<String>) {
         if c.fatal().is_some() {
             return;
         }
-        let heard =
-            c.ready().is_ok() || c.last_contact().is_some_and(|t| t.elapsed() < REJOIN_AFTER);
+        let heard = c.ready().is_ok() || c.last_contact().is_some_and(|t| t.elapsed() < after);
         if heard {
             silent_since = None;
             continue;
         }
         let since = *silent_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < REJOIN_AFTER {
+        if since.elapsed() < after {
             continue;
         }
         tracing::warn!(

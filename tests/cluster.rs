@@ -491,3 +491,66 @@ async fn a_leader_cut_off_from_its_quorum_stops_acknowledging_writes() {
         n.stop().await.unwrap();
     }
 }
+
+/// M9: a node whose Raft stopped says so: /healthz and /readyz answer 503 (so Kubernetes
+/// restarts it and the gateway stops using it) and /cluster reports why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_raft_stopped_fails_its_probes() {
+    let (a, _da) = start(None, false, |_| {}).await;
+    let http = reqwest::Client::new();
+    for probe in ["/healthz", "/readyz"] {
+        let r = http
+            .get(format!("{}{probe}", a.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{probe}");
+    }
+    a.cluster.raft.shutdown().await.unwrap();
+    for probe in ["/healthz", "/readyz"] {
+        let r = http
+            .get(format!("{}{probe}", a.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "{probe}");
+    }
+    let status = a.cluster.status();
+    assert!(status.fatal.is_some() && !status.writable, "{status:?}");
+    let r = http
+        .put(format!("{}/collections/x", a.url()))
+        .json(&config4())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+}
+
+/// M3: a replica that the leader expired while it was cut off asks to join again by itself once
+/// it can, instead of staying outside the membership for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_replica_rejoins_by_itself() {
+    let (a, _da) = start(None, false, |c| c.learner_expiry_secs = 1).await;
+    let (b, _db) = start(Some(&a.url()), false, |c| c.learner_expiry_secs = 1).await;
+    wait_members(&a, 2).await;
+    b.cluster.set_isolated(true);
+    wait_members(&a, 1).await;
+    b.cluster.set_isolated(false);
+    // No leader reaches it any more; after 2 s of that it asks to join again.
+    wait_members(&a, 2).await;
+    assert!(a
+        .cluster
+        .metrics()
+        .membership_config
+        .membership()
+        .get_node(&b.id())
+        .is_some());
+    eventually("the replica is ready again", || async {
+        reqwest::get(format!("{}/readyz", b.url()))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}

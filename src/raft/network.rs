@@ -145,7 +145,11 @@ impl Peer {
             }
         })?;
         let status = resp.status();
-        self.health.ok(self.target);
+        // Any answer is a sign of life (a slow peer is not a dead one), except the 503 that an
+        // isolated node (fault injection, `Cluster::set_isolated`) gives instead of silence.
+        if status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            self.health.ok(self.target);
+        }
         if status == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(64),
