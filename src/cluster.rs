@@ -460,6 +460,53 @@ impl Cluster {
                 return Ok(m.last_applied.map_or(0, |l| l.index));
             }
         }
+        // Another member at the same address is an earlier life of this node whose state was
+        // lost: it can never answer again, so it goes (a dead voter would weaken the quorum).
+        // It goes first: while both are members the leader runs two replication streams (and a
+        // candidate asks for two votes) at one address, and the new node would answer for the
+        // old one (a vote or an acknowledgement it never gave).
+        let stale: BTreeSet<NodeId> = membership
+            .nodes()
+            .filter(|(id, n)| **id != req.id && n.addr == req.addr)
+            .map(|(id, _)| *id)
+            .collect();
+        if stale.contains(&self.id) {
+            return Err(Error::invalid(
+                "addr",
+                "this is the leader's own address; give the joining node its own --advertise",
+            ));
+        }
+        if !stale.is_empty() {
+            tracing::warn!(?stale, addr = %req.addr, "removing earlier members at the joining node's address");
+            let voters: BTreeSet<NodeId> = stale
+                .iter()
+                .filter(|id| membership.voter_ids().any(|v| v == **id))
+                .copied()
+                .collect();
+            if !voters.is_empty() {
+                self.change(|| {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters(voters.clone()), false)
+                })
+                .await?;
+            }
+            let m = self.metrics();
+            let left: BTreeSet<NodeId> = stale
+                .iter()
+                .filter(|id| m.membership_config.membership().get_node(id).is_some())
+                .copied()
+                .collect();
+            if !left.is_empty() {
+                self.change(|| {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(left.clone()), false)
+                })
+                .await?;
+            }
+            for id in &stale {
+                self.health.forget(*id);
+            }
+        }
         self.health.touch(req.id);
         self.fresh_snapshot().await;
         let node = BasicNode {
@@ -478,45 +525,6 @@ impl Cluster {
                     )
                 })
                 .await?;
-        }
-        // Another member at the same address is an earlier life of this node whose state was
-        // lost: it can never answer again, so it goes (a dead voter would weaken the quorum).
-        let stale: BTreeSet<NodeId> = membership
-            .nodes()
-            .filter(|(id, n)| **id != req.id && n.addr == req.addr)
-            .map(|(id, _)| *id)
-            .collect();
-        if !stale.is_empty() {
-            tracing::warn!(?stale, addr = %req.addr, "removing earlier members at the joining node's address");
-            index = self
-                .change(|| {
-                    let voters: BTreeSet<NodeId> = stale
-                        .iter()
-                        .filter(|id| membership.voter_ids().any(|v| v == **id))
-                        .copied()
-                        .collect();
-                    let changes = if voters.is_empty() {
-                        ChangeMembers::RemoveNodes(stale.clone())
-                    } else {
-                        ChangeMembers::RemoveVoters(voters)
-                    };
-                    self.raft.change_membership(changes, false)
-                })
-                .await?;
-            let m = self.metrics();
-            let left: BTreeSet<NodeId> = stale
-                .iter()
-                .filter(|id| m.membership_config.membership().get_node(id).is_some())
-                .copied()
-                .collect();
-            if !left.is_empty() {
-                index = self
-                    .change(|| {
-                        self.raft
-                            .change_membership(ChangeMembers::RemoveNodes(left.clone()), false)
-                    })
-                    .await?;
-            }
         }
         tracing::info!(id = req.id, addr = %req.addr, voter = req.voter, index, "node joined");
         Ok(index)
