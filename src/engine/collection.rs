@@ -74,8 +74,6 @@ struct Control {
     job: Option<RebuildJob>,
     built: Option<(u64, Graph)>,
     rebuilding: bool,
-    /// With `stop`: exit without the final dump (the collection is being destroyed).
-    discard: bool,
 }
 
 struct Shared {
@@ -90,9 +88,8 @@ struct Shared {
     wake: Condvar,
     progress: Condvar,
     cancel: AtomicBool,
-    /// Held while the graph dump folder is written, read (snapshots copy it) or removed; true once
-    /// the collection was destroyed (its folder is gone, and the id may be reused by an install).
-    dump_lock: Mutex<bool>,
+    /// Held while the graph dump folder is written or read (snapshots copy it).
+    dump_lock: Mutex<()>,
     /// Why the indexer last failed, until the graph rebuilt from the store has caught up.
     failure: Mutex<Option<String>>,
     /// Test hook: this many inserts in a row panic (see [`Collection::inject_indexer_faults`]).
@@ -296,7 +293,7 @@ impl Collection {
             wake: Condvar::new(),
             progress: Condvar::new(),
             cancel: AtomicBool::new(false),
-            dump_lock: Mutex::new(false),
+            dump_lock: Mutex::new(()),
             failure: Mutex::new(None),
             faults: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -548,14 +545,9 @@ impl Collection {
 
     /// Stops the indexer (dumping the graph if it changed) and waits for it.
     pub fn close(&self) {
-        self.stop(true);
-    }
-
-    fn stop(&self, dump: bool) {
         {
             let mut ctl = self.shared.ctl.lock();
             ctl.stop = true;
-            ctl.discard |= !dump;
             self.shared.cancel.store(true, Ordering::Release);
             self.shared.wake.notify_all();
             self.shared.progress.notify_all();
@@ -585,24 +577,16 @@ impl Collection {
         (self.meta(&st), points)
     }
 
-    /// Runs `f` on the folder of the latest graph dump (which may not exist), with dumps and
-    /// removal held off, so that a snapshot can copy a consistent dump; `None` once the collection
-    /// was destroyed.
-    pub fn with_graph_dump<T>(&self, f: impl FnOnce(Option<&std::path::Path>) -> T) -> T {
-        let destroyed = self.shared.dump_lock.lock();
-        if *destroyed {
-            return f(None);
-        }
-        f(Some(&self.shared.graph_path()))
+    /// Runs `f` on the folder of the latest graph dump (which may not exist), with dumps held off,
+    /// so that a snapshot can copy a consistent dump.
+    pub fn with_graph_dump<T>(&self, f: impl FnOnce(&std::path::Path) -> T) -> T {
+        let _held = self.shared.dump_lock.lock();
+        f(&self.shared.graph_path())
     }
 
-    /// Stops the indexer without dumping (the graph is about to be deleted) and removes the graph
-    /// dump (the collection was dropped, or is replaced by a snapshot install). Waits for a
-    /// snapshot that is copying the dump, and leaves later ones nothing to copy.
+    /// Stops the indexer without dumping and removes the graph dump (the collection was dropped).
     pub fn destroy(&self) {
-        self.stop(false);
-        let mut destroyed = self.shared.dump_lock.lock();
-        *destroyed = true;
+        self.close();
         let _ = std::fs::remove_dir_all(self.shared.graph_path());
     }
 
@@ -894,9 +878,8 @@ impl Shared {
                     self.wake.wait_for(&mut ctl, Duration::from_secs(1));
                 }
                 if ctl.stop {
-                    let discard = ctl.discard;
                     drop(ctl);
-                    if dirty > 0 && !discard {
+                    if dirty > 0 {
                         self.dump();
                     }
                     return;
@@ -1059,10 +1042,7 @@ impl Shared {
             config: self.config,
         };
         let started = Instant::now();
-        let destroyed = self.dump_lock.lock();
-        if *destroyed {
-            return;
-        }
+        let _held = self.dump_lock.lock();
         match graph.dump(&self.graph_path(), &meta) {
             Ok(()) => {
                 tracing::debug!(collection = %self.name, points = graph.len(), secs = started.elapsed().as_secs_f64(), "graph dumped")
