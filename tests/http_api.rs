@@ -1436,3 +1436,25 @@ async fn metrics_label_unknown_methods_as_other() {
     assert!(!text.contains("QUIVERFUZZ"), "{text}");
     assert!(text.contains(r#"method="other""#), "{text}");
 }
+
+/// A Raft RPC meant for another node id (an earlier member at this address) is refused: a node
+/// never votes or acknowledges entries in another member's name.
+#[tokio::test]
+async fn raft_rpc_for_another_node_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.cluster_secret = Some("http-api-cluster-secret".into());
+    let h = Harness::with(config, Some(dir)).await;
+    let me = h.node.id();
+    let send = |target: u64| {
+        h.http
+            .post(format!("{}/raft/vote", h.node.url()))
+            .header("x-quiver-cluster-secret", "http-api-cluster-secret")
+            .header("x-quiver-target-node", target.to_string())
+            .body(vec![0u8; 8])
+            .send()
+    };
+    assert_eq!(send(me.wrapping_add(1)).await.unwrap().status(), 503);
+    // Addressed to this node, the (undecodable) request reaches Raft's decoder.
+    assert_eq!(send(me).await.unwrap().status(), 400);
+}

@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::{key_eq, ApiJson, AppState};
 use crate::cluster::{ClusterStatus, IndexResponse, JoinRequest, MemberRequest, WriteTarget};
 use crate::error::{Error, Result};
-use crate::raft::{decode, encode, TypeConfig, SECRET_HEADER};
+use crate::raft::{decode, encode, TypeConfig, SECRET_HEADER, TARGET_HEADER};
 
 /// Marks a request already forwarded once, so that it is never forwarded again.
 const FORWARDED_HEADER: &str = "x-quiver-forwarded";
@@ -149,6 +149,7 @@ fn bad_rpc(e: impl std::fmt::Display) -> Response {
 /// Decodes a Raft RPC, runs it unless this node is isolated (fault injection), encodes the answer.
 async fn rpc<Req, Resp, Fut>(
     state: &AppState,
+    headers: &HeaderMap,
     body: &[u8],
     handle: impl FnOnce(Req) -> Fut,
 ) -> Response
@@ -164,6 +165,17 @@ where
         )
             .into_response();
     }
+    if let Some(target) = headers.get(TARGET_HEADER).and_then(|v| v.to_str().ok()) {
+        if target != state.cluster.id.to_string() {
+            // Meant for another member at this address (an earlier life of this node): never
+            // answer for it. 503, like a node that is gone, so the sender does not count it.
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("this is node {}, not {target}", state.cluster.id),
+            )
+                .into_response();
+        }
+    }
     match decode::<Req>(body) {
         Ok(req) => bincode_response(&handle(req).await),
         Err(e) => bad_rpc(e),
@@ -171,9 +183,14 @@ where
 }
 
 /// `POST /raft/append`.
-pub async fn raft_append(State(state): State<AppState>, body: Bytes) -> Response {
+pub async fn raft_append(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     rpc(
         &state,
+        &headers,
         &body,
         |req: AppendEntriesRequest<TypeConfig>| async {
             let commit = req.leader_commit.map(|l| l.index);
@@ -194,17 +211,22 @@ pub async fn raft_append(State(state): State<AppState>, body: Bytes) -> Response
 }
 
 /// `POST /raft/vote`.
-pub async fn raft_vote(State(state): State<AppState>, body: Bytes) -> Response {
-    rpc(&state, &body, |req: VoteRequest<u64>| {
+pub async fn raft_vote(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    rpc(&state, &headers, &body, |req: VoteRequest<u64>| {
         state.cluster.raft.vote(req)
     })
     .await
 }
 
 /// `POST /raft/snapshot` (one chunk).
-pub async fn raft_snapshot(State(state): State<AppState>, body: Bytes) -> Response {
+pub async fn raft_snapshot(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     rpc(
         &state,
+        &headers,
         &body,
         |req: InstallSnapshotRequest<TypeConfig>| async {
             let vote = req.vote;

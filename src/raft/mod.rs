@@ -20,7 +20,7 @@ mod network;
 mod state_machine;
 
 pub use log_store::LogStore;
-pub use network::{Network, PeerHealth, SECRET_HEADER};
+pub use network::{Network, PeerHealth, SECRET_HEADER, TARGET_HEADER};
 pub use state_machine::StateMachine;
 
 use crate::model::{Command, Reply};

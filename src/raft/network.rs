@@ -29,6 +29,9 @@ const APPEND_BODY_SOFT_LIMIT: usize = 4 << 20;
 
 /// Header carrying the cluster secret on `/raft/*` and `/cluster/*` calls.
 pub const SECRET_HEADER: &str = "x-quiver-cluster-secret";
+/// Header naming the node id a Raft RPC is meant for: a node never answers for another (a new
+/// node at a dead member's address would otherwise vote and acknowledge as that member).
+pub const TARGET_HEADER: &str = "x-quiver-target-node";
 
 /// When each peer last answered a Raft RPC (any HTTP answer counts: a slow but live peer is not
 /// silent), and the fault-injection switch that cuts this node off from its peers.
@@ -136,6 +139,7 @@ impl Peer {
             .timeout(option.hard_ttl())
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(SECRET_HEADER, &self.secret)
+            .header(TARGET_HEADER, self.target.to_string())
             .body(encode(req));
         let resp = r.send().await.map_err(|e| {
             if e.is_connect() {
