@@ -535,7 +535,10 @@ impl Cluster {
     async fn fresh_snapshot(&self) {
         let m = self.metrics();
         let applied = m.last_applied.map_or(0, |l| l.index);
-        if applied == 0 || m.snapshot.is_some_and(|s| applied - s.index < 64) {
+        if applied == 0
+            || m.snapshot
+                .is_some_and(|s| applied.saturating_sub(s.index) < 64)
+        {
             return;
         }
         if self.raft.trigger().snapshot().await.is_err() {

@@ -91,6 +91,14 @@ pub struct Config {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info,quiver=debug`.
     #[arg(long, env = "QUIVER_LOG", default_value = "info")]
     pub log: String,
+    /// Tests only: a snapshot install pauses this long midway through its import, in ms.
+    #[arg(
+        long,
+        env = "QUIVER_TEST_INSTALL_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub test_install_delay_ms: u64,
 }
 
 /// Shortest `--cluster-secret` accepted.
@@ -154,6 +162,7 @@ impl Config {
             snapshot_logs: 1_000,
             snapshot_min_interval_secs: 0,
             log: "warn".into(),
+            test_install_delay_ms: 0,
         }
     }
 
@@ -221,6 +230,7 @@ impl Config {
         o.max_unindexed = self.max_unindexed;
         o.rebuild_ratio = self.rebuild_ratio;
         o.exact_below = self.exact_below;
+        o.install_delay = std::time::Duration::from_millis(self.test_install_delay_ms);
         o
     }
 }

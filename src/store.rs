@@ -22,6 +22,15 @@ const APPLIED: &[u8] = b"m:applied";
 const NEXT_CID: &[u8] = b"m:next_cid";
 /// Export-stream keys with this prefix are side files, not state.
 const FILE_PREFIX: &[u8] = b"\xfffile/";
+/// First bytes of an export (snapshot) stream: the format and its version. Version 2 has u64
+/// lengths (version 1 had u32 ones and no header); snapshots only travel between nodes of one
+/// version, so there is no reader for version 1.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"QVSNAP02";
+/// Largest key an export record may carry (keys are a few dozen bytes).
+const MAX_KEY: u64 = 1 << 20;
+/// Largest value held in memory while importing (a point: vector plus payload); side files are
+/// streamed and have no limit.
+const MAX_VALUE: u64 = 1 << 30;
 
 /// A collection as persisted.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -242,12 +251,19 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes one record of the export (snapshot) format: a u32 key length, the key, a u32 value
+    /// Starts an export stream: the format's magic and version, checked by [`Store::import`]
+    /// before it touches any state.
+    pub fn write_header(w: &mut impl std::io::Write) -> Result<()> {
+        w.write_all(SNAPSHOT_MAGIC)?;
+        Ok(())
+    }
+
+    /// Writes one record of the export (snapshot) format: a u64 key length, the key, a u64 value
     /// length, the value (little-endian).
     pub fn write_record(w: &mut impl std::io::Write, key: &[u8], value: &[u8]) -> Result<()> {
-        w.write_all(&(key.len() as u32).to_le_bytes())?;
+        write_len(w, key.len() as u64)?;
         w.write_all(key)?;
-        w.write_all(&(value.len() as u32).to_le_bytes())?;
+        write_len(w, value.len() as u64)?;
         w.write_all(value)?;
         Ok(())
     }
@@ -272,45 +288,80 @@ impl Store {
     }
 
     /// Appends a side file to an export stream: the key `\xfffile/` + `name` with the file's bytes
-    /// (streamed, never held in memory), restored by [`Store::import`] under its `files_dir`.
-    pub fn export_file(w: &mut impl std::io::Write, name: &str, path: &Path) -> Result<()> {
-        let mut f = std::fs::File::open(path)?;
+    /// (streamed, never held in memory, any size), restored by [`Store::import`] under its
+    /// `files_dir`.
+    ///
+    /// Returns `Ok(false)` when the file is not intact in the stream: it vanished before it was
+    /// opened (nothing is written), or it shrank while it was copied (the record is padded with
+    /// zeros to the announced length, so the stream stays well-formed). Side files are graph dumps,
+    /// which only save the receiver a rebuild, so the caller then skips the rest of that dump.
+    pub fn export_file(w: &mut impl std::io::Write, name: &str, path: &Path) -> Result<bool> {
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
         let len = f.metadata()?.len();
-        let len32 = u32::try_from(len)
-            .map_err(|_| Error::Internal(format!("{} is over 4 GiB", path.display())))?;
-        let key = [FILE_PREFIX, name.as_bytes()].concat();
-        w.write_all(&(key.len() as u32).to_le_bytes())?;
-        w.write_all(&key)?;
-        w.write_all(&len32.to_le_bytes())?;
-        let copied = std::io::copy(&mut f, w)?;
-        if copied != len {
-            return Err(Error::Internal(format!(
-                "{} changed while being exported",
-                path.display()
-            )));
+        let intact = Self::export_side(w, name, len, &mut f)?;
+        if !intact {
+            tracing::warn!(file = %path.display(), "side file shrank while being exported");
         }
-        Ok(())
+        Ok(intact)
+    }
+
+    /// [`Store::export_file`] from any reader announced as `len` bytes: returns false (after
+    /// padding the record with zeros) when it yields fewer.
+    fn export_side(
+        w: &mut impl std::io::Write,
+        name: &str,
+        len: u64,
+        r: &mut impl std::io::Read,
+    ) -> Result<bool> {
+        use std::io::Read;
+        let key = [FILE_PREFIX, name.as_bytes()].concat();
+        write_len(w, key.len() as u64)?;
+        w.write_all(&key)?;
+        write_len(w, len)?;
+        let copied = std::io::copy(&mut r.take(len), w)?;
+        if copied == len {
+            return Ok(true);
+        }
+        std::io::copy(&mut std::io::repeat(0).take(len - copied), w)?;
+        Ok(false)
     }
 
     /// Replaces the whole state tree with what the export format wrote (side files go under
-    /// `files_dir`), then flushes. Not atomic: the caller relies on the applied-id key, which a
-    /// crash mid-import leaves missing, to know the state is incomplete.
-    pub fn import(&self, r: &mut impl std::io::Read, files_dir: &Path) -> Result<u64> {
+    /// `files_dir`, fsynced), then flushes. `after_batch` runs after each batch is written.
+    ///
+    /// Not atomic: a crash mid-import leaves a partial state. The caller (`Engine`) makes that
+    /// detectable with its install marker and redoes the import on the next open. A stream with
+    /// the wrong header is refused before anything is cleared.
+    pub fn import(
+        &self,
+        r: &mut impl std::io::Read,
+        files_dir: &Path,
+        after_batch: &mut dyn FnMut(),
+    ) -> Result<u64> {
+        let mut magic = [0u8; SNAPSHOT_MAGIC.len()];
+        r.read_exact(&mut magic)
+            .map_err(|e| Error::Corrupt(format!("snapshot header unreadable: {e}")))?;
+        if &magic != SNAPSHOT_MAGIC {
+            return Err(Error::Corrupt(
+                "not a snapshot of this quiver version (bad header)".into(),
+            ));
+        }
         self.state.clear()?;
         let mut batch = sled::Batch::default();
         let mut meta: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut dirs: std::collections::BTreeSet<std::path::PathBuf> = Default::default();
         let (mut n, mut pending) = (0u64, 0usize);
-        let mut len = [0u8; 4];
-        loop {
-            match r.read_exact(&mut len) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(e.into()),
+        while let Some(klen) = read_len(r, true)? {
+            if klen > MAX_KEY {
+                return Err(Error::Corrupt(format!("snapshot key of {klen} bytes")));
             }
-            let mut k = vec![0u8; u32::from_le_bytes(len) as usize];
+            let mut k = vec![0u8; klen as usize];
             r.read_exact(&mut k)?;
-            r.read_exact(&mut len)?;
-            let vlen = u32::from_le_bytes(len) as u64;
+            let vlen = read_len(r, false)?.unwrap_or_default();
             if let Some(name) = k.strip_prefix(FILE_PREFIX) {
                 let name = String::from_utf8_lossy(name).to_string();
                 if name.split('/').any(|part| part.is_empty() || part == "..") {
@@ -319,19 +370,23 @@ impl Store {
                 let path = files_dir.join(&name);
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)?;
+                    dirs.insert(parent.to_path_buf());
                 }
                 let mut f = std::fs::File::create(&path)?;
                 let copied = std::io::copy(&mut std::io::Read::take(&mut *r, vlen), &mut f)?;
                 if copied != vlen {
                     return Err(Error::Corrupt(format!("side file {name} truncated")));
                 }
+                f.sync_all()?;
                 continue;
+            }
+            if vlen > MAX_VALUE {
+                return Err(Error::Corrupt(format!("snapshot value of {vlen} bytes")));
             }
             let mut v = vec![0u8; vlen as usize];
             r.read_exact(&mut v)?;
             if k.starts_with(b"m:") {
-                // Metadata (applied index, Raft's applied id) lands last: a crash mid-import
-                // leaves it absent, never claiming data that was not written.
+                // Metadata (applied index, Raft's applied id) lands last.
                 meta.push((k, v));
                 continue;
             }
@@ -341,9 +396,17 @@ impl Store {
             if pending >= 2_000 {
                 self.state.apply_batch(std::mem::take(&mut batch))?;
                 pending = 0;
+                after_batch();
             }
         }
         self.state.apply_batch(batch)?;
+        after_batch();
+        for d in &dirs {
+            sync_dir(d)?;
+        }
+        if !dirs.is_empty() {
+            sync_dir(files_dir)?;
+        }
         self.db.flush()?;
         let mut last = sled::Batch::default();
         for (k, v) in meta {
@@ -354,6 +417,48 @@ impl Store {
         self.db.flush()?;
         Ok(n)
     }
+}
+
+/// Writes a length of the export format (u64, little-endian).
+pub fn write_len(w: &mut impl std::io::Write, len: u64) -> std::io::Result<()> {
+    w.write_all(&len.to_le_bytes())
+}
+
+/// Reads a length of the export format; `None` at a clean end of stream when `eof_ok`.
+pub fn read_len(r: &mut impl std::io::Read, eof_ok: bool) -> std::io::Result<Option<u64>> {
+    let mut len = [0u8; 8];
+    let mut got = 0;
+    while got < len.len() {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 && eof_ok => return Ok(None),
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(u64::from_le_bytes(len)))
+}
+
+/// fsyncs a directory, so that files created, renamed or removed in it survive a power loss.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Replaces `path` with `bytes` durably: a temp file beside it, fsynced, renamed over it, and the
+/// directory fsynced. A crash leaves either the old or the new content (and maybe the temp file).
+pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = dir.join(name);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir)
 }
 
 #[cfg(test)]
@@ -400,5 +505,147 @@ mod tests {
         assert_eq!(l.collections[0].1, meta);
         assert_eq!(l.collections[0].2.len(), 2);
         assert_eq!(l.collections[0].2[1].1.vector, vec![1.0, 1.0]);
+    }
+
+    /// Counts what is written and keeps the first bytes.
+    struct Head {
+        head: Vec<u8>,
+        total: u64,
+    }
+    impl std::io::Write for Head {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let room = 4096usize.saturating_sub(self.head.len()).min(buf.len());
+            self.head.extend_from_slice(&buf[..room]);
+            self.total += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lengths_over_u32_round_trip() {
+        for len in [
+            0u64,
+            7,
+            u32::MAX as u64,
+            u32::MAX as u64 + 1,
+            5 << 30,
+            u64::MAX,
+        ] {
+            let mut buf = Vec::new();
+            write_len(&mut buf, len).unwrap();
+            assert_eq!(read_len(&mut &buf[..], false).unwrap(), Some(len));
+        }
+        assert_eq!(read_len(&mut &[][..], true).unwrap(), None);
+        assert!(read_len(&mut &[1u8, 2][..], true).is_err());
+    }
+
+    /// A side file over 4 GiB is exported with its full length: the u32 format refused it,
+    /// which failed every snapshot build (fatal to Raft). (Read from memory, not from a 4 GiB
+    /// file; `export_file` only adds the open and the length.)
+    #[test]
+    fn side_file_over_4_gib_is_exported_whole() {
+        use std::io::Read;
+        let len = (4u64 << 30) + 10;
+        // Wrapped like the real snapshot writer (io::copy then moves 1 MiB chunks).
+        let mut w = std::io::BufWriter::with_capacity(
+            1 << 20,
+            Head {
+                head: Vec::new(),
+                total: 0,
+            },
+        );
+        let intact =
+            Store::export_side(&mut w, "1/big", len, &mut std::io::repeat(7).take(len)).unwrap();
+        assert!(intact);
+        let w = w.into_inner().map_err(|e| e.into_error()).unwrap();
+        let mut r = &w.head[..];
+        let klen = read_len(&mut r, false).unwrap().unwrap();
+        assert_eq!(&r[..klen as usize], b"\xfffile/1/big");
+        r = &r[klen as usize..];
+        assert_eq!(read_len(&mut r, false).unwrap(), Some(len));
+        assert_eq!(r[0], 7);
+        assert_eq!(w.total, 8 + klen + 8 + len);
+    }
+
+    #[test]
+    fn a_side_file_that_shrank_is_padded_and_reported() {
+        let mut w = Vec::new();
+        let intact = Store::export_side(&mut w, "1/f", 10, &mut &b"abc"[..]).unwrap();
+        assert!(!intact);
+        let mut r = &w[..];
+        let klen = read_len(&mut r, false).unwrap().unwrap();
+        r = &r[klen as usize..];
+        assert_eq!(read_len(&mut r, false).unwrap(), Some(10));
+        assert_eq!(r, b"abc\0\0\0\0\0\0\0");
+    }
+
+    /// The import reads a file record's length as u64 (a length above u32::MAX is not cut) and
+    /// reports a short body instead of misreading it.
+    #[test]
+    fn import_reads_u64_file_lengths() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let mut stream = Vec::new();
+        Store::write_header(&mut stream).unwrap();
+        let key = [FILE_PREFIX, b"1/f"].concat();
+        write_len(&mut stream, key.len() as u64).unwrap();
+        stream.extend_from_slice(&key);
+        write_len(&mut stream, u32::MAX as u64 + 3).unwrap();
+        stream.extend_from_slice(b"abc");
+        let files = dir.path().join("files");
+        let err = s.import(&mut &stream[..], &files, &mut || {}).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        assert_eq!(std::fs::read(files.join("1/f")).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn import_refuses_a_foreign_stream_before_clearing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut b = WriteBatch::default();
+        b.put_raw(b"m:x", vec![1]);
+        s.commit(b, 3).unwrap();
+        let mut old_format = Vec::new();
+        old_format.extend_from_slice(&3u32.to_le_bytes());
+        old_format.extend_from_slice(b"m:y");
+        let err = s
+            .import(&mut &old_format[..], dir.path(), &mut || {})
+            .unwrap_err();
+        assert!(err.to_string().contains("header"), "{err}");
+        assert_eq!(s.get_raw(b"m:x").unwrap(), Some(vec![1]));
+    }
+
+    #[test]
+    fn export_of_a_vanished_file_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Vec::new();
+        assert!(!Store::export_file(&mut w, "1/gone", &dir.path().join("gone")).unwrap());
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn export_import_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let side = dir.path().join("side");
+        std::fs::write(&side, b"graph bytes").unwrap();
+        let mut stream = Vec::new();
+        Store::write_header(&mut stream).unwrap();
+        Store::write_record(&mut stream, b"m:applied", &9u64.to_be_bytes()).unwrap();
+        Store::write_record(&mut stream, b"x:k", b"v").unwrap();
+        assert!(Store::export_file(&mut stream, "3/g", &side).unwrap());
+        let s = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+        let files = dir.path().join("graphs");
+        let mut batches = 0;
+        let n = s
+            .import(&mut &stream[..], &files, &mut || batches += 1)
+            .unwrap();
+        assert_eq!(n, 2);
+        assert!(batches >= 1);
+        assert_eq!(s.get_raw(b"x:k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(s.load().unwrap().applied, 9);
+        assert_eq!(std::fs::read(files.join("3/g")).unwrap(), b"graph bytes");
     }
 }

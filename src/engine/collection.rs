@@ -74,6 +74,8 @@ struct Control {
     job: Option<RebuildJob>,
     built: Option<(u64, Graph)>,
     rebuilding: bool,
+    /// With `stop`: exit without the final dump (the collection is being destroyed).
+    discard: bool,
 }
 
 struct Shared {
@@ -88,8 +90,9 @@ struct Shared {
     wake: Condvar,
     progress: Condvar,
     cancel: AtomicBool,
-    /// Held while the graph dump folder is written or read (snapshots copy it).
-    dump_lock: Mutex<()>,
+    /// Held while the graph dump folder is written, read (snapshots copy it) or removed; true once
+    /// the collection was destroyed (its folder is gone, and the id may be reused by an install).
+    dump_lock: Mutex<bool>,
     /// Why the indexer last failed, until the graph rebuilt from the store has caught up.
     failure: Mutex<Option<String>>,
     /// Test hook: this many inserts in a row panic (see [`Collection::inject_indexer_faults`]).
@@ -293,7 +296,7 @@ impl Collection {
             wake: Condvar::new(),
             progress: Condvar::new(),
             cancel: AtomicBool::new(false),
-            dump_lock: Mutex::new(()),
+            dump_lock: Mutex::new(false),
             failure: Mutex::new(None),
             faults: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -545,9 +548,14 @@ impl Collection {
 
     /// Stops the indexer (dumping the graph if it changed) and waits for it.
     pub fn close(&self) {
+        self.stop(true);
+    }
+
+    fn stop(&self, dump: bool) {
         {
             let mut ctl = self.shared.ctl.lock();
             ctl.stop = true;
+            ctl.discard |= !dump;
             self.shared.cancel.store(true, Ordering::Release);
             self.shared.wake.notify_all();
             self.shared.progress.notify_all();
@@ -577,16 +585,24 @@ impl Collection {
         (self.meta(&st), points)
     }
 
-    /// Runs `f` on the folder of the latest graph dump (which may not exist), with dumps held off,
-    /// so that a snapshot can copy a consistent dump.
-    pub fn with_graph_dump<T>(&self, f: impl FnOnce(&std::path::Path) -> T) -> T {
-        let _held = self.shared.dump_lock.lock();
-        f(&self.shared.graph_path())
+    /// Runs `f` on the folder of the latest graph dump (which may not exist), with dumps and
+    /// removal held off, so that a snapshot can copy a consistent dump; `None` once the collection
+    /// was destroyed.
+    pub fn with_graph_dump<T>(&self, f: impl FnOnce(Option<&std::path::Path>) -> T) -> T {
+        let destroyed = self.shared.dump_lock.lock();
+        if *destroyed {
+            return f(None);
+        }
+        f(Some(&self.shared.graph_path()))
     }
 
-    /// Stops the indexer without dumping and removes the graph dump (the collection was dropped).
+    /// Stops the indexer without dumping (the graph is about to be deleted) and removes the graph
+    /// dump (the collection was dropped, or is replaced by a snapshot install). Waits for a
+    /// snapshot that is copying the dump, and leaves later ones nothing to copy.
     pub fn destroy(&self) {
-        self.close();
+        self.stop(false);
+        let mut destroyed = self.shared.dump_lock.lock();
+        *destroyed = true;
         let _ = std::fs::remove_dir_all(self.shared.graph_path());
     }
 
@@ -878,8 +894,9 @@ impl Shared {
                     self.wake.wait_for(&mut ctl, Duration::from_secs(1));
                 }
                 if ctl.stop {
+                    let discard = ctl.discard;
                     drop(ctl);
-                    if dirty > 0 {
+                    if dirty > 0 && !discard {
                         self.dump();
                     }
                     return;
@@ -1042,7 +1059,10 @@ impl Shared {
             config: self.config,
         };
         let started = Instant::now();
-        let _held = self.dump_lock.lock();
+        let destroyed = self.dump_lock.lock();
+        if *destroyed {
+            return;
+        }
         match graph.dump(&self.graph_path(), &meta) {
             Ok(()) => {
                 tracing::debug!(collection = %self.name, points = graph.len(), secs = started.elapsed().as_secs_f64(), "graph dumped")

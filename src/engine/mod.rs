@@ -11,6 +11,16 @@
 //! covers a whole group of writes. Graph dumps (see `collection`) only speed up restarts: the
 //! store is the source of truth and any missing or stale dump is rebuilt from it.
 //!
+//! Snapshot installs are crash-safe: [`Engine::install_snapshot_file`] first records a durable
+//! marker (`install-in-progress` in the data dir, naming the complete, fsynced snapshot file) and
+//! only then clears and re-imports the store. [`Engine::open`] finds the marker after a crash and
+//! redoes the whole import from that file before it loads anything, so a half-imported state is
+//! never served nor replayed onto. The marker stays until the caller confirms with
+//! [`Engine::finish_install`] that it recorded the install on its side (the Raft adapter writes
+//! its snapshot metadata first); [`Engine::pending_install`] hands the caller's note back after a
+//! redo. An install whose marker or file is unusable makes `open` fail with an explanation rather
+//! than start from a partial state.
+//!
 //! Caveats: after a restart, points deleted before they were indexed are no longer available, so
 //! the graph rebuilt or replayed on that node may differ slightly from one that never restarted
 //! (searches stay correct; only approximate-result ties can differ).
@@ -18,7 +28,7 @@
 mod collection;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +43,18 @@ use crate::model::{
     ApplyError, CollectionInfo, Command, DeleteSelector, Hit, PointId, PointRecord, Reply,
 };
 use crate::store::{Store, WriteBatch};
+
+/// The install-in-progress marker, in the data dir.
+const INSTALL_MARKER: &str = "install-in-progress";
+
+/// What the install marker records: the snapshot file (relative to the data dir), its length, and
+/// the caller's note (the Raft adapter's snapshot metadata).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct InstallMarker {
+    file: String,
+    len: u64,
+    note: Vec<u8>,
+}
 
 /// Engine settings.
 #[derive(Clone, Debug)]
@@ -51,6 +73,9 @@ pub struct EngineOptions {
     pub dump_after_inserts: u64,
     /// Collections with at most this many points are searched exactly.
     pub exact_below: usize,
+    /// Tests only: a snapshot install pauses this long once, midway through its import (so that a
+    /// test can kill the process while the state is half-imported).
+    pub install_delay: Duration,
 }
 
 impl EngineOptions {
@@ -64,6 +89,7 @@ impl EngineOptions {
             rebuild_min_points: 1_000,
             dump_after_inserts: 10_000,
             exact_below: 1_000,
+            install_delay: Duration::ZERO,
         }
     }
 }
@@ -79,6 +105,8 @@ pub struct Engine {
     collections: RwLock<BTreeMap<String, Arc<Collection>>>,
     apply_state: Mutex<ApplyState>,
     applied: AtomicU64,
+    /// The note of an install whose marker is still on disk (see [`Engine::pending_install`]).
+    pending_install: Mutex<Option<Vec<u8>>>,
 }
 
 impl Engine {
@@ -86,8 +114,9 @@ impl Engine {
     pub fn open(opts: EngineOptions) -> Result<Engine> {
         std::fs::create_dir_all(&opts.data_dir)?;
         let store = Store::open(&opts.data_dir.join("db"), opts.cache_bytes)?;
-        let loaded = store.load()?;
         let copts = Self::collection_options(&opts);
+        let pending_install = Self::redo_install(&opts.data_dir, &store, &copts.graph_dir)?;
+        let loaded = store.load()?;
         let mut collections = BTreeMap::new();
         let mut known = std::collections::HashSet::new();
         for (cid, meta, points) in loaded.collections {
@@ -112,7 +141,70 @@ impl Engine {
                 next_cid: loaded.next_cid,
             }),
             applied: AtomicU64::new(loaded.applied),
+            pending_install: Mutex::new(pending_install),
         })
+    }
+
+    /// At open: if an install was interrupted, imports its snapshot file again (the store may
+    /// hold any part of it) and returns the install's note; the marker stays until
+    /// [`Engine::finish_install`].
+    fn redo_install(data_dir: &Path, store: &Store, graph_dir: &Path) -> Result<Option<Vec<u8>>> {
+        let marker_path = data_dir.join(INSTALL_MARKER);
+        let bytes = match std::fs::read(&marker_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let unusable = |why: String| {
+            Error::Corrupt(format!(
+                "a snapshot install was interrupted and cannot be redone ({why}); the state may be \
+                 half-imported, so this node refuses to start: wipe its data dir (it then joins \
+                 with a new id and receives a fresh snapshot)"
+            ))
+        };
+        let marker: InstallMarker = bincode::deserialize(&bytes)
+            .map_err(|e| unusable(format!("{}: {e}", marker_path.display())))?;
+        let file = data_dir.join(&marker.file);
+        let len = std::fs::metadata(&file)
+            .map_err(|e| unusable(format!("{}: {e}", file.display())))?
+            .len();
+        if len != marker.len {
+            return Err(unusable(format!(
+                "{} holds {len} bytes, not {}",
+                file.display(),
+                marker.len
+            )));
+        }
+        tracing::warn!(file = %file.display(), "a snapshot install was interrupted; importing the snapshot again");
+        let started = std::time::Instant::now();
+        Self::remove_graphs(graph_dir)?;
+        let f = std::fs::File::open(&file).map_err(|e| unusable(e.to_string()))?;
+        store
+            .import(
+                &mut std::io::BufReader::with_capacity(1 << 20, f),
+                graph_dir,
+                &mut || {},
+            )
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "redoing an interrupted snapshot install from {} failed ({e}); the next \
+                     start tries again",
+                    file.display()
+                ))
+            })?;
+        tracing::info!(
+            secs = started.elapsed().as_secs_f64(),
+            "interrupted snapshot install redone"
+        );
+        Ok(Some(marker.note))
+    }
+
+    /// Removes every graph dump (missing is fine).
+    fn remove_graphs(graph_dir: &Path) -> Result<()> {
+        match std::fs::remove_dir_all(graph_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     fn collection_options(opts: &EngineOptions) -> CollectionOptions {
@@ -279,6 +371,7 @@ impl Engine {
                 .collect();
             (seen, meta, views)
         };
+        Store::write_header(w)?;
         for (k, v) in &meta {
             Store::write_record(w, k, v)?;
         }
@@ -295,15 +388,38 @@ impl Engine {
         }
         // Ship each collection's latest graph dump, so that a new replica need not rebuild its
         // graphs from scratch: it loads the dump and inserts only the points the dump lacks.
+        // A dump is optional (the receiver rebuilds from the points), so one that is gone or
+        // changes under us is skipped rather than failing the snapshot: a collection dropped since
+        // the view was taken has no dump (`with_graph_dump` gives `None`), and `meta.json`, which
+        // makes a dump loadable, is shipped last and only when every other file was intact.
         for (c, _) in &views {
             c.with_graph_dump(|dir| -> Result<()> {
-                if !dir.join("meta.json").exists() {
+                let Some(dir) = dir else {
+                    return Ok(());
+                };
+                let meta = dir.join("meta.json");
+                if !meta.exists() {
                     return Ok(());
                 }
-                for entry in std::fs::read_dir(dir)? {
+                let entries = match std::fs::read_dir(dir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                };
+                let mut files = Vec::new();
+                for entry in entries {
                     let entry = entry?;
-                    let name = entry.file_name().to_string_lossy().to_string();
-                    Store::export_file(w, &format!("{}/{name}", c.id()), &entry.path())?;
+                    if entry.file_type()?.is_file() && entry.file_name() != "meta.json" {
+                        files.push(entry.file_name().to_string_lossy().to_string());
+                    }
+                }
+                files.sort();
+                files.push("meta.json".to_string());
+                for name in files {
+                    if !Store::export_file(w, &format!("{}/{name}", c.id()), &dir.join(&name))? {
+                        tracing::warn!(collection = c.id(), file = %name, "graph dump changed during the snapshot; not shipped (the receiver rebuilds)");
+                        return Ok(());
+                    }
                 }
                 tracing::debug!(collection = c.id(), "graph dump shipped in the snapshot");
                 Ok(())
@@ -312,20 +428,85 @@ impl Engine {
         Ok(seen)
     }
 
-    /// Replaces the whole state with a snapshot written by [`Engine::snapshot`]: drops every
-    /// collection, imports the store and the shipped graph dumps, reloads collections (each loads
-    /// its dump when it matches, and indexes only what the dump lacks).
-    pub fn install_snapshot(&self, r: &mut impl std::io::Read) -> Result<()> {
+    /// Replaces the whole state with the snapshot in `path` (written by [`Engine::snapshot`]; a
+    /// complete, fsynced file inside the data dir that stays there until the install is
+    /// finished), crash-safely: records the install marker with `note`, then drops every
+    /// collection, imports the store and the shipped graph dumps, and reloads collections (each
+    /// loads its dump when it matches, and indexes only what the dump lacks).
+    ///
+    /// The marker stays until [`Engine::finish_install`]: a crash before that redoes the import at
+    /// the next [`Engine::open`]. An `Err` after the marker was written leaves it in place too, so
+    /// the caller must stop (as it must after any storage error).
+    pub fn install_snapshot_file(&self, path: &Path, note: Vec<u8>) -> Result<()> {
+        let rel = path
+            .strip_prefix(&self.opts.data_dir)
+            .map_err(|_| Error::Internal(format!("{} is outside the data dir", path.display())))?;
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        // Refuse a foreign file before the marker exists (a redo could never succeed).
+        let mut magic = [0u8; crate::store::SNAPSHOT_MAGIC.len()];
+        std::io::Read::read_exact(&mut f, &mut magic)?;
+        if &magic != crate::store::SNAPSHOT_MAGIC {
+            return Err(Error::Corrupt(
+                "not a snapshot of this quiver version (bad header)".into(),
+            ));
+        }
+        let marker = InstallMarker {
+            file: rel.to_string_lossy().to_string(),
+            len,
+            note: note.clone(),
+        };
+        let bytes =
+            bincode::serialize(&marker).map_err(|e| Error::Internal(format!("marker: {e}")))?;
+        crate::store::write_durable(&self.opts.data_dir.join(INSTALL_MARKER), &bytes)?;
+        *self.pending_install.lock() = Some(note);
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
+        self.install_stream(&mut std::io::BufReader::with_capacity(1 << 20, f))
+    }
+
+    /// The note of an install whose marker is still on disk: one redone by [`Engine::open`] after
+    /// a crash, or one not yet confirmed with [`Engine::finish_install`].
+    pub fn pending_install(&self) -> Option<Vec<u8>> {
+        self.pending_install.lock().clone()
+    }
+
+    /// Confirms an install: removes its marker durably.
+    pub fn finish_install(&self) -> Result<()> {
+        let mut pending = self.pending_install.lock();
+        match std::fs::remove_file(self.opts.data_dir.join(INSTALL_MARKER)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        crate::store::sync_dir(&self.opts.data_dir)?;
+        *pending = None;
+        Ok(())
+    }
+
+    fn install_stream(&self, r: &mut impl std::io::Read) -> Result<()> {
         let mut st = self.apply_state.lock();
         let old: Vec<Arc<Collection>> = std::mem::take(&mut *self.collections.write())
             .into_values()
             .collect();
+        // `destroy` waits for a snapshot export of the same collection to finish with its dump
+        // (dump lock) and marks it gone, so no later export reads the folder that is re-imported
+        // under the same collection id below.
         for c in old {
             c.destroy();
         }
         let copts = Self::collection_options(&self.opts);
-        let _ = std::fs::remove_dir_all(&copts.graph_dir);
-        self.store.import(r, &copts.graph_dir)?;
+        Self::remove_graphs(&copts.graph_dir)?;
+        let mut delay = self.opts.install_delay;
+        let mut pause = || {
+            if !delay.is_zero() {
+                tracing::warn!(
+                    ms = delay.as_millis() as u64,
+                    "test delay inside a snapshot install"
+                );
+                std::thread::sleep(delay);
+                delay = Duration::ZERO;
+            }
+        };
+        self.store.import(r, &copts.graph_dir, &mut pause)?;
         let loaded = self.store.load()?;
         let mut cols = BTreeMap::new();
         for (cid, meta, points) in loaded.collections {
@@ -421,5 +602,167 @@ impl Drop for Engine {
         for c in cols {
             c.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CollectionConfig, HnswConfig, Metric, PointWrite};
+
+    fn opts(dir: &Path) -> EngineOptions {
+        let mut o = EngineOptions::new(dir);
+        o.cache_bytes = 4 << 20;
+        o.exact_below = 0;
+        o.dump_after_inserts = 50;
+        o
+    }
+
+    fn fill(e: &Engine, name: &str, from: u64, n: u64, index: u64) {
+        let config = CollectionConfig {
+            dim: 4,
+            metric: Metric::L2,
+            hnsw: HnswConfig::default(),
+        };
+        let points = (0..n)
+            .map(|i| PointWrite {
+                id: PointId::Num(from + i),
+                vector: vec![i as f32, (i % 7) as f32, 1.0, 0.5],
+                payload: None,
+            })
+            .collect();
+        let cmds = [
+            (
+                index,
+                Command::CreateCollection {
+                    name: name.into(),
+                    config,
+                },
+            ),
+            (
+                index + 1,
+                Command::Upsert {
+                    collection: name.into(),
+                    points,
+                },
+            ),
+        ];
+        e.apply(&cmds).unwrap();
+    }
+
+    /// A crash in the middle of an install (marker written, store half-imported) is undone at
+    /// the next open: the import is redone from the retained file before anything loads.
+    #[test]
+    fn an_interrupted_install_is_redone_at_open() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let a = Engine::open(opts(src.path())).unwrap();
+        fill(&a, "c", 0, 5_000, 1);
+        std::fs::create_dir_all(dst.path().join("snapshots")).unwrap();
+        let file = dst.path().join("snapshots/snap-x.data");
+        let mut stream = Vec::new();
+        a.snapshot(&mut stream, |_| Ok(())).unwrap();
+        std::fs::write(&file, &stream).unwrap();
+        drop(a);
+
+        {
+            let b = Engine::open(opts(dst.path())).unwrap();
+            fill(&b, "old", 100_000, 10, 1);
+            // What install_snapshot_file leaves when the process dies midway: the marker, and a
+            // store cleared and partly rewritten.
+            let marker = InstallMarker {
+                file: "snapshots/snap-x.data".into(),
+                len: stream.len() as u64,
+                note: b"note".to_vec(),
+            };
+            crate::store::write_durable(
+                &dst.path().join(INSTALL_MARKER),
+                &bincode::serialize(&marker).unwrap(),
+            )
+            .unwrap();
+            let cut = &stream[..stream.len() / 2];
+            assert!(b
+                .store()
+                .import(&mut &cut[..], &dst.path().join("graphs"), &mut || {})
+                .is_err());
+            b.store().flush().unwrap();
+        }
+        let b = Engine::open(opts(dst.path())).unwrap();
+        assert_eq!(b.pending_install(), Some(b"note".to_vec()));
+        assert!(b.get("old").is_err());
+        assert_eq!(b.get("c").unwrap().len(), 5_000);
+        assert_eq!(b.last_applied(), 2);
+        b.finish_install().unwrap();
+        assert!(!dst.path().join(INSTALL_MARKER).exists());
+        drop(b);
+        let b = Engine::open(opts(dst.path())).unwrap();
+        assert_eq!(b.pending_install(), None);
+        assert_eq!(b.get("c").unwrap().len(), 5_000);
+    }
+
+    #[test]
+    fn an_install_marker_without_its_file_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Engine::open(opts(dir.path())).unwrap());
+        let marker = InstallMarker {
+            file: "snapshots/snap-gone.data".into(),
+            len: 10,
+            note: Vec::new(),
+        };
+        std::fs::write(
+            dir.path().join(INSTALL_MARKER),
+            bincode::serialize(&marker).unwrap(),
+        )
+        .unwrap();
+        let err = Engine::open(opts(dir.path())).err().unwrap();
+        assert!(err.to_string().contains("refuses to start"), "{err}");
+    }
+
+    /// Blocks the snapshot export at its first side file while another thread drops the
+    /// collection whose dump is being exported.
+    struct Racer {
+        engine: Arc<Engine>,
+        dropped: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl std::io::Write for Racer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.dropped.is_none() && buf.starts_with(b"\xfffile/") {
+                let (e, (tx, rx)) = (self.engine.clone(), std::sync::mpsc::channel());
+                self.dropped = Some(std::thread::spawn(move || {
+                    e.apply(&[(10, Command::DeleteCollection { name: "c".into() })])
+                        .unwrap();
+                    let _ = tx.send(());
+                }));
+                // Before the fix the drop removed the dump folder here, under the export.
+                let _ = rx.recv_timeout(Duration::from_millis(500));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn dropping_a_collection_during_a_dump_export_does_not_fail_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Arc::new(Engine::open(opts(dir.path())).unwrap());
+        fill(&e, "c", 0, 300, 1);
+        assert!(e.wait_indexed(Duration::from_secs(30)));
+        let meta = dir.path().join("graphs/1/meta.json");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !meta.exists() {
+            assert!(std::time::Instant::now() < deadline, "no graph dump");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut w = Racer {
+            engine: e.clone(),
+            dropped: None,
+        };
+        e.snapshot(&mut w, |_| Ok(())).unwrap();
+        w.dropped.take().unwrap().join().unwrap();
+        assert!(e.get("c").is_err());
+        assert!(!dir.path().join("graphs/1").exists());
     }
 }

@@ -262,8 +262,11 @@ impl Graph {
     }
 
     /// Writes the graph and its meta into `dir` (created), replacing what was there atomically
-    /// enough for a crash: the new dump is built beside and renamed into place.
+    /// enough for a crash: the new dump is built beside, fsynced (files, then its folder), and
+    /// renamed into place, and the parent folder is fsynced after the renames. A crash leaves the
+    /// old dump, the new one, or none (then the graph is rebuilt), never a torn one under `dir`.
     pub fn dump(&self, dir: &Path, meta: &GraphMeta) -> anyhow::Result<()> {
+        use crate::store::sync_dir;
         let parent = dir
             .parent()
             .ok_or_else(|| anyhow::anyhow!("graph dir has no parent"))?;
@@ -275,6 +278,10 @@ impl Graph {
             self.hnsw.file_dump(tmp.path(), BASENAME)?;
         }
         std::fs::write(tmp.path().join("meta.json"), serde_json::to_vec(meta)?)?;
+        for entry in std::fs::read_dir(tmp.path())? {
+            std::fs::File::open(entry?.path())?.sync_all()?;
+        }
+        sync_dir(tmp.path())?;
         let old = parent.join(format!(
             ".old-{}",
             dir.file_name().and_then(|s| s.to_str()).unwrap_or("graph")
@@ -284,6 +291,7 @@ impl Graph {
             std::fs::rename(dir, &old)?;
         }
         std::fs::rename(tmp.keep(), dir)?;
+        sync_dir(parent)?;
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
