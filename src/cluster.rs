@@ -228,8 +228,9 @@ impl Cluster {
     /// acknowledged it within half the shortest election timeout. Its log then holds every
     /// acknowledged write, so a read token past its end is a client error.
     pub fn leads_surely(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
         let limit = Duration::from_millis(self.raft.config().election_timeout_min / 2);
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         m.current_leader == Some(self.id) && quorum_fresh(&m, limit) == Some(true)
     }
 

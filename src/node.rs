@@ -248,23 +248,9 @@ enum PeersSay {
 }
 
 async fn ask_peers(http: &reqwest::Client, peers: &[String], api_key: Option<&str>) -> PeersSay {
-    let asks = peers.iter().map(|url| async move {
-        let mut req = http.get(format!("{url}/cluster"));
-        if let Some(k) = api_key {
-            req = req.bearer_auth(k);
-        }
-        let answer = async {
-            req.send()
-                .await
-                .ok()?
-                .error_for_status()
-                .ok()?
-                .json::<crate::cluster::ClusterStatus>()
-                .await
-                .ok()
-        };
-        (url.clone(), answer.await)
-    });
+    let asks = peers
+        .iter()
+        .map(|url| async move { (url.clone(), crate::topology::ask(http, url, api_key).await) });
     let answers = futures_util::future::join_all(asks).await;
     if answers
         .iter()

@@ -56,20 +56,7 @@ pub async fn discover(
     candidates: &[String],
     api_key: Option<&str>,
 ) -> Option<Topology> {
-    let asks = candidates.iter().map(|url| async move {
-        let mut req = probe.get(format!("{}/cluster", url.trim_end_matches('/')));
-        if let Some(k) = api_key {
-            req = req.bearer_auth(k);
-        }
-        req.send()
-            .await
-            .ok()?
-            .error_for_status()
-            .ok()?
-            .json::<ClusterStatus>()
-            .await
-            .ok()
-    });
+    let asks = candidates.iter().map(|url| ask(probe, url, api_key));
     let answers = futures_util::future::join_all(asks).await;
     let view = best_view(answers.into_iter().flatten());
     let view = view?;
@@ -95,6 +82,26 @@ pub async fn discover(
             .map(|l| l.trim_end_matches('/').to_string()),
         members,
     })
+}
+
+/// One node's `GET /cluster`, or `None` when it does not answer with one.
+pub async fn ask(
+    http: &reqwest::Client,
+    url: &str,
+    api_key: Option<&str>,
+) -> Option<ClusterStatus> {
+    let mut req = http.get(format!("{}/cluster", url.trim_end_matches('/')));
+    if let Some(k) = api_key {
+        req = req.bearer_auth(k);
+    }
+    req.send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .json::<ClusterStatus>()
+        .await
+        .ok()
 }
 
 /// The most trustworthy of several nodes' views: one naming a leader, in the highest term, and
