@@ -8,11 +8,11 @@
 //! cargo run --release --example balanced_reads
 //! ```
 
-use quiver::balance::Policy;
-use quiver::client::Client;
 use quiver::config::Config;
 use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
 use quiver::node::Node;
+use quiver_client::Client;
+use quiver_client::Policy;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

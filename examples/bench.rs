@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use quiver::client::Client;
 use quiver::config::Config;
 use quiver::dataset::{percentile, read_fvecs, read_ivecs, recall_at};
 use quiver::engine::SearchParams;
 use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
 use quiver::node::Node;
+use quiver_client::Client;
 
 #[derive(Parser)]
 struct Args {

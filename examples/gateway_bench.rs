@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use quiver::balance::Policy;
-use quiver::client::Client;
 use quiver::dataset::{percentile, read_fvecs};
 use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
+use quiver_client::Client;
+use quiver_client::Policy;
 
 #[derive(Parser)]
 struct Args {

@@ -13,64 +13,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{Error, Result};
+pub use crate::model::{ClusterStatus, MemberInfo};
 use crate::model::{Consistency, ConsistencyLevel};
 use crate::raft::{typ, NodeId, PeerHealth, Raft, SECRET_HEADER};
-
-/// One member as `GET /cluster` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct MemberInfo {
-    /// Node id.
-    pub id: NodeId,
-    /// Its advertised URL.
-    pub addr: String,
-    /// `voter` or `learner`.
-    pub role: String,
-    /// On the leader: the last log index known to be replicated there.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub matched: Option<u64>,
-    /// On the leader: how many entries it trails the leader's log.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub lag: Option<u64>,
-}
 
 /// A learner is made a voter only once it trails the leader's log by at most this many entries.
 const PROMOTE_MAX_LAG: u64 = 100;
 /// ... waiting at most this long for it to get there.
 const PROMOTE_WAIT: Duration = Duration::from_secs(600);
-
-/// `GET /cluster`.
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-pub struct ClusterStatus {
-    /// This node's id.
-    pub id: NodeId,
-    /// leader, follower, learner or candidate.
-    pub role: String,
-    /// Current Raft term.
-    pub term: u64,
-    /// The leader's id, if known.
-    pub leader_id: Option<NodeId>,
-    /// The leader's URL, if known.
-    pub leader_addr: Option<String>,
-    /// Last applied log index.
-    pub applied_index: u64,
-    /// Commit index: the leader's own on the leader, the last one the leader told us elsewhere.
-    pub committed_index: u64,
-    /// Last index in this node's log.
-    pub last_log_index: u64,
-    /// Members, voters first.
-    pub members: Vec<MemberInfo>,
-    /// Whether this node takes writes now: it leads, its Raft runs, and a quorum acknowledged it
-    /// within an election timeout. A leader cut off from its quorum says `false` here and
-    /// answers writes with 503 `not_leader` until it hears from the quorum again or steps down.
-    #[serde(default)]
-    pub writable: bool,
-    /// On the leader: milliseconds since a quorum last acknowledged it.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub quorum_ack_ms: Option<u64>,
-    /// Why Raft stopped on this node (a fatal error), if it did.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub fatal: Option<String>,
-}
 
 /// Where a write received by this node should go.
 #[derive(Debug, PartialEq)]
@@ -718,6 +668,34 @@ impl Cluster {
             return Err(format!("catching up: applied {applied} of {commit}"));
         }
         Ok(applied)
+    }
+
+    /// Logs each change of leader (or of term) as this node sees it, once: the line an operator
+    /// looks for first, which openraft itself prints only inside its state dumps.
+    pub fn spawn_leader_log(self: &Arc<Self>) {
+        let mut watch = self.raft.metrics();
+        let id = self.id;
+        tokio::spawn(async move {
+            let mut seen: Option<(u64, Option<NodeId>)> = None;
+            loop {
+                let now = {
+                    let m = watch.borrow_and_update();
+                    (m.current_term, m.current_leader)
+                };
+                if seen != Some(now) && now.1.is_some() {
+                    let (term, leader) = now;
+                    if leader == Some(id) {
+                        tracing::info!(term, "this node is the leader");
+                    } else {
+                        tracing::info!(term, leader, "leader changed");
+                    }
+                    seen = Some(now);
+                }
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Leader duty: removes learners that have not answered for `expiry` (a replica that died

@@ -89,7 +89,7 @@ pub struct Config {
     #[arg(long, env = "QUIVER_SNAPSHOT_MIN_INTERVAL_SECS", default_value_t = 30)]
     pub snapshot_min_interval_secs: u64,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info,quiver=debug`.
-    #[arg(long, env = "QUIVER_LOG", default_value = "info")]
+    #[arg(long, env = "QUIVER_LOG", default_value = crate::telemetry::DEFAULT_LOG)]
     pub log: String,
     /// Tests only: a snapshot install pauses this long midway through its import, in ms.
     #[arg(

@@ -1,4 +1,5 @@
-//! The crate's error type and its classification. No HTTP here: `api` maps kinds to statuses.
+//! The crate's error type and its classification: each kind's HTTP status and stable code, the
+//! one table that the node's API and the gateway answer errors by.
 
 use crate::model::ApplyError;
 
@@ -22,8 +23,9 @@ pub enum Error {
     /// No such point.
     #[error("point '{0}' does not exist")]
     PointNotFound(String),
-    /// The collection exists with another configuration.
-    #[error("collection '{0}' already exists with a different configuration")]
+    /// The request contradicts the state: a collection that exists with another configuration,
+    /// a node id that is already a member elsewhere.
+    #[error("{0}")]
     Conflict(String),
     /// Missing or wrong API key.
     #[error("missing or invalid API key")]
@@ -101,49 +103,25 @@ impl Error {
         }
     }
 
-    /// Whether the same request may succeed if retried later (possibly on another node).
-    pub fn is_retryable(&self) -> bool {
+    /// The HTTP status and the stable machine-readable code this error is answered with.
+    pub fn classify(&self) -> (u16, &'static str) {
         match self {
-            Error::Unavailable(_)
-            | Error::Io(_)
-            | Error::NotLeader(_)
-            | Error::ReadTimeout { .. }
-            | Error::Stale(_) => true,
-            Error::InvalidInput { .. }
-            | Error::CollectionNotFound(_)
-            | Error::PointNotFound(_)
-            | Error::Conflict(_)
-            | Error::Unauthorized
-            | Error::Forbidden
-            | Error::PayloadTooLarge(_)
-            | Error::AnswerTooLarge(_)
-            | Error::UnsupportedMediaType(_)
-            | Error::Corrupt(_)
-            | Error::Storage(_)
-            | Error::Internal(_) => false,
-        }
-    }
-
-    /// Whether the caller is at fault (a 4xx rather than a 5xx).
-    pub fn is_client_fault(&self) -> bool {
-        match self {
-            Error::InvalidInput { .. }
-            | Error::CollectionNotFound(_)
-            | Error::PointNotFound(_)
-            | Error::Conflict(_)
-            | Error::Unauthorized
-            | Error::Forbidden
-            | Error::PayloadTooLarge(_)
-            | Error::AnswerTooLarge(_)
-            | Error::UnsupportedMediaType(_) => true,
-            Error::Unavailable(_)
-            | Error::NotLeader(_)
-            | Error::ReadTimeout { .. }
-            | Error::Stale(_)
-            | Error::Corrupt(_)
-            | Error::Storage(_)
-            | Error::Io(_)
-            | Error::Internal(_) => false,
+            Error::InvalidInput { .. } => (400, "invalid_input"),
+            Error::CollectionNotFound(_) => (404, "collection_not_found"),
+            Error::PointNotFound(_) => (404, "point_not_found"),
+            Error::Conflict(_) => (409, "conflict"),
+            Error::Unauthorized => (401, "unauthorized"),
+            Error::Forbidden => (403, "forbidden"),
+            Error::PayloadTooLarge(_) => (413, "payload_too_large"),
+            Error::AnswerTooLarge(_) => (413, "answer_too_large"),
+            Error::UnsupportedMediaType(_) => (415, "unsupported_media_type"),
+            Error::Unavailable(_) => (503, "unavailable"),
+            Error::NotLeader(_) => (503, "not_leader"),
+            Error::ReadTimeout { .. } => (504, "read_timeout"),
+            Error::Stale(_) => (503, "stale"),
+            Error::Corrupt(_) | Error::Storage(_) | Error::Io(_) | Error::Internal(_) => {
+                (500, "internal")
+            }
         }
     }
 }
@@ -152,7 +130,9 @@ impl From<ApplyError> for Error {
     fn from(e: ApplyError) -> Error {
         match e {
             ApplyError::CollectionNotFound(n) => Error::CollectionNotFound(n),
-            ApplyError::CollectionConflict(n) => Error::Conflict(n),
+            ApplyError::CollectionConflict(n) => Error::Conflict(format!(
+                "collection '{n}' already exists with a different configuration"
+            )),
             e @ ApplyError::DimensionMismatch { index, .. } => {
                 Error::invalid(format!("points[{index}].vector"), e.to_string())
             }

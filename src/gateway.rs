@@ -15,23 +15,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use parking_lot::RwLock;
+use quiver_client::routes;
+use quiver_client::routing::{Failure, Routing, RoutingConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
-use crate::balance::{BackendStats, Balancer, Policy};
+use crate::balance::{BackendStats, Policy};
 use crate::error::Error;
-use crate::topology::{self, MemberView};
+use crate::model::ErrorBody;
+use crate::proxy::{self, Outbound};
+use crate::topology::MemberView;
 
-/// The header naming the node that answered.
-pub const NODE_HEADER: &str = "x-quiver-node";
+pub use crate::proxy::NODE_HEADER;
 
 /// Settings of `quiver gateway` (flags, or `QUIVER_GATEWAY_*` / `QUIVER_*` environment variables).
 #[derive(Clone, Debug, clap::Args)]
@@ -66,7 +67,7 @@ pub struct GatewayConfig {
     #[arg(long, env = "QUIVER_MAX_BODY_BYTES", default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
     /// Log filter (tracing `EnvFilter` syntax).
-    #[arg(long, env = "QUIVER_LOG", default_value = "info")]
+    #[arg(long, env = "QUIVER_LOG", default_value = crate::telemetry::DEFAULT_LOG)]
     pub log: String,
 }
 
@@ -105,15 +106,7 @@ pub struct GatewayStatus {
 struct Inner {
     config: GatewayConfig,
     http: reqwest::Client,
-    probe: reqwest::Client,
-    readers: Balancer,
-    leader: RwLock<Option<String>>,
-    members: RwLock<Vec<MemberView>>,
-    /// URLs to ask for the membership: the seeds, then every member seen.
-    known: RwLock<Vec<String>>,
-    refreshes: std::sync::atomic::AtomicU64,
-    refresh_now: Notify,
-    refreshing: tokio::sync::Mutex<()>,
+    routing: Arc<Routing>,
 }
 
 /// A running gateway.
@@ -137,23 +130,21 @@ impl Gateway {
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(256)
             .build()?;
-        let probe = reqwest::Client::builder()
-            .timeout(Duration::from_secs(1))
-            .build()?;
-        let known = topology::normalise(&config.nodes);
+        let routing = Routing::new(RoutingConfig {
+            seeds: config.nodes.clone(),
+            policy: config.policy,
+            api_key: config.api_key.clone(),
+            discover: true,
+            read_from_leader: config.read_from_leader,
+            refresh_every: Duration::from_millis(config.refresh_ms.max(10)),
+            probe_timeout: Duration::from_secs(1),
+        })?;
         let inner = Arc::new(Inner {
-            readers: Balancer::new(config.policy),
             config,
             http,
-            probe,
-            leader: RwLock::new(None),
-            members: RwLock::new(Vec::new()),
-            known: RwLock::new(known),
-            refreshes: Default::default(),
-            refresh_now: Notify::new(),
-            refreshing: tokio::sync::Mutex::new(()),
+            routing: Arc::new(routing),
         });
-        inner.refresh().await;
+        inner.routing.refresh().await;
         let listener = TcpListener::bind(inner.config.listen).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -210,155 +201,50 @@ pub async fn run(
     Ok(())
 }
 
+/// Refreshes the view every `refresh_ms`, and at once when a request saw a node fail.
 async fn refresh_loop(inner: Arc<Inner>) {
-    let period = Duration::from_millis(inner.config.refresh_ms.max(10));
+    let period = inner.routing.config().refresh_every;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
-            _ = inner.refresh_now.notified() => {}
+            _ = inner.routing.wanted() => {}
         }
-        inner.refresh().await;
+        inner.routing.refresh().await;
     }
 }
 
 impl Inner {
     fn status(&self) -> GatewayStatus {
+        let routing = &self.routing;
         GatewayStatus {
-            policy: self.readers.policy(),
-            leader: self.leader.read().clone(),
-            members: self.members.read().clone(),
-            readers: self.readers.stats(),
-            refreshes: self.refreshes.load(std::sync::atomic::Ordering::Relaxed),
+            policy: routing.readers().policy(),
+            leader: routing.leader(),
+            members: routing.members(),
+            readers: routing.readers().stats(),
+            refreshes: routing.refreshes(),
         }
     }
 
-    /// Rediscovers the leader and the ready members. One round at a time, so that an older view
-    /// never overwrites a newer one. When no node answers, the last view stays: the requests
-    /// themselves then fail over (reads) or answer 503 (writes).
-    async fn refresh(&self) {
-        let _one_at_a_time = self.refreshing.lock().await;
-        let candidates = self.known.read().clone();
-        let Some(topo) =
-            topology::discover(&self.probe, &candidates, self.config.api_key.as_deref()).await
-        else {
-            tracing::warn!(
-                ?candidates,
-                "no node answered GET /cluster; keeping the last view"
-            );
-            return;
-        };
-        self.readers.set(topo.readers(self.config.read_from_leader));
-        topology::merge_known(
-            &mut self.known.write(),
-            &topology::normalise(&self.config.nodes),
-            &topo,
-        );
-        *self.members.write() = topo.members;
-        *self.leader.write() = topo.leader;
-        self.refreshes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Sends `req` to `node` (counted and timed in the metrics) and reads the whole answer.
+    /// Sends `req` to `node` (counted and timed in the metrics).
     async fn send(
         &self,
         node: &str,
-        req: &Proxied<'_>,
-    ) -> reqwest::Result<(reqwest::StatusCode, HeaderMap, Bytes)> {
+        kind: &'static str,
+        attempt: usize,
+        req: &Outbound<'_>,
+    ) -> reqwest::Result<quiver_client::routing::Answer<axum::http::HeaderMap>> {
+        let _ = crate::telemetry::prometheus();
+        if attempt > 0 {
+            metrics::counter!("quiver_gateway_retries_total", "kind" => kind).increment(1);
+        }
         let started = std::time::Instant::now();
-        let sent = self.send_untimed(node, req).await;
-        let status = sent.as_ref().map_or(0, |(s, _, _)| s.as_u16());
-        let _ = crate::api::metrics::handle();
-        metrics::counter!("quiver_gateway_requests_total", "kind" => req.kind, "node" => node.to_string(), "status" => status.to_string())
+        let sent = proxy::send(&self.http, node, req, &[]).await;
+        let status = sent.as_ref().map_or(0, |a| a.status.as_u16());
+        metrics::counter!("quiver_gateway_requests_total", "kind" => kind, "node" => node.to_string(), "status" => status.to_string())
             .increment(1);
-        metrics::histogram!("quiver_gateway_request_duration_seconds", "kind" => req.kind)
+        metrics::histogram!("quiver_gateway_request_duration_seconds", "kind" => kind)
             .record(started.elapsed().as_secs_f64());
         sent
-    }
-
-    async fn send_untimed(
-        &self,
-        node: &str,
-        req: &Proxied<'_>,
-    ) -> reqwest::Result<(reqwest::StatusCode, HeaderMap, Bytes)> {
-        let head = *req.method == Method::HEAD;
-        let method = reqwest::Method::from_bytes(req.method.as_str().as_bytes())
-            .unwrap_or(reqwest::Method::GET);
-        let headers = req.headers;
-        let mut req = self
-            .http
-            .request(method, format!("{node}{}", req.path))
-            .body(req.body.clone());
-        for (name, value) in headers {
-            if forwardable(name) {
-                req = req.header(name, value);
-            }
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let mut out = HeaderMap::new();
-        for (name, value) in resp.headers() {
-            // A HEAD answer has no body, so its length is the upstream's to tell.
-            if forwardable(name) || (head && name == reqwest::header::CONTENT_LENGTH) {
-                out.append(name.clone(), value.clone());
-            }
-        }
-        let bytes = resp.bytes().await?;
-        Ok((status, out, bytes))
-    }
-}
-
-/// One client request as the proxy forwards it.
-struct Proxied<'a> {
-    /// `read` or `write`, for the metrics.
-    kind: &'static str,
-    method: &'a Method,
-    path: &'a str,
-    headers: &'a HeaderMap,
-    body: &'a Bytes,
-}
-
-/// Hop-by-hop and framing headers are the proxy's own business. (Header names are stored in
-/// lower case, so no case folding is needed.)
-fn forwardable(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "host"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "content-length"
-            | NODE_HEADER
-    )
-}
-
-fn answer(node: &str, status: reqwest::StatusCode, headers: HeaderMap, body: Bytes) -> Response {
-    let mut resp = Response::new(Body::from(body));
-    *resp.status_mut() = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    *resp.headers_mut() = headers;
-    if let Ok(v) = HeaderValue::from_str(node) {
-        resp.headers_mut().insert(NODE_HEADER, v);
-    }
-    resp
-}
-
-/// The `error.code` of a quiver error body.
-fn error_code(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.get("error")?.get("code")?.as_str().map(str::to_string)
-}
-
-/// Worth another node: the node refused the read before doing any work (503, or a 504
-/// `read_timeout` from quiver itself).
-fn retryable(status: reqwest::StatusCode, body: &[u8]) -> bool {
-    match status.as_u16() {
-        503 => true,
-        504 => error_code(body).as_deref() == Some("read_timeout"),
-        _ => false,
     }
 }
 
@@ -379,12 +265,13 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn readyz(State(inner): State<Arc<Inner>>) -> Response {
-    let leader = inner.leader.read().clone();
-    if leader.is_none() && inner.readers.is_empty() {
+    let leader = inner.routing.leader();
+    let readers = inner.routing.readers().len();
+    if inner.routing.refreshes() == 0 || leader.is_none() && readers == 0 {
         return Error::Unavailable("the gateway knows no leader and no ready replica".into())
             .into_response();
     }
-    Json(serde_json::json!({"status": "ready", "leader": leader, "readers": inner.readers.len()}))
+    Json(serde_json::json!({"status": "ready", "leader": leader, "readers": readers}))
         .into_response()
 }
 
@@ -396,7 +283,7 @@ async fn status(State(inner): State<Arc<Inner>>) -> Json<GatewayStatus> {
 /// reader's requests in flight.
 async fn metrics(State(inner): State<Arc<Inner>>) -> Response {
     use std::fmt::Write;
-    let mut out = crate::api::metrics::handle()
+    let mut out = crate::telemetry::prometheus()
         .map(|h| h.render())
         .unwrap_or_default();
     let _ = writeln!(
@@ -404,14 +291,14 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Response {
         "# HELP quiver_gateway_outstanding Requests in flight per reader."
     );
     let _ = writeln!(out, "# TYPE quiver_gateway_outstanding gauge");
-    for r in inner.readers.stats() {
+    for r in inner.routing.readers().stats() {
         let _ = writeln!(
             out,
             "quiver_gateway_outstanding{{node=\"{}\"}} {}",
             r.url, r.outstanding
         );
     }
-    let leader = u8::from(inner.leader.read().is_some());
+    let leader = u8::from(inner.routing.leader().is_some());
     let _ = writeln!(
         out,
         "# HELP quiver_gateway_leader_known 1 when the gateway knows a leader."
@@ -429,160 +316,57 @@ async fn metrics(State(inner): State<Arc<Inner>>) -> Response {
 }
 
 async fn proxy(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    let kind = routes::classify(req.method().as_str(), req.uri().path());
     // Raft RPC and membership changes are between nodes only: never reachable through the
     // public entry point, whatever credentials a caller sends.
-    if crate::api::is_internal(req.uri().path()) {
-        let error = crate::api::ErrorDetail {
-            code: "not_found",
-            message: "internal endpoint: not served by the gateway".into(),
-            field: None,
-        };
-        return (StatusCode::NOT_FOUND, Json(crate::api::ErrorBody { error })).into_response();
+    if kind.is_internal() {
+        let body = ErrorBody::new(
+            "not_found",
+            "internal endpoint: not served by the gateway",
+            None,
+        );
+        return (StatusCode::NOT_FOUND, Json(body)).into_response();
     }
     let (parts, body) = req.into_parts();
     let limit = inner.config.max_body_bytes;
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
         return Error::PayloadTooLarge(limit).into_response();
     };
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let read_only = crate::api::is_read(&parts.method, parts.uri.path());
-    let req = Proxied {
-        kind: if read_only { "read" } else { "write" },
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let req = Outbound {
         method: &parts.method,
-        path: &path,
+        path,
         headers: &parts.headers,
         body: &body,
     };
-    if read_only {
-        read(&inner, &req).await
+    let (label, read) = if kind.is_read() {
+        ("read", true)
     } else {
-        write(&inner, &req).await
-    }
-}
-
-async fn read(inner: &Inner, req: &Proxied<'_>) -> Response {
-    let mut tried: Vec<String> = Vec::new();
-    let mut last: Option<Response> = None;
-    for _ in 0..2 {
-        let Some(lease) = inner.readers.pick(&tried) else {
-            break;
-        };
-        let node = lease.url().to_string();
-        let sent = inner.send(&node, req).await;
-        if !tried.is_empty() {
-            metrics::counter!("quiver_gateway_retries_total", "kind" => "read").increment(1);
-        }
-        match sent {
-            Ok((status, h, b)) if retryable(status, &b) => {
-                lease.failure();
-                inner.refresh_now.notify_one();
-                last = Some(answer(&node, status, h, b));
-            }
-            Ok((status, h, b)) => {
-                // A 500 counts against the node (it is not retried: the node did answer).
-                if status.is_server_error() {
-                    lease.failure();
-                } else {
-                    lease.success();
+        ("write", false)
+    };
+    let req = &req;
+    let inner = &inner;
+    let send = |node: String, attempt| async move { inner.send(&node, label, attempt, req).await };
+    let served = if read {
+        inner.routing.read(send).await
+    } else {
+        inner.routing.write(send).await
+    };
+    match served {
+        Ok(served) => proxy::respond(&served.node, served.answer),
+        Err(Failure::NoNode(why)) => Error::Unavailable(why).into_response(),
+        Err(Failure::Transport { node, error, sent }) => {
+            let why = match (read, sent) {
+                (_, false) => format!("{node} is unreachable: {error}"),
+                (true, true) => {
+                    format!("replica {node} failed after the read was sent (not retried): {error}")
                 }
-                return answer(&node, status, h, b);
-            }
-            Err(e) if e.is_connect() => {
-                lease.failure();
-                inner.refresh_now.notify_one();
-                tracing::debug!(node, error = %e, "replica unreachable; trying another");
-                last =
-                    Some(Error::Unavailable(format!("replica {node} failed: {e}")).into_response());
-            }
-            Err(e) => {
-                // Sent, then lost: the read may be what brought the node down. Not repeated.
-                lease.failure();
-                inner.refresh_now.notify_one();
-                tracing::warn!(node, error = %e, "read failed after it was sent; not retried");
-                return Error::Unavailable(format!(
-                    "replica {node} failed after the read was sent (not retried): {e}"
-                ))
-                .into_response();
-            }
+                (false, true) => format!(
+                    "the write to {node} failed and may or may not have been applied: {error}"
+                ),
+            };
+            tracing::warn!(node, %error, sent, label, "proxied request failed");
+            Error::Unavailable(why).into_response()
         }
-        tried.push(node);
-    }
-    if let Some(resp) = last {
-        return resp;
-    }
-    // No replica is ready: the leader (if any) answers.
-    let leader = inner.leader.read().clone();
-    match leader {
-        Some(node) => match inner.send(&node, req).await {
-            Ok((status, h, b)) => answer(&node, status, h, b),
-            Err(e) => Error::Unavailable(format!("leader {node} failed: {e}")).into_response(),
-        },
-        None => Error::Unavailable("no ready replica and no known leader".into()).into_response(),
-    }
-}
-
-async fn write(inner: &Inner, req: &Proxied<'_>) -> Response {
-    for attempt in 0..2 {
-        let leader = inner.leader.read().clone();
-        let Some(node) = leader else {
-            if attempt == 0 {
-                inner.refresh().await;
-                continue;
-            }
-            return Error::NotLeader(None).into_response();
-        };
-        let sent = inner.send(&node, req).await;
-        if attempt > 0 {
-            metrics::counter!("quiver_gateway_retries_total", "kind" => "write").increment(1);
-        }
-        match sent {
-            Ok((status, h, b)) => {
-                let not_leader = status == reqwest::StatusCode::SERVICE_UNAVAILABLE
-                    && error_code(&b) == Some("not_leader".into());
-                if not_leader && attempt == 0 {
-                    // Refused before it was applied: safe to send again to the new leader.
-                    inner.refresh().await;
-                    continue;
-                }
-                return answer(&node, status, h, b);
-            }
-            Err(e) if e.is_connect() && attempt == 0 => {
-                // Never reached the node, so it cannot have been applied.
-                tracing::info!(node, error = %e, "leader unreachable; rediscovering");
-                inner.refresh().await;
-            }
-            Err(e) => {
-                inner.refresh_now.notify_one();
-                let why = if e.is_connect() {
-                    format!("the leader {node} is unreachable: {e}")
-                } else {
-                    format!("the write to {node} failed and may or may not have been applied: {e}")
-                };
-                return Error::Unavailable(why).into_response();
-            }
-        }
-    }
-    Error::Unavailable("no reachable leader".into()).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_reads_refused_before_any_work_are_retried() {
-        let timeout = br#"{"error":{"code":"read_timeout","message":"m"}}"#;
-        let s = |c: u16| reqwest::StatusCode::from_u16(c).unwrap();
-        assert!(retryable(s(503), b"{}"));
-        assert!(retryable(s(504), timeout));
-        // A 504 or 502 from anything between the gateway and the node says nothing of what the
-        // node did; a 500 is an answer.
-        assert!(!retryable(s(504), b"upstream timed out"));
-        assert!(!retryable(s(502), b""));
-        assert!(!retryable(s(500), timeout));
     }
 }

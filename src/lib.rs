@@ -5,21 +5,23 @@
 //! [`engine`] for its invariants and the README's architecture section for the whole picture.
 
 pub mod api;
-pub mod balance;
-pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod dataset;
 pub mod engine;
 pub mod error;
-pub mod filter;
 pub mod gateway;
 pub mod index;
 pub mod model;
 pub mod node;
+pub mod proxy;
 pub mod raft;
 pub mod store;
-pub mod topology;
+pub mod telemetry;
 pub mod writer;
 
 pub use error::{Error, Result};
+
+// The client crate is the one home of the wire types, the outside view of a cluster and the
+// read balancing; the server names them by these paths too.
+pub use quiver_client::{balance, filter, routes, routing, topology};

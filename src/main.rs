@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use quiver::client::Client;
 use quiver::config::Config;
 use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
-use tracing_subscriber::EnvFilter;
+use quiver_client::Client;
 
 #[derive(Parser)]
 #[command(name = "quiver", version, about = "A replicated vector store")]
@@ -132,10 +131,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Gateway(c) => c.log.clone(),
         _ => "warn".to_string(),
     };
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log)))
-        .init();
+    quiver::telemetry::init_logging(&log);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cli.cmd {

@@ -166,6 +166,7 @@ async fn open(
         Duration::from_millis(config.read_wait_ms),
         config.ready_max_lag,
     ));
+    cluster.spawn_leader_log();
     cluster.spawn_learner_expiry(Duration::from_secs(config.learner_expiry_secs));
     cluster.spawn_snapshot_policy(
         config.snapshot_logs,

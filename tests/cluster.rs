@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use quiver::client::{Client, ClientError};
 use quiver::model::{Consistency, PointId, SearchRequest};
+use quiver_client::{Client, ClientError};
 
 mod common;
 use common::*;

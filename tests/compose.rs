@@ -14,11 +14,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use quiver::client::{Client, ClientError};
 use quiver::dataset::read_fvecs;
 use quiver::model::{
     CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
 };
+use quiver_client::{Client, ClientError};
 
 const IMAGE: &str = "quiver:e2e-test";
 const DEADLINE: Duration = Duration::from_secs(120);

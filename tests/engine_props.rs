@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use quiver::engine::{Engine, EngineOptions, SearchParams};
-use quiver::filter::Filter;
 use quiver::index::{dot, l2_squared, normalize};
 use quiver::model::{
     CollectionConfig, Command, DeleteSelector, HnswConfig, Metric, PointId, PointWrite, Reply,
 };
+use quiver_client::filter::Filter;
 
 const DIM: usize = 4;
 const NAMES: [&str; 2] = ["a", "b"];

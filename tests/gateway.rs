@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use quiver::balance::Policy;
 use quiver::gateway::{Gateway, GatewayConfig, NODE_HEADER};
 use quiver::model::{PointId, UpsertRequest};
+use quiver_client::Policy;
 
 mod common;
 use common::*;

@@ -861,7 +861,7 @@ async fn concurrent_writes_are_group_committed_and_all_visible() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    let client = quiver::client::Client::new(&h.node.url(), None).unwrap();
+    let client = quiver_client::Client::new(&h.node.url(), None).unwrap();
     let mut set = tokio::task::JoinSet::new();
     for w in 0..32u64 {
         let c = client.clone();

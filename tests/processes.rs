@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quiver::client::Client;
 use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
+use quiver_client::Client;
 
 const SECRET: &str = "proc-cluster-secret-0123";
 const WAIT: Duration = Duration::from_secs(60);
@@ -304,6 +304,13 @@ async fn a_replica_stopped_with_sigterm_leaves_the_cluster() {
     let primary = Proc::spawn(dirs[0].path(), free_port(), None, false);
     let mut replica = Proc::spawn(dirs[1].path(), free_port(), Some(primary.url()), false);
     eventually("2 members", || async { members(&primary.url()).await == 2 }).await;
+    // It can ask the leader to remove it only once it has heard from the leader.
+    eventually("the replica to know its leader", || async {
+        cluster_json(&replica.url())
+            .await
+            .is_some_and(|c| c["leader_id"].is_u64())
+    })
+    .await;
     let status = replica.terminate();
     assert!(status.success(), "replica exited with {status}");
     // Removed at once by its own request, not by the (30 s) expiry.

@@ -12,10 +12,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use quiver::client::Client;
 use quiver::model::{
     CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
 };
+use quiver_client::Client;
 
 const SECRET: &str = "snap-cluster-secret-0123";
 const WAIT: Duration = Duration::from_secs(30);

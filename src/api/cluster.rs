@@ -1,7 +1,7 @@
 //! Cluster endpoints: Raft RPC (`/raft/*`, bincode), membership (`/cluster/*`), readiness, and the
 //! forwarding of writes that reach a non-leader (one hop, with the client's auth).
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -15,25 +15,23 @@ use serde::Serialize;
 use super::{key_eq, ApiJson, AppState};
 use crate::cluster::{ClusterStatus, IndexResponse, JoinRequest, MemberRequest, WriteTarget};
 use crate::error::{Error, Result};
+use crate::proxy::{self, Outbound};
 use crate::raft::{decode, encode, TypeConfig, SECRET_HEADER, TARGET_HEADER};
+use quiver_client::routes;
 
 /// Marks a request already forwarded once, so that it is never forwarded again.
 const FORWARDED_HEADER: &str = "x-quiver-forwarded";
 
 /// Whether a path is cluster-internal (authenticated by the cluster secret, not an API key).
-pub fn is_internal(path: &str) -> bool {
-    path.starts_with("/raft/")
-        || matches!(
-            path,
-            "/cluster/join" | "/cluster/leave" | "/cluster/promote" | "/cluster/read_index"
-        )
+pub fn is_internal(method: &Method, path: &str) -> bool {
+    routes::classify(method.as_str(), path).is_internal()
 }
 
 /// Middleware for internal paths: the cluster secret is always required. A node started without
 /// `--cluster-secret` holds a random one that nobody else knows, so its internal endpoints are
 /// closed rather than open (see `Config::cluster_secret`).
 pub async fn require_secret(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if is_internal(req.uri().path()) {
+    if is_internal(req.method(), req.uri().path()) {
         let given = req
             .headers()
             .get(SECRET_HEADER)
@@ -45,17 +43,10 @@ pub async fn require_secret(State(state): State<AppState>, req: Request, next: N
     next.run(req).await
 }
 
-fn is_write(method: &Method, path: &str) -> bool {
-    if path.starts_with("/raft/") || path == "/cluster/read_index" {
-        return false;
-    }
-    if path.starts_with("/cluster/") {
-        return method == Method::POST;
-    }
-    path.starts_with("/collections/")
-        && (method == Method::PUT
-            || method == Method::DELETE
-            || (method == Method::POST && path.ends_with("/points/delete")))
+/// Whether a request must be handled by the leader (only known endpoints: anything else is
+/// answered here, with a 404).
+fn to_leader(method: &Method, path: &str) -> bool {
+    routes::find(method.as_str(), path).is_some_and(|r| r.kind.to_leader())
 }
 
 /// Middleware: a write is proposed here when this node leads with a quorum; one that reaches a
@@ -63,7 +54,7 @@ fn is_write(method: &Method, path: &str) -> bool {
 /// While no leader is known the write waits (bounded) for an election; see
 /// [`crate::cluster::Cluster::write_target`].
 pub async fn forward_writes(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !is_write(req.method(), req.uri().path()) {
+    if !to_leader(req.method(), req.uri().path()) {
         return next.run(req).await;
     }
     let leader = match state.cluster.write_target().await {
@@ -85,48 +76,21 @@ async fn forward(state: &AppState, leader: &str, req: Request) -> Result<Respons
     let bytes = axum::body::to_bytes(body, state.config.max_body_bytes)
         .await
         .map_err(|_| Error::PayloadTooLarge(state.config.max_body_bytes))?;
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let mut out = state
-        .cluster
-        .http()
-        .request(method, format!("{}{path}", leader.trim_end_matches('/')))
-        .body(bytes);
-    for name in [
-        header::AUTHORIZATION.as_str(),
-        "api-key",
-        SECRET_HEADER,
-        header::CONTENT_TYPE.as_str(),
-    ] {
-        if let Some(v) = parts.headers.get(name).and_then(|v| v.to_str().ok()) {
-            out = out.header(name, v);
-        }
-    }
-    out = out.header(FORWARDED_HEADER, "1");
-    let resp = out.send().await.map_err(|e| {
-        Error::Unavailable(format!("forwarding to the leader at {leader} failed: {e}"))
-    })?;
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let ctype = resp
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| Error::Unavailable(format!("reading the leader's answer failed: {e}")))?;
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = status;
-    if let Some(c) = ctype.and_then(|c| HeaderValue::from_str(&c).ok()) {
-        r.headers_mut().insert(header::CONTENT_TYPE, c);
-    }
-    Ok(r)
+    let out = Outbound {
+        method: &parts.method,
+        path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        headers: &parts.headers,
+        body: &bytes,
+    };
+    let answer = proxy::send(
+        state.cluster.http(),
+        leader,
+        &out,
+        &[(FORWARDED_HEADER, "1")],
+    )
+    .await
+    .map_err(|e| Error::Unavailable(format!("forwarding to the leader at {leader} failed: {e}")))?;
+    Ok(proxy::respond(leader, answer))
 }
 
 fn bincode_response<T: Serialize>(v: &T) -> Response {

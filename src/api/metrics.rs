@@ -3,58 +3,19 @@
 //! time, so that they are per node even when several nodes share a process (tests).
 
 use std::fmt::Write;
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use super::AppState;
-
-const LATENCY_BUCKETS_SECONDS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
-
-/// The process-wide Prometheus recorder (installed on first use).
-pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .set_buckets(LATENCY_BUCKETS_SECONDS)
-                .ok()?
-                .install_recorder()
-                .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
-                .ok()
-        })
-        .as_ref()
-}
-
-/// The `method` label: one of the standard methods, or `other`. Anyone may send any extension
-/// method, and each distinct label is a new series kept forever.
-pub(crate) fn method_label(m: &axum::http::Method) -> &'static str {
-    use axum::http::Method;
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "other",
-    }
-}
+use crate::telemetry::{method_label, prometheus};
 
 /// Middleware: counts requests and times them, labelled by method, route template and status.
 pub async fn track(req: Request, next: Next) -> Response {
-    let _ = handle();
+    let _ = prometheus();
     let started = Instant::now();
     let route = req
         .extensions()
@@ -73,7 +34,7 @@ pub async fn track(req: Request, next: Next) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn render(State(state): State<AppState>) -> Response {
-    let mut out = handle().map(|h| h.render()).unwrap_or_default();
+    let mut out = prometheus().map(|h| h.render()).unwrap_or_default();
     // Collection info takes each collection's state lock, which a long search or an apply may
     // hold: never on an async worker (review M7).
     let engine = state.engine.clone();

@@ -7,27 +7,26 @@
 mod cluster;
 mod handlers;
 pub(crate) mod metrics;
-pub(crate) mod schema;
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{FromRequest, Request};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use utoipa::OpenApi;
 
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::writer::Writer;
+use quiver_client::routes::{self, Endpoint, Kind, Route, ROUTES};
 
-pub(crate) use cluster::is_internal;
 pub use handlers::ApiDoc;
 
 /// What every handler sees.
@@ -43,47 +42,12 @@ pub struct AppState {
     pub cluster: Arc<crate::cluster::Cluster>,
 }
 
-/// The JSON error body: `{"error": {"code", "message", "field"?}}`.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// Details of an error.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `invalid_input`, `collection_not_found`.
-    pub code: &'static str,
-    /// Human-readable explanation.
-    pub message: String,
-    /// JSON path of the offending field, for `invalid_input`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
+pub use crate::model::{ErrorBody, ErrorDetail};
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            Error::InvalidInput { .. } => (StatusCode::BAD_REQUEST, "invalid_input"),
-            Error::CollectionNotFound(_) => (StatusCode::NOT_FOUND, "collection_not_found"),
-            Error::PointNotFound(_) => (StatusCode::NOT_FOUND, "point_not_found"),
-            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Error::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
-            Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Error::AnswerTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "answer_too_large"),
-            Error::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Error::NotLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
-            Error::ReadTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "read_timeout"),
-            Error::Stale(_) => (StatusCode::SERVICE_UNAVAILABLE, "stale"),
-            Error::Corrupt(_) | Error::Storage(_) | Error::Io(_) | Error::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
-        };
+        let (status, code) = self.classify();
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "internal error");
             "internal error; see the server log".to_string()
@@ -95,17 +59,7 @@ impl IntoResponse for Error {
             Error::UnsupportedMediaType(_) => Some("content-type".to_string()),
             _ => None,
         };
-        let mut resp = (
-            status,
-            Json(ErrorBody {
-                error: ErrorDetail {
-                    code,
-                    message,
-                    field,
-                },
-            }),
-        )
-            .into_response();
+        let mut resp = (status, Json(ErrorBody::new(code, message, field))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -227,19 +181,13 @@ pub(crate) fn key_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Whether a request only reads (API keys for reads only; the gateway's routing).
-pub(crate) fn is_read(method: &Method, path: &str) -> bool {
-    method == Method::GET
-        || method == Method::HEAD
-        || (method == Method::POST
-            && (path.contains("/points/search") || path.ends_with("/points/get")))
-}
-
 async fn auth(state: axum::extract::State<AppState>, req: Request, next: Next) -> Response {
     let cfg = &state.config;
     let path = req.uri().path();
     // Health probes stay open; cluster-internal calls are checked against the cluster secret.
-    let open = path == "/healthz" || path == "/readyz" || cluster::is_internal(path);
+    let kind = routes::classify(req.method().as_str(), path);
+    // Health probes stay open; cluster-internal calls are checked against the cluster secret.
+    let open = kind == Kind::Open || kind.is_internal();
     if cfg.api_key.is_none() && cfg.read_only_api_key.is_none() || open {
         return next.run(req).await;
     }
@@ -260,7 +208,7 @@ async fn auth(state: axum::extract::State<AppState>, req: Request, next: Next) -
         .as_deref()
         .is_some_and(|k| key_eq(k, given))
     {
-        if is_read(req.method(), path) {
+        if kind.is_read() {
             return next.run(req).await;
         }
         return Error::Forbidden.into_response();
@@ -279,12 +227,8 @@ async fn body_limit(
 }
 
 async fn not_found() -> Response {
-    let detail = ErrorDetail {
-        code: "not_found",
-        message: "no such endpoint; see /openapi.json".into(),
-        field: None,
-    };
-    (StatusCode::NOT_FOUND, Json(ErrorBody { error: detail })).into_response()
+    let body = ErrorBody::new("not_found", "no such endpoint; see /openapi.json", None);
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -294,45 +238,55 @@ async fn openapi() -> impl IntoResponse {
 /// Largest Raft RPC body (an append of large batches, or a snapshot chunk).
 const RAFT_BODY_LIMIT: usize = 1 << 30;
 
-/// The public router.
-pub fn router(state: AppState) -> Router {
+/// The handler of each endpoint of the route table, which says its method and path.
+fn handler(route: &Route) -> MethodRouter<AppState> {
     use handlers::*;
+    use Endpoint as E;
+    let m = match route.method {
+        "GET" => MethodFilter::GET,
+        "PUT" => MethodFilter::PUT,
+        "DELETE" => MethodFilter::DELETE,
+        _ => MethodFilter::POST,
+    };
+    match route.endpoint {
+        E::Healthz => on(m, healthz),
+        E::Readyz => on(m, cluster::readyz),
+        E::Metrics => on(m, metrics::render),
+        E::OpenApi => on(m, openapi),
+        E::ClusterStatus => on(m, cluster::cluster_status),
+        E::ClusterJoin => on(m, cluster::cluster_join),
+        E::ClusterLeave => on(m, cluster::cluster_leave),
+        E::ClusterPromote => on(m, cluster::cluster_promote),
+        E::ClusterReadIndex => on(m, cluster::cluster_read_index),
+        // Raft RPC bodies carry whole batches of vectors and snapshot chunks.
+        E::RaftAppend => on(m, cluster::raft_append).layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT)),
+        E::RaftVote => on(m, cluster::raft_vote).layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT)),
+        E::RaftSnapshot => {
+            on(m, cluster::raft_snapshot).layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT))
+        }
+        E::ListCollections => on(m, list_collections),
+        E::CreateCollection => on(m, create_collection),
+        E::GetCollection => on(m, get_collection),
+        E::DeleteCollection => on(m, delete_collection),
+        E::Upsert => on(m, upsert_points),
+        E::DeletePoints => on(m, delete_points),
+        E::GetPoints => on(m, get_points),
+        E::Search => on(m, search),
+        E::SearchBatch => on(m, search_batch),
+        E::GetPoint => on(m, get_point),
+    }
+}
+
+/// The public router, built from the route table ([`quiver_client::routes::ROUTES`]).
+pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
-    // Raft RPC bodies carry whole batches of vectors and snapshot chunks.
-    let raft = Router::new()
-        .route("/raft/append", post(cluster::raft_append))
-        .route("/raft/vote", post(cluster::raft_vote))
-        .route("/raft/snapshot", post(cluster::raft_snapshot))
-        .layer(axum::extract::DefaultBodyLimit::max(RAFT_BODY_LIMIT));
-    Router::new()
-        .merge(raft)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(cluster::readyz))
-        .route("/cluster", get(cluster::cluster_status))
-        .route("/cluster/join", post(cluster::cluster_join))
-        .route("/cluster/leave", post(cluster::cluster_leave))
-        .route("/cluster/promote", post(cluster::cluster_promote))
-        .route("/cluster/read_index", post(cluster::cluster_read_index))
-        .route("/metrics", get(metrics::render))
-        .route("/openapi.json", get(openapi))
-        .route("/collections", get(list_collections))
-        .route(
-            "/collections/{name}",
-            put(create_collection)
-                .get(get_collection)
-                .delete(delete_collection),
-        )
-        .route("/collections/{name}/points", put(upsert_points))
-        .route("/collections/{name}/points/delete", post(delete_points))
-        .route("/collections/{name}/points/get", post(get_points))
-        .route("/collections/{name}/points/search", post(search))
-        .route(
-            "/collections/{name}/points/search/batch",
-            post(search_batch),
-        )
-        .route("/collections/{name}/points/{id}", get(get_point))
+    let mut router = Router::new();
+    for route in ROUTES {
+        router = router.route(route.path, handler(route));
+    }
+    router
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), body_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),

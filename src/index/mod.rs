@@ -45,34 +45,7 @@ impl<I: Ord> Ord for Scored<I> {
         self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
     }
 }
-
-/// Largest squared Euclidean norm a stored or query vector may have. With `‖a‖², ‖b‖² ≤ B`, every
-/// partial sum of `a·b` is at most `B` and `‖a-b‖² ≤ 4B` in absolute value, so with `B = f32::MAX/8`
-/// no distance, in any kernel's accumulation order, can overflow to ±inf or NaN. Real embeddings
-/// are many orders of magnitude below it (the bound is a norm of about 6.5e18).
-pub const MAX_NORM_SQUARED: f64 = f32::MAX as f64 / 8.0;
-
-/// Elements within ± this bound keep any vector of up to `MAX_DIM` (65,536) elements within
-/// [`MAX_NORM_SQUARED`]; the OpenAPI schema advertises it, the server checks the norm itself.
-pub const VECTOR_ELEMENT_BOUND: f64 = 1e16;
-
-/// Why a vector cannot be indexed: `Some((position, reason))`, where `position` is the element at
-/// fault (a non-finite value) or `None` for the vector as a whole (its norm is too large for its
-/// distances to be finite). The one rule for every metric, checked by the API before a write
-/// reaches the log and again when a write is applied.
-pub fn vector_problem(v: &[f32]) -> Option<(Option<usize>, &'static str)> {
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Some((Some(i), "must be a finite number"));
-    }
-    let norm2: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-    if norm2 > MAX_NORM_SQUARED {
-        return Some((
-            None,
-            "its norm is too large for distances to be finite (at most about 6.5e18)",
-        ));
-    }
-    None
-}
+pub use quiver_client::wire::{vector_problem, MAX_NORM_SQUARED, VECTOR_ELEMENT_BOUND};
 
 /// Normalises in place to unit length; returns false for a zero (or non-finite-norm) vector.
 pub fn normalize(v: &mut [f32]) -> bool {

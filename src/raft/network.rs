@@ -204,7 +204,12 @@ impl RaftNetwork<TypeConfig> for Peer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("snapshot", &rpc, &option).await
+        let last_chunk = rpc.done.then(|| rpc.meta.snapshot_id.clone());
+        let answer = self.call("snapshot", &rpc, &option).await;
+        if let (Some(snapshot), Ok(_)) = (last_chunk, &answer) {
+            tracing::info!(target = self.target, %snapshot, "snapshot sent");
+        }
+        answer
     }
 
     async fn vote(

@@ -1,15 +1,17 @@
 //! Create a collection, upsert points with payloads, search with and without a filter.
 //!
 //! ```text
-//! cargo run --release -- serve &          # a node on 127.0.0.1:7070
-//! cargo run --release --example quickstart [-- http://127.0.0.1:7070]
+//! cargo run --release -- serve &                              # a node on 127.0.0.1:7070
+//! cargo run -p quiver-client --example quickstart [-- http://127.0.0.1:7070]
 //! ```
 
-use quiver::client::Client;
-use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
+use quiver_client::wire::{
+    CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest,
+};
+use quiver_client::Client;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "http://127.0.0.1:7070".into());

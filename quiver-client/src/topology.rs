@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::ClusterStatus;
+use crate::wire::ClusterStatus;
 
 /// A member as seen from outside.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]

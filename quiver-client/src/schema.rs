@@ -12,7 +12,7 @@ use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::filter::{Condition, Match, Range, MAX_CONDITIONS};
-use crate::model::{Consistency, DeleteRequest, MAX_DIM, MAX_TOKEN};
+use crate::wire::{Consistency, DeleteRequest, MAX_DIM, MAX_TOKEN};
 
 fn nullable(t: Type) -> SchemaType {
     SchemaType::from_iter([t, Type::Null])
@@ -38,10 +38,10 @@ fn closed(o: ObjectBuilder) -> ObjectBuilder {
 }
 
 /// A vector: 1 to 65,536 numbers within ±1e16, so that its norm is within
-/// [`crate::index::MAX_NORM_SQUARED`] whatever its length (larger norms are refused, since their
+/// [`crate::wire::MAX_NORM_SQUARED`] whatever its length (larger norms are refused, since their
 /// distances could overflow). The server's own rule is the norm, not each element.
 pub fn vector() -> RefOr<Schema> {
-    let bound = crate::index::VECTOR_ELEMENT_BOUND;
+    let bound = crate::wire::VECTOR_ELEMENT_BOUND;
     ArrayBuilder::new()
         .items(
             ObjectBuilder::new()
@@ -258,7 +258,7 @@ impl PartialSchema for DeleteRequest {
                     "ids",
                     ArrayBuilder::new()
                         .schema_type(nullable(Type::Array))
-                        .items(crate::model::PointId::schema())
+                        .items(crate::wire::PointId::schema())
                         .min_items(Some(1))
                         .description(Some("Ids to delete (missing ones are ignored).")),
                 )

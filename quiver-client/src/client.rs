@@ -1,5 +1,6 @@
-//! A typed async client for quiver over HTTP (reqwest). It shares only the DTOs in
-//! [`crate::model`] with the server.
+//! A typed async client for quiver over HTTP (reqwest). It speaks the types in [`crate::wire`],
+//! which the server uses too, and routes by the rules in [`crate::routing`], which
+//! `quiver gateway` uses too.
 //!
 //! - **Writes** go to the leader. With discovery on, the client learns the leader from
 //!   `GET /cluster`; otherwise it writes to the first node that accepts a connection (every node
@@ -8,18 +9,14 @@
 //!   applied is never silently retried (upserts by id are idempotent, so the caller may).
 //! - **Reads** are spread over the replicas with a [`Policy`] (round robin, least outstanding,
 //!   power of two choices on latency) and retried once on another node only when the first one
-//!   provably did no work: the connection was never made (refused, connect timeout), or the node
-//!   answered 503 (not ready, no leader, too stale) or 504 `read_timeout` (it waited for an index
-//!   and gave up before reading). A read whose connection broke after it was sent is not sent
-//!   again: the request itself may be what killed the node, and would kill the next one.
+//!   provably did no work (see [`crate::routing`]).
 //! - **Sessions**: the client remembers the highest index its writes returned; with
 //!   [`ClientBuilder::read_your_writes`] every read that names no consistency carries it as
 //!   `min_index`, so a replica answers only once it has those writes.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), quiver::client::ClientError> {
-//! use quiver::client::Client;
-//! use quiver::balance::Policy;
+//! # async fn demo() -> Result<(), quiver_client::ClientError> {
+//! use quiver_client::{Client, Policy};
 //! let client = Client::builder(["http://127.0.0.1:7070"])
 //!     .policy(Policy::LeastOutstanding)
 //!     .read_your_writes(true)
@@ -30,22 +27,20 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 
-use crate::balance::{BackendStats, Balancer, Policy};
-use crate::cluster::ClusterStatus;
-use crate::model::{
-    BatchSearchRequest, BatchSearchResponse, CollectionConfig, CollectionInfo, CollectionList,
-    Consistency, ConsistencyLevel, DeleteRequest, GetPointsRequest, GetPointsResponse, Health,
-    PointId, PointInput, PointResponse, SearchRequest, SearchResponse, UpsertRequest,
-    WriteResponse,
+use crate::balance::{BackendStats, Policy};
+use crate::routing::{Answer, Failure, Routing, RoutingConfig, Served};
+use crate::wire::{
+    BatchSearchRequest, BatchSearchResponse, ClusterStatus, CollectionConfig, CollectionInfo,
+    CollectionList, Consistency, ConsistencyLevel, DeleteRequest, ErrorBody, GetPointsRequest,
+    GetPointsResponse, Health, PointId, PointInput, PointResponse, SearchRequest, SearchResponse,
+    UpsertRequest, WriteResponse,
 };
-use crate::topology;
 
 /// What can go wrong talking to quiver.
 #[derive(Debug, thiserror::Error)]
@@ -87,15 +82,13 @@ impl ClientError {
     }
 }
 
-#[derive(Deserialize)]
-struct ErrorEnvelope {
-    error: ErrorInner,
-}
-#[derive(Deserialize)]
-struct ErrorInner {
-    code: String,
-    message: String,
-    field: Option<String>,
+impl From<Failure> for ClientError {
+    fn from(f: Failure) -> ClientError {
+        match f {
+            Failure::NoNode(why) => ClientError::NoNode(why),
+            Failure::Transport { error, .. } => ClientError::Http(error),
+        }
+    }
 }
 
 /// Settings of a [`Client`]; start with [`Client::builder`].
@@ -158,30 +151,25 @@ impl ClientBuilder {
 
     /// The client, without touching the network (discovery runs on first use).
     pub fn build(self) -> Result<Client, ClientError> {
-        let seeds = topology::normalise(&self.urls);
-        if seeds.is_empty() {
-            return Err(ClientError::NoNode("no URL given".into()));
-        }
+        let routing = Routing::new(RoutingConfig {
+            seeds: self.urls.clone(),
+            policy: self.policy,
+            api_key: self.api_key.clone(),
+            discover: self.discover,
+            read_from_leader: self.read_from_leader,
+            refresh_every: self.refresh_every,
+            probe_timeout: Duration::from_secs(2),
+        })?;
         let http = reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(Duration::from_secs(2))
             .pool_max_idle_per_host(64)
             .build()?;
-        let probe = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()?;
-        let readers = Balancer::new(self.policy);
-        readers.set(seeds.clone());
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
-                probe,
-                known: RwLock::new(seeds.clone()),
-                seeds,
-                leader: RwLock::new(None),
-                readers,
+                routing: Arc::new(routing),
                 session: AtomicU64::new(0),
-                last_refresh: Mutex::new(None),
                 settings: self,
             }),
         })
@@ -201,13 +189,8 @@ impl ClientBuilder {
 struct Inner {
     settings: ClientBuilder,
     http: reqwest::Client,
-    probe: reqwest::Client,
-    seeds: Vec<String>,
-    known: RwLock<Vec<String>>,
-    leader: RwLock<Option<String>>,
-    readers: Balancer,
+    routing: Arc<Routing>,
     session: AtomicU64,
-    last_refresh: Mutex<Option<Instant>>,
 }
 
 /// A quiver client (cheap to clone; clones share connections, balancing state and the session).
@@ -217,7 +200,7 @@ pub struct Client {
 }
 
 /// A request body, serialised once however many nodes it is sent to.
-type Body = Option<axum::body::Bytes>;
+type Body = Option<Bytes>;
 
 fn json<T: serde::Serialize + ?Sized>(body: &T) -> Result<Body, ClientError> {
     serde_json::to_vec(body)
@@ -253,12 +236,12 @@ impl Client {
 
     /// The first configured node's URL.
     pub fn base(&self) -> &str {
-        &self.inner.seeds[0]
+        &self.inner.routing.seeds()[0]
     }
 
     /// The leader's URL, as last discovered.
     pub fn leader(&self) -> Option<String> {
-        self.inner.leader.read().clone()
+        self.inner.routing.leader()
     }
 
     /// The highest index this client's writes returned (its read-your-writes token).
@@ -273,48 +256,18 @@ impl Client {
 
     /// Per-node read counters (requests served, failures, latency average, in flight).
     pub fn read_stats(&self) -> Vec<BackendStats> {
-        self.inner.readers.stats()
+        self.inner.routing.readers().stats()
     }
 
     /// Rediscovers the leader and the ready replicas now.
     pub async fn refresh(&self) -> Result<(), ClientError> {
-        let inner = &self.inner;
-        *inner.last_refresh.lock() = Some(Instant::now());
-        let candidates = inner.known.read().clone();
-        let topo = topology::discover(&inner.probe, &candidates, inner.settings.api_key.as_deref())
-            .await
-            .ok_or_else(|| {
-                ClientError::NoNode(format!("none of {candidates:?} answered GET /cluster"))
-            })?;
-        let readers = topo.readers(inner.settings.read_from_leader);
-        if !readers.is_empty() {
-            inner.readers.set(readers);
-        }
-        topology::merge_known(&mut inner.known.write(), &inner.seeds, &topo);
-        *inner.leader.write() = topo.leader;
-        Ok(())
-    }
-
-    /// Runs discovery in the background when it is due (reads never wait for it).
-    fn refresh_if_due(&self) {
-        if !self.inner.settings.discover {
-            return;
-        }
-        let due = {
-            let mut last = self.inner.last_refresh.lock();
-            let due = last.is_none_or(|t| t.elapsed() >= self.inner.settings.refresh_every);
-            if due {
-                *last = Some(Instant::now());
-            }
-            due
-        };
-        if due {
-            let me = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = me.refresh().await {
-                    tracing::debug!(error = %e, "background discovery failed");
-                }
-            });
+        if self.inner.routing.refresh().await {
+            Ok(())
+        } else {
+            Err(ClientError::NoNode(format!(
+                "none of {:?} answered GET /cluster",
+                self.inner.routing.seeds()
+            )))
         }
     }
 
@@ -324,7 +277,7 @@ impl Client {
         method: &Method,
         path: &str,
         body: &Body,
-    ) -> Result<(StatusCode, axum::body::Bytes), ClientError> {
+    ) -> reqwest::Result<Answer<()>> {
         let mut req = self
             .inner
             .http
@@ -340,7 +293,12 @@ impl Client {
         // The body is read here, so that a connection lost mid-answer is a transport error.
         let resp = req.send().await?;
         let status = resp.status();
-        Ok((status, resp.bytes().await?))
+        let body = resp.bytes().await?;
+        Ok(Answer {
+            status,
+            body,
+            extra: (),
+        })
     }
 
     fn decode<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<T, ClientError> {
@@ -352,10 +310,13 @@ impl Client {
                 field: None,
             });
         }
-        let text = String::from_utf8_lossy(body).into_owned();
-        let (code, message, field) = match serde_json::from_str::<ErrorEnvelope>(&text) {
+        let (code, message, field) = match serde_json::from_slice::<ErrorBody>(body) {
             Ok(e) => (e.error.code, e.error.message, e.error.field),
-            Err(_) => ("unknown".to_string(), text, None),
+            Err(_) => (
+                "unknown".to_string(),
+                String::from_utf8_lossy(body).into_owned(),
+                None,
+            ),
         };
         Err(ClientError::Api {
             status,
@@ -365,15 +326,8 @@ impl Client {
         })
     }
 
-    /// Nodes to try for a write: the leader first, then every other known node.
-    fn write_targets(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.inner.leader.read().iter().cloned().collect();
-        for u in self.inner.known.read().iter() {
-            if !out.contains(u) {
-                out.push(u.clone());
-            }
-        }
-        out
+    fn decode_served<T: DeserializeOwned>(served: Served<()>) -> Result<T, ClientError> {
+        Self::decode(served.answer.status, &served.answer.body)
     }
 
     async fn write(
@@ -382,45 +336,15 @@ impl Client {
         path: &str,
         body: Body,
     ) -> Result<WriteResponse, ClientError> {
-        let mut tried: Vec<String> = Vec::new();
-        let mut rediscovered = false;
-        let mut last_err = None;
-        loop {
-            let next = self
-                .write_targets()
-                .into_iter()
-                .find(|u| !tried.contains(u));
-            let Some(node) = next else { break };
-            tried.push(node.clone());
-            let outcome = match self.send(&node, &method, path, &body).await {
-                Ok((status, bytes)) => Self::decode::<WriteResponse>(status, &bytes),
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(w) => {
-                    self.observe_index(w.index);
-                    // A node that knew no leader waited for an election and forwarded the write:
-                    // learn the new leader now, so that the next write goes straight to it.
-                    if self.inner.settings.discover && self.leader().is_none() {
-                        let _ = self.refresh().await;
-                    }
-                    return Ok(w);
-                }
-                // Never reached the node (connection refused), or refused by a node that is not
-                // the leader: either way not applied, so another node may take it.
-                Err(ClientError::Http(e)) if e.is_connect() => {
-                    last_err = Some(ClientError::Http(e))
-                }
-                Err(e) if e.is_not_leader() => last_err = Some(e),
-                // Anything else may have been applied: never sent again behind the caller's back.
-                Err(e) => return Err(e),
-            }
-            if self.inner.settings.discover && !rediscovered {
-                rediscovered = true;
-                let _ = self.refresh().await;
-            }
-        }
-        Err(last_err.unwrap_or_else(|| ClientError::NoNode("no node to write to".into())))
+        let (method, body) = (&method, &body);
+        let served = self
+            .inner
+            .routing
+            .write(|node, _| async move { self.send(&node, method, path, body).await })
+            .await?;
+        let w: WriteResponse = Self::decode_served(served)?;
+        self.observe_index(w.index);
+        Ok(w)
     }
 
     async fn read<T: DeserializeOwned>(
@@ -429,56 +353,13 @@ impl Client {
         path: &str,
         body: Body,
     ) -> Result<T, ClientError> {
-        self.refresh_if_due();
-        let mut tried: Vec<String> = Vec::new();
-        let mut last_err = None;
-        for _ in 0..2 {
-            let Some(lease) = self.inner.readers.pick(&tried) else {
-                break;
-            };
-            let node = lease.url().to_string();
-            match self.send(&node, &method, path, &body).await {
-                Ok((status, bytes)) if refused_before_work(status, &bytes) => {
-                    lease.failure();
-                    last_err = Some(Self::decode::<T>(status, &bytes).err());
-                }
-                Ok((status, bytes)) => {
-                    // A 500 is the node's fault (not retried: the node answered) and counts
-                    // against it; 4xx are the caller's.
-                    if status.is_server_error() {
-                        lease.failure();
-                    } else {
-                        lease.success();
-                    }
-                    return Self::decode(status, &bytes);
-                }
-                // Never connected: the node did nothing, another may take the read.
-                Err(ClientError::Http(e)) if e.is_connect() => {
-                    lease.failure();
-                    last_err = Some(Some(ClientError::Http(e)));
-                }
-                // Sent, then the connection broke or timed out: the read may be what brought the
-                // node down, so it is not repeated on the next one.
-                Err(e) => {
-                    lease.failure();
-                    if self.inner.settings.discover {
-                        self.refresh_soon();
-                    }
-                    return Err(e);
-                }
-            }
-            tried.push(node);
-        }
-        if self.inner.settings.discover {
-            self.refresh_soon();
-        }
-        Err(last_err
-            .flatten()
-            .unwrap_or_else(|| ClientError::NoNode("no node to read from".into())))
-    }
-
-    fn refresh_soon(&self) {
-        *self.inner.last_refresh.lock() = None;
+        let (method, body) = (&method, &body);
+        let served = self
+            .inner
+            .routing
+            .read(|node, _| async move { self.send(&node, method, path, body).await })
+            .await?;
+        Self::decode_served(served)
     }
 
     /// The consistency a read without one gets: the session token with read-your-writes.
@@ -652,19 +533,15 @@ impl Client {
 
     /// `GET /healthz` of one node (`node`: its URL, e.g. from [`Client::read_stats`]).
     pub async fn health(&self, node: &str) -> Result<Health, ClientError> {
-        let (status, body) = self.send(node, &Method::GET, "/healthz", &None).await?;
-        Self::decode(status, &body)
+        let a = self.send(node, &Method::GET, "/healthz", &None).await?;
+        Self::decode(a.status, &a.body)
     }
 
     /// `GET /readyz` of one node: `Ok(index)` when it is a member and caught up, else the API
     /// error saying why (503 `unavailable`).
     pub async fn readiness(&self, node: &str) -> Result<u64, ClientError> {
-        #[derive(Deserialize)]
-        struct Ready {
-            index: u64,
-        }
-        let (status, body) = self.send(node, &Method::GET, "/readyz", &None).await?;
-        Self::decode::<Ready>(status, &body).map(|r| r.index)
+        let a = self.send(node, &Method::GET, "/readyz", &None).await?;
+        Self::decode::<Health>(a.status, &a.body).map(|r| r.index)
     }
 }
 
@@ -679,19 +556,6 @@ fn urlencode(s: &str) -> String {
         }
     }
     out
-}
-
-/// Whether an error answer says the node refused a read before doing any of its work, so that
-/// another node may be asked: 503 (not ready, no leader, stale) or a quiver 504 `read_timeout`
-/// (the wait for an index expired before the read ran). A 502, or a 504 from something between
-/// the client and the node, says nothing of what the node did.
-pub(crate) fn refused_before_work(status: StatusCode, body: &[u8]) -> bool {
-    match status.as_u16() {
-        503 => true,
-        504 => serde_json::from_slice::<ErrorEnvelope>(body)
-            .is_ok_and(|e| e.error.code == "read_timeout"),
-        _ => false,
-    }
 }
 
 #[cfg(test)]
