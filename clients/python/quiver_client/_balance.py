@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .types import NodeStats
+
 #: How long a node that failed is skipped while others are available, in seconds.
 BENCH_SECONDS = 2.0
 #: Weight of the newest sample in the latency average.
@@ -86,7 +88,7 @@ class Balancer:
         with self._lock:
             return [b.url for b in self._backends]
 
-    def stats(self) -> list[dict]:
+    def stats(self) -> list[NodeStats]:
         """Per-node counters: url, outstanding, latency_ms, served, failures."""
         with self._lock:
             return [

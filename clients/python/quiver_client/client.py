@@ -5,8 +5,15 @@ provably never reached a node (connection refused) or a node refused it as not t
 after it may have been applied. Reads are spread over the ready replicas with a
 :class:`~quiver_client.Policy` and retried once elsewhere only when the first node did no work:
 it could not be connected to, or it answered 503 or a 504 ``read_timeout``. A read whose
-connection broke after it was sent is not repeated, since it may be what brought the node down. With ``read_your_writes=True`` the client sends the highest index its writes
-returned as ``min_index`` on every read that names no consistency.
+connection broke after it was sent is not repeated, since it may be what brought the node down.
+With ``read_your_writes=True`` the client sends the highest index its writes returned as
+``min_index`` on every read that names no consistency.
+
+Layout (sans I/O, in the style of h11): ``_Core`` holds the state both clients share; the
+``_request_*`` functions turn each endpoint's arguments into a ``_Request[T]``, where ``T`` is
+the result type; ``_plan`` and ``_discover`` are generators that hold the retry and discovery
+logic and yield ``_Refresh`` / ``_Send`` steps. ``QuiverClient`` and ``AsyncQuiverClient`` only
+perform those steps with httpx; their endpoint methods are one-line typed wrappers.
 """
 
 from __future__ import annotations
@@ -14,23 +21,48 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from urllib.parse import quote
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Generator, Generic, Iterable, Literal, Sequence, TypeVar, Union, cast
+from urllib.parse import quote
 
 import httpx
 
 from ._balance import Balancer, Policy
+from .types import (
+    BatchSearchResult,
+    ClusterStatus,
+    CollectionInfo,
+    CollectionList,
+    Consistency,
+    Filter,
+    GetPointsResult,
+    Metric,
+    MinIndex,
+    NodeStats,
+    Point,
+    PointId,
+    PointResult,
+    SearchRequest,
+    SearchResult,
+    WriteResult,
+)
 
-#: A consistency level: "eventual", "linearizable", {"min_index": N} or {"max_lag_ms": T}.
-Consistency = Union[str, dict]
-PointId = Union[str, int]
+__all__ = [
+    "AsyncQuiverClient",
+    "Consistency",
+    "PointId",
+    "QuiverClient",
+    "QuiverConnectionError",
+    "QuiverError",
+]
+
+T = TypeVar("T")
 
 
 class QuiverError(Exception):
     """An error answer from a node, or no node to talk to."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message, self.field = status, code, message, field
 
@@ -38,21 +70,8 @@ class QuiverError(Exception):
 class QuiverConnectionError(QuiverError):
     """The request did not complete. For a write, it may or may not have been applied."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str) -> None:
         super().__init__(0, "connection", message)
-
-
-@dataclass
-class _Request:
-    kind: str  # "read" or "write"
-    method: str
-    path: str
-    params: dict = field(default_factory=dict)
-    body: Any = None
-    #: Error codes that mean "nothing there": the call returns `missing` instead of raising.
-    missing_codes: tuple = ()
-    missing: Any = None
-    transform: Callable[[Any], Any] | None = None
 
 
 def _error(resp: httpx.Response) -> QuiverError:
@@ -63,19 +82,23 @@ def _error(resp: httpx.Response) -> QuiverError:
         return QuiverError(resp.status_code, "unknown", resp.text)
 
 
-def _consistency_params(c: Consistency | None) -> dict:
+def _consistency_params(c: Consistency | None) -> dict[str, str | int]:
     if c is None:
         return {}
     if isinstance(c, str):
         return {"consistency": c}
-    return {k: v for k, v in c.items() if k in ("min_index", "max_lag_ms")}
+    return {k: cast(int, v) for k, v in c.items() if k in ("min_index", "max_lag_ms")}
+
+
+# --- the shared state ----------------------------------------------------------------------------
 
 
 class _Core:
     """State shared by the sync and async clients: nodes, leader, balancer, session token."""
 
-    def __init__(self, urls, api_key, policy, discover, read_your_writes, read_from_leader,
-                 timeout, refresh_every):
+    def __init__(self, urls: str | Sequence[str], *, api_key: str | None, policy: Policy | str,
+                 discover: bool, read_your_writes: bool, read_from_leader: bool, timeout: float,
+                 refresh_every: float) -> None:
         urls = [urls] if isinstance(urls, str) else list(urls)
         self.seeds = [u.strip().rstrip("/") for u in urls if u.strip()]
         if not self.seeds:
@@ -88,6 +111,7 @@ class _Core:
         self.read_from_leader, self.timeout, self.refresh_every = read_from_leader, timeout, refresh_every
         self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.session = 0
+        #: Guarded by `lock`, like `session` and what `apply` changes.
         self.last_refresh: float | None = None
         self.lock = threading.Lock()
 
@@ -95,7 +119,7 @@ class _Core:
         with self.lock:
             self.session = max(self.session, index)
 
-    def session_consistency(self) -> dict | None:
+    def session_consistency(self) -> MinIndex | None:
         return {"min_index": self.session} if self.read_your_writes and self.session else None
 
     def due(self) -> bool:
@@ -108,11 +132,16 @@ class _Core:
                 return True
         return False
 
-    def apply(self, status: dict, ready: list[bool]) -> None:
+    def refresh_soon(self) -> None:
+        """Makes the next call rediscover the cluster first."""
+        with self.lock:
+            self.last_refresh = None
+
+    def apply(self, status: ClusterStatus, ready: list[bool]) -> None:
         with self.lock:
             self._apply(status, ready)
 
-    def _apply(self, status: dict, ready: list[bool]) -> None:
+    def _apply(self, status: ClusterStatus, ready: list[bool]) -> None:
         members = [(m["addr"].rstrip("/"), ok) for m, ok in zip(status["members"], ready)]
         leader = (status.get("leader_addr") or "").rstrip("/") or None
         readers = [a for a, ok in members if ok and (self.read_from_leader or a != leader)]
@@ -130,45 +159,232 @@ class _Core:
         order = ([self.leader] if self.leader else []) + self.known
         return next((u for u in order if u not in tried), None)
 
-    # --- requests ---------------------------------------------------------------------------
 
-    def read(self, method, path, consistency=None, body=None, **kw) -> _Request:
-        params = _consistency_params(consistency or self.session_consistency())
-        return _Request("read", method, path, params=params, body=body, **kw)
-
-    def search_body(self, vector, k, ef, filter, with_payload, with_vector, score_threshold,
-                    exact, consistency) -> dict:
-        body: dict = {"vector": list(vector), "k": k, "with_payload": with_payload,
-                      "with_vector": with_vector, "exact": exact}
-        if ef is not None:
-            body["ef"] = ef
-        if filter is not None:
-            body["filter"] = filter
-        if score_threshold is not None:
-            body["score_threshold"] = score_threshold
-        c = consistency or self.session_consistency()
-        if c is not None:
-            body["consistency"] = c
-        return body
+# --- requests: every endpoint, without I/O -------------------------------------------------------
 
 
-class _Operations:
-    """Every endpoint, as request specs run by `_run` (sync: a value; async: an awaitable)."""
+@dataclass(frozen=True)
+class _Request(Generic[T]):
+    """One call: where it goes, what it sends, and how its answer becomes a ``T``."""
+
+    kind: Literal["read", "write"]
+    method: str
+    path: str
+    params: dict[str, str | int] = field(default_factory=dict)
+    body: Any = None
+    #: Error codes that mean "nothing there": the call returns `missing` instead of raising.
+    missing_codes: tuple[str, ...] = ()
+    missing: T | None = None
+
+
+def _read_params(core: _Core, consistency: Consistency | None) -> dict[str, str | int]:
+    return _consistency_params(consistency or core.session_consistency())
+
+
+def _with_consistency(core: _Core, body: dict[str, Any], consistency: Consistency | None) -> dict[str, Any]:
+    c = consistency or core.session_consistency()
+    if c is not None:
+        body["consistency"] = c
+    return body
+
+
+def _request_create_collection(name: str, dim: int, metric: Metric, m: int | None,
+                               ef_construction: int | None) -> _Request[WriteResult]:
+    hnsw = {k: v for k, v in (("m", m), ("ef_construction", ef_construction)) if v}
+    body = {"dim": dim, "metric": metric, **({"hnsw": hnsw} if hnsw else {})}
+    return _Request("write", "PUT", f"/collections/{name}", body=body)
+
+
+def _request_delete_collection(name: str, missing_ok: bool) -> _Request[WriteResult | None]:
+    codes = ("collection_not_found",) if missing_ok else ()
+    return _Request("write", "DELETE", f"/collections/{name}", missing_codes=codes)
+
+
+def _request_collection(core: _Core, name: str, consistency: Consistency | None) -> _Request[CollectionInfo]:
+    return _Request("read", "GET", f"/collections/{name}", params=_read_params(core, consistency))
+
+
+def _request_collections(core: _Core, consistency: Consistency | None) -> _Request[CollectionList]:
+    return _Request("read", "GET", "/collections", params=_read_params(core, consistency))
+
+
+def _request_upsert(name: str, points: Iterable[Point]) -> _Request[WriteResult]:
+    return _Request("write", "PUT", f"/collections/{name}/points", body={"points": list(points)})
+
+
+def _request_get_point(core: _Core, name: str, id: PointId,
+                       consistency: Consistency | None) -> _Request[PointResult | None]:
+    return _Request("read", "GET", f"/collections/{name}/points/{quote(str(id), safe='')}",
+                    params=_read_params(core, consistency),
+                    missing_codes=("point_not_found", "collection_not_found"))
+
+
+def _request_get_points(core: _Core, name: str, ids: Sequence[PointId], with_vector: bool,
+                        consistency: Consistency | None) -> _Request[GetPointsResult]:
+    body = _with_consistency(core, {"ids": list(ids), "with_vector": with_vector}, consistency)
+    return _Request("read", "POST", f"/collections/{name}/points/get", body=body,
+                    missing_codes=("collection_not_found",), missing={"points": [], "index": 0})
+
+
+def _request_delete_points(name: str, ids: Sequence[PointId] | None,
+                           filter: Filter | None) -> _Request[WriteResult]:
+    body = {k: v for k, v in (("ids", ids), ("filter", filter)) if v is not None}
+    return _Request("write", "POST", f"/collections/{name}/points/delete", body=body)
+
+
+def _request_search(core: _Core, name: str, vector: Sequence[float], k: int, *, ef: int | None,
+                    filter: Filter | None, with_payload: bool, with_vector: bool,
+                    score_threshold: float | None, exact: bool,
+                    consistency: Consistency | None) -> _Request[SearchResult]:
+    body: dict[str, Any] = {"vector": list(vector), "k": k, "with_payload": with_payload,
+                            "with_vector": with_vector, "exact": exact}
+    if ef is not None:
+        body["ef"] = ef
+    if filter is not None:
+        body["filter"] = filter
+    if score_threshold is not None:
+        body["score_threshold"] = score_threshold
+    body = _with_consistency(core, body, consistency)
+    return _Request("read", "POST", f"/collections/{name}/points/search", body=body)
+
+
+def _request_search_batch(core: _Core, name: str, searches: Sequence[SearchRequest],
+                          consistency: Consistency | None) -> _Request[BatchSearchResult]:
+    body = _with_consistency(core, {"searches": list(searches)}, consistency)
+    return _Request("read", "POST", f"/collections/{name}/points/search/batch", body=body)
+
+
+def _request_cluster_status() -> _Request[ClusterStatus]:
+    return _Request("read", "GET", "/cluster")
+
+
+# --- the logic, without I/O ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Refresh:
+    """Step: rediscover the leader and the ready replicas (errors ignored). Answer: None."""
+
+
+@dataclass(frozen=True)
+class _Send:
+    """Step: send the request to `url`. Answer: the response, or the httpx error it raised."""
+
+    url: str
+
+
+#: What a driver sends back into `_plan` for a step.
+_Answer = Union[httpx.Response, httpx.HTTPError, None]
+
+
+def _discover(core: _Core) -> Generator[list[str], list[httpx.Response | None], None]:
+    """Discovery without I/O, shared by both clients: yields lists of URLs to GET and receives
+    the answers (None where the request failed); applies what it learnt."""
+    status: ClusterStatus | None = None
+    for url in list(core.known):
+        (resp,) = yield [f"{url}/cluster"]
+        if resp is not None and resp.is_success:
+            answer: ClusterStatus = resp.json()
+            status = answer
+            if answer.get("leader_addr"):
+                break
+    if status is None:
+        raise QuiverConnectionError(f"none of {core.known} answered GET /cluster")
+    answers = yield [f"{m['addr'].rstrip('/')}/readyz" for m in status["members"]]
+    core.apply(status, [r is not None and r.is_success for r in answers])
+
+
+def _finish(core: _Core, req: _Request[T], resp: httpx.Response) -> T:
+    if resp.is_success:
+        out = resp.json()
+        if req.kind == "write" and isinstance(out, dict) and "index" in out:
+            core.observe(out["index"])
+        result: T = out
+        return result
+    err = _error(resp)
+    if err.code in req.missing_codes:
+        # A request that names missing codes sets `missing` to a T (None included).
+        return cast(T, req.missing)
+    raise err
+
+
+def _plan(core: _Core, req: _Request[T]) -> Generator[_Refresh | _Send, _Answer, T]:
+    """The request logic without I/O, shared by both clients: a generator that yields
+    :class:`_Refresh` and :class:`_Send` steps, is sent each one's answer, and returns the call's
+    result."""
+    if core.due():
+        yield _Refresh()
+    tried: list[str] = []
+    last: QuiverError | None = None
+    if req.kind == "write":
+        while (node := core.write_targets(tried)) is not None:
+            tried.append(node)
+            got = yield _Send(node)
+            if isinstance(got, httpx.Response):
+                if got.status_code == 503 and _error(got).code == "not_leader":
+                    last = _error(got)
+                else:
+                    return _finish(core, req, got)
+            elif isinstance(got, httpx.ConnectError):
+                # Never reached the node, so not applied: another node may take it.
+                last = QuiverConnectionError(f"{node}: {got!r}")
+            else:
+                raise QuiverConnectionError(f"{node}: {got!r} (the write may have been applied)") from got
+            if core.discover and len(tried) == 1:
+                yield _Refresh()
+        raise last or QuiverConnectionError("no node to write to")
+    for _ in range(2):
+        lease = core.balancer.pick(tried)
+        if lease is None:
+            break
+        try:
+            got = yield _Send(lease.url)
+        except BaseException:
+            # Cancelled, timed out by the caller, or the driver failed: free the lease unjudged.
+            lease.release()
+            raise
+        if isinstance(got, httpx.Response):
+            if got.status_code == 503 or (got.status_code == 504 and _error(got).code == "read_timeout"):
+                lease.failure()
+                last = _error(got)
+            else:
+                lease.success()
+                return _finish(core, req, got)
+        elif isinstance(got, (httpx.ConnectError, httpx.ConnectTimeout)):
+            lease.failure()
+            last = QuiverConnectionError(f"{lease.url}: {got!r}")
+        else:
+            # Sent, then lost: the read may be what killed the node; not repeated elsewhere.
+            lease.failure()
+            core.refresh_soon()
+            raise QuiverConnectionError(f"{lease.url}: {got!r} (not retried)") from got
+        tried.append(lease.url)
+    core.refresh_soon()  # rediscover on the next call
+    raise last or QuiverConnectionError("no node to read from")
+
+
+# --- the clients ---------------------------------------------------------------------------------
+
+
+class _ClientBase:
+    """What both clients share: construction, and the properties that read the shared state."""
 
     _core: _Core
 
-    def __init__(self, urls: str | list[str], *, api_key: str | None = None,
+    def __init__(self, urls: str | Sequence[str], *, api_key: str | None = None,
                  policy: Policy | str = Policy.POWER_OF_TWO, discover: bool = True,
                  read_your_writes: bool = False, read_from_leader: bool = False,
                  timeout: float = 120.0, refresh_every: float = 5.0) -> None:
         """`urls`: one or more nodes (the leader and the replicas are discovered from them unless
         `discover=False`). `read_your_writes`: reads carry the highest index this client's
         writes returned as `min_index`."""
-        self._core = _Core(urls, api_key, policy, discover, read_your_writes, read_from_leader,
-                           timeout, refresh_every)
+        self._core = _Core(urls, api_key=api_key, policy=policy, discover=discover,
+                           read_your_writes=read_your_writes, read_from_leader=read_from_leader,
+                           timeout=timeout, refresh_every=refresh_every)
+        self._open()
 
-    def _run(self, req: _Request):  # pragma: no cover - defined by the subclasses
-        raise NotImplementedError
+    def _open(self) -> None:
+        """Sets up the client's own HTTP state (its connections belong to it, not to the core)."""
 
     @property
     def session_index(self) -> int:
@@ -180,166 +396,18 @@ class _Operations:
         """The leader's URL, as last discovered."""
         return self._core.leader
 
-    def read_stats(self) -> list[dict]:
+    def read_stats(self) -> list[NodeStats]:
         """Per-node read counters: url, outstanding, latency_ms, served, failures."""
         return self._core.balancer.stats()
 
-    def create_collection(self, name: str, dim: int, metric: str = "cosine",
-                          m: int | None = None, ef_construction: int | None = None):
-        """PUT /collections/{name}; the same config again is a no-op, another one is 409."""
-        hnsw = {k: v for k, v in (("m", m), ("ef_construction", ef_construction)) if v}
-        body = {"dim": dim, "metric": metric, **({"hnsw": hnsw} if hnsw else {})}
-        return self._run(_Request("write", "PUT", f"/collections/{name}", body=body))
 
-    def delete_collection(self, name: str, missing_ok: bool = True):
-        """DELETE /collections/{name}."""
-        codes = ("collection_not_found",) if missing_ok else ()
-        return self._run(_Request("write", "DELETE", f"/collections/{name}", missing_codes=codes))
-
-    def collection(self, name: str, consistency: Consistency | None = None):
-        """GET /collections/{name}: config, points, tombstones, unindexed, index."""
-        return self._run(self._core.read("GET", f"/collections/{name}", consistency))
-
-    def collections(self, consistency: Consistency | None = None):
-        """GET /collections."""
-        return self._run(self._core.read("GET", "/collections", consistency))
-
-    def upsert(self, name: str, points: Iterable[dict]):
-        """PUT /collections/{name}/points with `{"id", "vector", "payload"?}` dicts."""
-        body = {"points": list(points)}
-        return self._run(_Request("write", "PUT", f"/collections/{name}/points", body=body))
-
-    def get_point(self, name: str, id: PointId, consistency: Consistency | None = None):
-        """GET /collections/{name}/points/{id}; None when there is no such point."""
-        path = f"/collections/{name}/points/{quote(str(id), safe='')}"
-        return self._run(self._core.read(
-            "GET", path, consistency,
-            missing_codes=("point_not_found", "collection_not_found"), missing=None))
-
-    def get_points(self, name: str, ids: list[PointId], with_vector: bool = True,
-                   consistency: Consistency | None = None):
-        """POST /collections/{name}/points/get: the points that exist among `ids`, in order
-        (`{"points": [...], "index"}`; no points when the collection does not exist)."""
-        body: dict = {"ids": list(ids), "with_vector": with_vector}
-        c = consistency or self._core.session_consistency()
-        if c is not None:
-            body["consistency"] = c
-        return self._run(_Request("read", "POST", f"/collections/{name}/points/get", body=body,
-                                  missing_codes=("collection_not_found",),
-                                  missing={"points": [], "index": 0}))
-
-    def delete_points(self, name: str, ids: list[PointId] | None = None, filter: dict | None = None):
-        """POST /collections/{name}/points/delete by ids or by filter."""
-        body = {k: v for k, v in (("ids", ids), ("filter", filter)) if v is not None}
-        return self._run(_Request("write", "POST", f"/collections/{name}/points/delete", body=body))
-
-    def search(self, name: str, vector: list[float], k: int = 10, *, ef: int | None = None,
-               filter: dict | None = None, with_payload: bool = True, with_vector: bool = False,
-               score_threshold: float | None = None, exact: bool = False,
-               consistency: Consistency | None = None):
-        """POST /collections/{name}/points/search: `{"hits": [{"id","score","payload"}], "index"}`."""
-        body = self._core.search_body(vector, k, ef, filter, with_payload, with_vector,
-                                      score_threshold, exact, consistency)
-        return self._run(_Request("read", "POST", f"/collections/{name}/points/search", body=body))
-
-    def search_batch(self, name: str, searches: list[dict], consistency: Consistency | None = None):
-        """POST /collections/{name}/points/search/batch."""
-        body: dict = {"searches": searches}
-        c = consistency or self._core.session_consistency()
-        if c is not None:
-            body["consistency"] = c
-        return self._run(_Request("read", "POST", f"/collections/{name}/points/search/batch", body=body))
-
-    def cluster_status(self):
-        """GET /cluster from a reader."""
-        return self._run(_Request("read", "GET", "/cluster"))
-
-
-def _discover(core: _Core):
-    """Discovery without I/O, shared by both clients: yields lists of URLs to GET and receives
-    the answers (None where the request failed); applies what it learnt."""
-    status = None
-    for url in list(core.known):
-        (resp,) = yield [f"{url}/cluster"]
-        if resp is not None and resp.is_success:
-            status = resp.json()
-            if status.get("leader_addr"):
-                break
-    if status is None:
-        raise QuiverConnectionError(f"none of {core.known} answered GET /cluster")
-    answers = yield [f"{m['addr'].rstrip('/')}/readyz" for m in status["members"]]
-    core.apply(status, [r is not None and r.is_success for r in answers])
-
-
-def _finish(core: _Core, req: _Request, resp: httpx.Response):
-    if resp.is_success:
-        out = resp.json()
-        if req.kind == "write" and isinstance(out, dict) and "index" in out:
-            core.observe(out["index"])
-        return req.transform(out) if req.transform else out
-    err = _error(resp)
-    if err.code in req.missing_codes:
-        return req.missing
-    raise err
-
-
-def _plan(core: _Core, req: _Request):
-    """The request logic without I/O, shared by both clients: a generator that yields
-    ``("refresh", None)`` (answer: None) or ``("send", url)`` (answer: ``(response, error)``) and
-    returns the call's result."""
-    if core.due():
-        yield ("refresh", None)
-    tried: list[str] = []
-    last: QuiverError | None = None
-    if req.kind == "write":
-        while (node := core.write_targets(tried)) is not None:
-            tried.append(node)
-            resp, err = yield ("send", node)
-            if err is not None:
-                if not isinstance(err, httpx.ConnectError):
-                    raise QuiverConnectionError(f"{node}: {err!r} (the write may have been applied)") from err
-                # Never reached the node, so not applied: another node may take it.
-                last = QuiverConnectionError(f"{node}: {err!r}")
-            elif resp.status_code == 503 and _error(resp).code == "not_leader":
-                last = _error(resp)
-            else:
-                return _finish(core, req, resp)
-            if core.discover and len(tried) == 1:
-                yield ("refresh", None)
-        raise last or QuiverConnectionError("no node to write to")
-    for _ in range(2):
-        lease = core.balancer.pick(tried)
-        if lease is None:
-            break
-        try:
-            resp, err = yield ("send", lease.url)
-        except BaseException:
-            # Cancelled, timed out by the caller, or the driver failed: free the lease unjudged.
-            lease.release()
-            raise
-        if err is not None:
-            lease.failure()
-            if not isinstance(err, (httpx.ConnectError, httpx.ConnectTimeout)):
-                # Sent, then lost: the read may be what killed the node; not repeated elsewhere.
-                core.last_refresh = None
-                raise QuiverConnectionError(f"{lease.url}: {err!r} (not retried)") from err
-            last = QuiverConnectionError(f"{lease.url}: {err!r}")
-        elif resp.status_code == 503 or (resp.status_code == 504 and _error(resp).code == "read_timeout"):
-            lease.failure()
-            last = _error(resp)
-        else:
-            lease.success()
-            return _finish(core, req, resp)
-        tried.append(lease.url)
-    core.last_refresh = None  # rediscover on the next call
-    raise last or QuiverConnectionError("no node to read from")
-
-
-class QuiverClient(_Operations):
+class QuiverClient(_ClientBase):
     """Synchronous client. Thread-safe; use one per process."""
 
-    def __init__(self, urls: str | list[str], **settings) -> None:
-        super().__init__(urls, **settings)
+    _http: httpx.Client
+    _probe: httpx.Client
+
+    def _open(self) -> None:
         self._http = httpx.Client(timeout=self._core.timeout, headers=self._core.headers)
         self._probe = httpx.Client(timeout=2.0, headers=self._core.headers)
 
@@ -347,10 +415,10 @@ class QuiverClient(_Operations):
         self._http.close()
         self._probe.close()
 
-    def __enter__(self) -> "QuiverClient":
+    def __enter__(self) -> QuiverClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def refresh(self) -> None:
@@ -370,45 +438,108 @@ class QuiverClient(_Operations):
         except StopIteration:
             pass
 
-    def _run(self, req: _Request):
+    def _send(self, req: _Request[Any], url: str) -> httpx.Response | httpx.HTTPError:
+        try:
+            return self._http.request(req.method, url + req.path, params=req.params, json=req.body)
+        except httpx.HTTPError as e:
+            return e
+
+    def _run(self, req: _Request[T]) -> T:
         plan = _plan(self._core, req)
         try:
             step = next(plan)
             while True:
-                if step[0] == "refresh":
+                if isinstance(step, _Refresh):
                     try:
                         self.refresh()
                     except QuiverError:
                         pass
                     step = plan.send(None)
-                    continue
-                try:
-                    resp = self._http.request(req.method, step[1] + req.path, params=req.params, json=req.body)
-                except httpx.HTTPError as e:
-                    step = plan.send((None, e))
                 else:
-                    step = plan.send((resp, None))
+                    step = plan.send(self._send(req, step.url))
         except StopIteration as done:
-            return done.value
+            result: T = done.value
+            return result
         finally:
             plan.close()
 
+    # --- endpoints ------------------------------------------------------------------------------
 
-class AsyncQuiverClient(_Operations):
-    """Asynchronous client (asyncio); every endpoint method returns an awaitable."""
+    def create_collection(self, name: str, dim: int, metric: Metric = "cosine",
+                          m: int | None = None, ef_construction: int | None = None) -> WriteResult:
+        """PUT /collections/{name}; the same config again is a no-op (``created`` false),
+        another one is 409."""
+        return self._run(_request_create_collection(name, dim, metric, m, ef_construction))
 
-    def __init__(self, urls: str | list[str], **settings) -> None:
-        super().__init__(urls, **settings)
+    def delete_collection(self, name: str, missing_ok: bool = True) -> WriteResult | None:
+        """DELETE /collections/{name}; None when it did not exist and `missing_ok`."""
+        return self._run(_request_delete_collection(name, missing_ok))
+
+    def collection(self, name: str, consistency: Consistency | None = None) -> CollectionInfo:
+        """GET /collections/{name}: config, points, tombstones, unindexed, index."""
+        return self._run(_request_collection(self._core, name, consistency))
+
+    def collections(self, consistency: Consistency | None = None) -> CollectionList:
+        """GET /collections."""
+        return self._run(_request_collections(self._core, consistency))
+
+    def upsert(self, name: str, points: Iterable[Point]) -> WriteResult:
+        """PUT /collections/{name}/points with ``{"id", "vector", "payload"?}`` dicts."""
+        return self._run(_request_upsert(name, points))
+
+    def get_point(self, name: str, id: PointId,
+                  consistency: Consistency | None = None) -> PointResult | None:
+        """GET /collections/{name}/points/{id}; None when there is no such point."""
+        return self._run(_request_get_point(self._core, name, id, consistency))
+
+    def get_points(self, name: str, ids: Sequence[PointId], with_vector: bool = True,
+                   consistency: Consistency | None = None) -> GetPointsResult:
+        """POST /collections/{name}/points/get: the points that exist among `ids`, in order (no
+        points when the collection does not exist)."""
+        return self._run(_request_get_points(self._core, name, ids, with_vector, consistency))
+
+    def delete_points(self, name: str, ids: Sequence[PointId] | None = None,
+                      filter: Filter | None = None) -> WriteResult:
+        """POST /collections/{name}/points/delete by ids or by filter."""
+        return self._run(_request_delete_points(name, ids, filter))
+
+    def search(self, name: str, vector: Sequence[float], k: int = 10, *, ef: int | None = None,
+               filter: Filter | None = None, with_payload: bool = True, with_vector: bool = False,
+               score_threshold: float | None = None, exact: bool = False,
+               consistency: Consistency | None = None) -> SearchResult:
+        """POST /collections/{name}/points/search: ``hits`` best first, and ``index``."""
+        return self._run(_request_search(
+            self._core, name, vector, k, ef=ef, filter=filter, with_payload=with_payload,
+            with_vector=with_vector, score_threshold=score_threshold, exact=exact,
+            consistency=consistency))
+
+    def search_batch(self, name: str, searches: Sequence[SearchRequest],
+                     consistency: Consistency | None = None) -> BatchSearchResult:
+        """POST /collections/{name}/points/search/batch: one hit list per search, in order."""
+        return self._run(_request_search_batch(self._core, name, searches, consistency))
+
+    def cluster_status(self) -> ClusterStatus:
+        """GET /cluster from a reader."""
+        return self._run(_request_cluster_status())
+
+
+class AsyncQuiverClient(_ClientBase):
+    """Asynchronous client (asyncio): the endpoint methods of :class:`QuiverClient`, as
+    coroutines."""
+
+    _loop: asyncio.AbstractEventLoop | None
+    _pair: tuple[httpx.AsyncClient, httpx.AsyncClient] | None
+
+    def _open(self) -> None:
         self._loop = None
-        self._pair: tuple[httpx.AsyncClient, httpx.AsyncClient] | None = None
+        self._pair = None
 
     @classmethod
-    def sharing(cls, sync: QuiverClient) -> "AsyncQuiverClient":
-        """An async client over the same nodes, balancer and session token as `sync`."""
-        me = cls.__new__(cls)
+    def sharing(cls, sync: QuiverClient) -> AsyncQuiverClient:
+        """An async client over the same nodes, balancer and session token as `sync` (with
+        connections of its own)."""
+        me = cls(sync._core.seeds)
         me._core = sync._core
-        me._loop = None
-        me._pair = None
         return me
 
     def _clients(self) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
@@ -429,10 +560,10 @@ class AsyncQuiverClient(_Operations):
                 await c.aclose()
         self._pair = None
 
-    async def __aenter__(self) -> "AsyncQuiverClient":
+    async def __aenter__(self) -> AsyncQuiverClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def refresh(self) -> None:
@@ -453,26 +584,87 @@ class AsyncQuiverClient(_Operations):
         except StopIteration:
             pass
 
-    async def _run(self, req: _Request):
+    async def _send(self, req: _Request[Any], url: str) -> httpx.Response | httpx.HTTPError:
+        try:
+            http, _ = self._clients()
+            return await http.request(req.method, url + req.path, params=req.params, json=req.body)
+        except httpx.HTTPError as e:
+            return e
+
+    async def _run(self, req: _Request[T]) -> T:
         plan = _plan(self._core, req)
         try:
             step = next(plan)
             while True:
-                if step[0] == "refresh":
+                if isinstance(step, _Refresh):
                     try:
                         await self.refresh()
                     except QuiverError:
                         pass
                     step = plan.send(None)
-                    continue
-                try:
-                    http, _ = self._clients()
-                    resp = await http.request(req.method, step[1] + req.path, params=req.params, json=req.body)
-                except httpx.HTTPError as e:
-                    step = plan.send((None, e))
                 else:
-                    step = plan.send((resp, None))
+                    step = plan.send(await self._send(req, step.url))
         except StopIteration as done:
-            return done.value
+            result: T = done.value
+            return result
         finally:
             plan.close()
+
+    # --- endpoints (the same signatures as QuiverClient's; tests/test_types.py checks it) -----
+
+    async def create_collection(self, name: str, dim: int, metric: Metric = "cosine",
+                                m: int | None = None, ef_construction: int | None = None) -> WriteResult:
+        """PUT /collections/{name}; the same config again is a no-op (``created`` false),
+        another one is 409."""
+        return await self._run(_request_create_collection(name, dim, metric, m, ef_construction))
+
+    async def delete_collection(self, name: str, missing_ok: bool = True) -> WriteResult | None:
+        """DELETE /collections/{name}; None when it did not exist and `missing_ok`."""
+        return await self._run(_request_delete_collection(name, missing_ok))
+
+    async def collection(self, name: str, consistency: Consistency | None = None) -> CollectionInfo:
+        """GET /collections/{name}: config, points, tombstones, unindexed, index."""
+        return await self._run(_request_collection(self._core, name, consistency))
+
+    async def collections(self, consistency: Consistency | None = None) -> CollectionList:
+        """GET /collections."""
+        return await self._run(_request_collections(self._core, consistency))
+
+    async def upsert(self, name: str, points: Iterable[Point]) -> WriteResult:
+        """PUT /collections/{name}/points with ``{"id", "vector", "payload"?}`` dicts."""
+        return await self._run(_request_upsert(name, points))
+
+    async def get_point(self, name: str, id: PointId,
+                        consistency: Consistency | None = None) -> PointResult | None:
+        """GET /collections/{name}/points/{id}; None when there is no such point."""
+        return await self._run(_request_get_point(self._core, name, id, consistency))
+
+    async def get_points(self, name: str, ids: Sequence[PointId], with_vector: bool = True,
+                         consistency: Consistency | None = None) -> GetPointsResult:
+        """POST /collections/{name}/points/get: the points that exist among `ids`, in order (no
+        points when the collection does not exist)."""
+        return await self._run(_request_get_points(self._core, name, ids, with_vector, consistency))
+
+    async def delete_points(self, name: str, ids: Sequence[PointId] | None = None,
+                            filter: Filter | None = None) -> WriteResult:
+        """POST /collections/{name}/points/delete by ids or by filter."""
+        return await self._run(_request_delete_points(name, ids, filter))
+
+    async def search(self, name: str, vector: Sequence[float], k: int = 10, *, ef: int | None = None,
+                     filter: Filter | None = None, with_payload: bool = True,
+                     with_vector: bool = False, score_threshold: float | None = None,
+                     exact: bool = False, consistency: Consistency | None = None) -> SearchResult:
+        """POST /collections/{name}/points/search: ``hits`` best first, and ``index``."""
+        return await self._run(_request_search(
+            self._core, name, vector, k, ef=ef, filter=filter, with_payload=with_payload,
+            with_vector=with_vector, score_threshold=score_threshold, exact=exact,
+            consistency=consistency))
+
+    async def search_batch(self, name: str, searches: Sequence[SearchRequest],
+                           consistency: Consistency | None = None) -> BatchSearchResult:
+        """POST /collections/{name}/points/search/batch: one hit list per search, in order."""
+        return await self._run(_request_search_batch(self._core, name, searches, consistency))
+
+    async def cluster_status(self) -> ClusterStatus:
+        """GET /cluster from a reader."""
+        return await self._run(_request_cluster_status())

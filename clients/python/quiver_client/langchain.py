@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Any, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, ParamSpec, Sequence, TypeVar, cast
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
@@ -17,25 +17,31 @@ from langchain_core.vectorstores import VectorStore
 
 from ._balance import Policy
 from .client import AsyncQuiverClient, QuiverClient, QuiverError
+from .types import Condition, Filter, Hit, Metric, Point, PointRecord
 
 _BATCH = 256
 
+P = ParamSpec("P")
+T = TypeVar("T")
 
-def _to_filter(filter: dict | None) -> dict | None:
+
+def _to_filter(filter: dict[str, Any] | None) -> Filter | None:
     """A quiver filter (``must``/``should``/``must_not``) passes through; a plain
     ``{"field": value}`` dict means every metadata field equals its value."""
     if not filter:
         return None
     if any(k in filter for k in ("must", "should", "must_not")):
-        return filter
-    must = []
+        return cast(Filter, filter)
+    must: list[Condition] = []
     for key, value in filter.items():
-        cond = {"any": value} if isinstance(value, (list, tuple)) else {"value": value}
-        must.append({"key": f"metadata.{key}", "match": cond})
+        if isinstance(value, (list, tuple)):
+            must.append({"key": f"metadata.{key}", "match": {"any": list(value)}})
+        else:
+            must.append({"key": f"metadata.{key}", "match": {"value": value}})
     return {"must": must}
 
 
-def _document(hit: dict) -> Document:
+def _document(hit: Hit | PointRecord) -> Document:
     payload = hit.get("payload") or {}
     return Document(
         page_content=payload.get("page_content", ""),
@@ -44,14 +50,14 @@ def _document(hit: dict) -> Document:
     )
 
 
-def _cosine(a: list[float], b: list[float]) -> float:
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b))
     na = sum(x * x for x in a) ** 0.5
     nb = sum(y * y for y in b) ** 0.5
     return dot / (na * nb) if na and nb else 0.0
 
 
-def _mmr(query: list[float], hits: list[dict], k: int, lambda_mult: float) -> list[dict]:
+def _mmr(query: list[float], hits: list[Hit], k: int, lambda_mult: float) -> list[Hit]:
     """Maximal marginal relevance: repeatedly take the candidate with the best
     ``lambda * sim(query) - (1 - lambda) * max sim(already chosen)``."""
     relevance = [_cosine(query, h["vector"]) for h in hits]
@@ -73,11 +79,37 @@ def _missing(e: QuiverError) -> bool:
     return e.code == "collection_not_found"
 
 
+def _unless_missing(call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T | None:
+    """``call(*args, **kwargs)``, or None when the store's collection does not exist (yet, or
+    any more: another store may have dropped it)."""
+    try:
+        return call(*args, **kwargs)
+    except QuiverError as e:
+        if _missing(e):
+            return None
+        raise
+
+
+async def _aunless_missing(call: Callable[P, Awaitable[T]], /, *args: P.args,
+                           **kwargs: P.kwargs) -> T | None:
+    """``await call(*args, **kwargs)``, or None when the store's collection does not exist."""
+    try:
+        return await call(*args, **kwargs)
+    except QuiverError as e:
+        if _missing(e):
+            return None
+        raise
+
+
 class QuiverVectorStore(VectorStore):
     """LangChain vector store on a quiver cluster.
 
     ``urls`` may name one node or several (the leader and the replicas are discovered); pass
     ``client`` to share a configured :class:`QuiverClient` instead.
+
+    Every search method also takes the keyword ``ef``: the HNSW search breadth (default: the
+    node's ``--default-ef``, and at least ``k``); larger recalls better and costs more. A retriever
+    passes it on too: ``as_retriever(search_kwargs={"k": 4, "ef": 128})``.
     """
 
     def __init__(
@@ -87,13 +119,13 @@ class QuiverVectorStore(VectorStore):
         *,
         urls: str | list[str] = "http://127.0.0.1:7070",
         api_key: str | None = None,
-        metric: str = "cosine",
+        metric: Metric = "cosine",
         policy: Policy | str = Policy.POWER_OF_TWO,
         client: QuiverClient | None = None,
     ) -> None:
         self._embedding = embedding
         self.collection_name = collection_name
-        self.metric = metric
+        self.metric: Metric = metric
         self.client = client or QuiverClient(
             urls, api_key=api_key, policy=policy, read_your_writes=True
         )
@@ -101,12 +133,9 @@ class QuiverVectorStore(VectorStore):
         self.async_client = AsyncQuiverClient.sharing(self.client)
         self._dim: int | None = None
         # An existing collection's metric wins over the argument (scores must be read its way).
-        try:
-            info = self.client.collection(collection_name)
+        info = _unless_missing(self.client.collection, collection_name)
+        if info is not None:
             self.metric, self._dim = info["config"]["metric"], info["config"]["dim"]
-        except QuiverError as e:
-            if not _missing(e):
-                raise
 
     def close(self) -> None:
         """Closes the sync client's connections."""
@@ -120,7 +149,7 @@ class QuiverVectorStore(VectorStore):
     def embeddings(self) -> Embeddings:
         return self._embedding
 
-    def _select_relevance_score_fn(self):
+    def _select_relevance_score_fn(self) -> Callable[[float], float]:
         """Maps quiver's score to LangChain's relevance in [0, 1] (1 = most similar)."""
         if self.metric == "l2":
             return self._euclidean_relevance_score_fn
@@ -131,7 +160,9 @@ class QuiverVectorStore(VectorStore):
 
     # --- writing ------------------------------------------------------------------------
 
-    def _points(self, texts: list[str], vectors: list[list[float]], metadatas, ids) -> list[dict]:
+    def _points(self, texts: list[str], vectors: list[list[float]],
+                metadatas: Iterable[dict[str, Any]] | None,
+                ids: Iterable[str | None] | None) -> list[Point]:
         metadatas = list(metadatas) if metadatas is not None else [{} for _ in texts]
         ids = list(ids) if ids is not None else [None] * len(texts)
         if not (len(metadatas) == len(ids) == len(texts)):
@@ -148,7 +179,7 @@ class QuiverVectorStore(VectorStore):
     def add_texts(
         self,
         texts: Iterable[str],
-        metadatas: list[dict] | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
         *,
         ids: list[str] | None = None,
         **kwargs: Any,
@@ -162,20 +193,17 @@ class QuiverVectorStore(VectorStore):
             self.client.create_collection(self.collection_name, dim, self.metric)
             self._dim = dim
         for start in range(0, len(points), _BATCH):
-            try:
-                self.client.upsert(self.collection_name, points[start : start + _BATCH])
-            except QuiverError as e:
-                if not _missing(e):
-                    raise
+            batch = points[start : start + _BATCH]
+            if _unless_missing(self.client.upsert, self.collection_name, batch) is None:
                 # Dropped meanwhile (by another store on the same collection): create it again.
                 self.client.create_collection(self.collection_name, dim, self.metric)
-                self.client.upsert(self.collection_name, points[start : start + _BATCH])
-        return [p["id"] for p in points]
+                self.client.upsert(self.collection_name, batch)
+        return [str(p["id"]) for p in points]
 
     async def aadd_texts(
         self,
         texts: Iterable[str],
-        metadatas: list[dict] | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
         *,
         ids: list[str] | None = None,
         **kwargs: Any,
@@ -190,38 +218,29 @@ class QuiverVectorStore(VectorStore):
             await self.async_client.create_collection(self.collection_name, dim, self.metric)
             self._dim = dim
         for start in range(0, len(points), _BATCH):
-            try:
-                await self.async_client.upsert(self.collection_name, points[start : start + _BATCH])
-            except QuiverError as e:
-                if not _missing(e):
-                    raise
+            batch = points[start : start + _BATCH]
+            if await _aunless_missing(self.async_client.upsert, self.collection_name, batch) is None:
                 await self.async_client.create_collection(self.collection_name, dim, self.metric)
-                await self.async_client.upsert(self.collection_name, points[start : start + _BATCH])
-        return [p["id"] for p in points]
+                await self.async_client.upsert(self.collection_name, batch)
+        return [str(p["id"]) for p in points]
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
         """Deletes the given ids (missing ones are ignored), or the whole collection with None."""
-        try:
-            if ids is None:
-                self.client.delete_collection(self.collection_name)
-                self._dim = None
-            elif ids:
-                self.client.delete_points(self.collection_name, ids=[str(i) for i in ids])
-        except QuiverError as e:
-            if not _missing(e):
-                raise
+        if ids is None:
+            self.client.delete_collection(self.collection_name)  # missing_ok
+            self._dim = None
+        elif ids:
+            _unless_missing(self.client.delete_points, self.collection_name, ids=[str(i) for i in ids])
         return True
 
     async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
-        try:
-            if ids is None:
-                await self.async_client.delete_collection(self.collection_name)
-                self._dim = None
-            elif ids:
-                await self.async_client.delete_points(self.collection_name, ids=[str(i) for i in ids])
-        except QuiverError as e:
-            if not _missing(e):
-                raise
+        if ids is None:
+            await self.async_client.delete_collection(self.collection_name)  # missing_ok
+            self._dim = None
+        elif ids:
+            await _aunless_missing(
+                self.async_client.delete_points, self.collection_name, ids=[str(i) for i in ids]
+            )
         return True
 
     # --- reading ------------------------------------------------------------------------
@@ -229,6 +248,7 @@ class QuiverVectorStore(VectorStore):
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         if not ids:
             return []
+        # A missing collection reads as no points (the client's own rule for points/get).
         found = self.client.get_points(self.collection_name, [str(i) for i in ids], with_vector=False)
         return [_document(p) for p in found["points"]]
 
@@ -241,63 +261,64 @@ class QuiverVectorStore(VectorStore):
         return [_document(p) for p in found["points"]]
 
     def similarity_search_with_score_by_vector(
-        self, embedding: list[float], k: int = 4, filter: dict | None = None, **kwargs: Any
+        self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None, *,
+        ef: int | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        try:
-            found = self.client.search(
-                self.collection_name, embedding, k, filter=_to_filter(filter), ef=kwargs.get("ef")
-            )
-        except QuiverError as e:
-            if _missing(e):
-                return []
-            raise
-        return [(_document(h), h["score"]) for h in found["hits"]]
+        found = _unless_missing(
+            self.client.search, self.collection_name, embedding, k, filter=_to_filter(filter), ef=ef
+        )
+        return [] if found is None else [(_document(h), h["score"]) for h in found["hits"]]
 
     async def asimilarity_search_with_score_by_vector(
-        self, embedding: list[float], k: int = 4, filter: dict | None = None, **kwargs: Any
+        self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None, *,
+        ef: int | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        try:
-            found = await self.async_client.search(
-                self.collection_name, embedding, k, filter=_to_filter(filter), ef=kwargs.get("ef")
-            )
-        except QuiverError as e:
-            if _missing(e):
-                return []
-            raise
-        return [(_document(h), h["score"]) for h in found["hits"]]
+        found = await _aunless_missing(
+            self.async_client.search, self.collection_name, embedding, k,
+            filter=_to_filter(filter), ef=ef,
+        )
+        return [] if found is None else [(_document(h), h["score"]) for h in found["hits"]]
 
     def similarity_search_by_vector(
-        self, embedding: list[float], k: int = 4, filter: dict | None = None, **kwargs: Any
+        self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None, *,
+        ef: int | None = None, **kwargs: Any
     ) -> list[Document]:
-        return [d for d, _ in self.similarity_search_with_score_by_vector(embedding, k, filter, **kwargs)]
+        found = self.similarity_search_with_score_by_vector(embedding, k, filter, ef=ef, **kwargs)
+        return [d for d, _ in found]
 
     async def asimilarity_search_by_vector(
-        self, embedding: list[float], k: int = 4, filter: dict | None = None, **kwargs: Any
+        self, embedding: list[float], k: int = 4, filter: dict[str, Any] | None = None, *,
+        ef: int | None = None, **kwargs: Any
     ) -> list[Document]:
-        found = await self.asimilarity_search_with_score_by_vector(embedding, k, filter, **kwargs)
+        found = await self.asimilarity_search_with_score_by_vector(embedding, k, filter, ef=ef, **kwargs)
         return [d for d, _ in found]
 
     def similarity_search_with_score(
-        self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, *,
+        ef: int | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         vector = self._embedding.embed_query(query)
-        return self.similarity_search_with_score_by_vector(vector, k, filter, **kwargs)
+        return self.similarity_search_with_score_by_vector(vector, k, filter, ef=ef, **kwargs)
 
     async def asimilarity_search_with_score(
-        self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, *,
+        ef: int | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         vector = await self._embedding.aembed_query(query)
-        return await self.asimilarity_search_with_score_by_vector(vector, k, filter, **kwargs)
+        return await self.asimilarity_search_with_score_by_vector(vector, k, filter, ef=ef, **kwargs)
 
     def similarity_search(
-        self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, *,
+        ef: int | None = None, **kwargs: Any
     ) -> list[Document]:
-        return [d for d, _ in self.similarity_search_with_score(query, k, filter, **kwargs)]
+        return [d for d, _ in self.similarity_search_with_score(query, k, filter, ef=ef, **kwargs)]
 
     async def asimilarity_search(
-        self, query: str, k: int = 4, filter: dict | None = None, **kwargs: Any
+        self, query: str, k: int = 4, filter: dict[str, Any] | None = None, *,
+        ef: int | None = None, **kwargs: Any
     ) -> list[Document]:
-        return [d for d, _ in await self.asimilarity_search_with_score(query, k, filter, **kwargs)]
+        found = await self.asimilarity_search_with_score(query, k, filter, ef=ef, **kwargs)
+        return [d for d, _ in found]
 
     def max_marginal_relevance_search_by_vector(
         self,
@@ -305,18 +326,16 @@ class QuiverVectorStore(VectorStore):
         k: int = 4,
         fetch_k: int = 20,
         lambda_mult: float = 0.5,
-        filter: dict | None = None,
+        filter: dict[str, Any] | None = None,
+        *,
+        ef: int | None = None,
         **kwargs: Any,
     ) -> list[Document]:
-        try:
-            found = self.client.search(
-                self.collection_name, embedding, max(k, fetch_k), filter=_to_filter(filter), with_vector=True
-            )
-        except QuiverError as e:
-            if _missing(e):
-                return []
-            raise
-        return [_document(h) for h in _mmr(embedding, found["hits"], k, lambda_mult)]
+        found = _unless_missing(
+            self.client.search, self.collection_name, embedding, max(k, fetch_k),
+            filter=_to_filter(filter), ef=ef, with_vector=True,
+        )
+        return [] if found is None else [_document(h) for h in _mmr(embedding, found["hits"], k, lambda_mult)]
 
     async def amax_marginal_relevance_search_by_vector(
         self,
@@ -324,32 +343,32 @@ class QuiverVectorStore(VectorStore):
         k: int = 4,
         fetch_k: int = 20,
         lambda_mult: float = 0.5,
-        filter: dict | None = None,
+        filter: dict[str, Any] | None = None,
+        *,
+        ef: int | None = None,
         **kwargs: Any,
     ) -> list[Document]:
-        try:
-            found = await self.async_client.search(
-                self.collection_name, embedding, max(k, fetch_k), filter=_to_filter(filter), with_vector=True
-            )
-        except QuiverError as e:
-            if _missing(e):
-                return []
-            raise
-        return [_document(h) for h in _mmr(embedding, found["hits"], k, lambda_mult)]
+        found = await _aunless_missing(
+            self.async_client.search, self.collection_name, embedding, max(k, fetch_k),
+            filter=_to_filter(filter), ef=ef, with_vector=True,
+        )
+        return [] if found is None else [_document(h) for h in _mmr(embedding, found["hits"], k, lambda_mult)]
 
     def max_marginal_relevance_search(
         self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
-        filter: dict | None = None, **kwargs: Any,
+        filter: dict[str, Any] | None = None, *, ef: int | None = None, **kwargs: Any,
     ) -> list[Document]:
         vector = self._embedding.embed_query(query)
-        return self.max_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter)
+        return self.max_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter, ef=ef)
 
     async def amax_marginal_relevance_search(
         self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
-        filter: dict | None = None, **kwargs: Any,
+        filter: dict[str, Any] | None = None, *, ef: int | None = None, **kwargs: Any,
     ) -> list[Document]:
         vector = await self._embedding.aembed_query(query)
-        return await self.amax_marginal_relevance_search_by_vector(vector, k, fetch_k, lambda_mult, filter)
+        return await self.amax_marginal_relevance_search_by_vector(
+            vector, k, fetch_k, lambda_mult, filter, ef=ef
+        )
 
     # --- construction -------------------------------------------------------------------
 
@@ -358,11 +377,13 @@ class QuiverVectorStore(VectorStore):
         cls,
         texts: list[str],
         embedding: Embeddings,
-        metadatas: list[dict] | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
         *,
         ids: list[str] | None = None,
         **kwargs: Any,
-    ) -> "QuiverVectorStore":
+    ) -> QuiverVectorStore:
+        """A store built with ``kwargs`` (``collection_name``, ``urls``, ``client``, ...) that
+        holds `texts`."""
         store = cls(embedding, **kwargs)
         store.add_texts(texts, metadatas, ids=ids)
         return store
@@ -372,11 +393,11 @@ class QuiverVectorStore(VectorStore):
         cls,
         texts: list[str],
         embedding: Embeddings,
-        metadatas: list[dict] | None = None,
+        metadatas: list[dict[str, Any]] | None = None,
         *,
         ids: list[str] | None = None,
         **kwargs: Any,
-    ) -> "QuiverVectorStore":
+    ) -> QuiverVectorStore:
         store = cls(embedding, **kwargs)
         await store.aadd_texts(texts, metadatas, ids=ids)
         return store

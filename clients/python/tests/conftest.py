@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 import pytest
@@ -29,10 +30,11 @@ def _binary() -> Path:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -67,7 +69,7 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One node for the whole session (each test uses its own collection)."""
     s = Server(tmp_path_factory.mktemp("quiver"))
     yield s
@@ -75,7 +77,7 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, list[Server]]]:
     """A leader and two read replicas."""
     leader = Server(tmp_path_factory.mktemp("leader"))
     replicas = [Server(tmp_path_factory.mktemp(f"replica{i}"), join=leader.url) for i in range(2)]

@@ -210,3 +210,21 @@ def test_a_read_that_broke_a_node_is_not_sent_to_another():
     finally:
         for s in socks:
             s.close()
+
+
+def test_vectorstore_passes_ef_to_the_server(server):
+    """`ef` is an explicit keyword of every search, and a retriever's search_kwargs carry it."""
+    emb = DeterministicFakeEmbedding(size=8)
+    store = QuiverVectorStore.from_texts(["a", "b", "c"], emb, collection_name=f"e{uuid.uuid4().hex[:8]}", urls=server.url)
+    try:
+        assert len(store.as_retriever(search_kwargs={"k": 2, "ef": 16}).invoke("a")) == 2
+        for search in (
+            lambda: store.similarity_search("a", k=1, ef=0),
+            lambda: store.similarity_search_with_relevance_scores("a", k=1, ef=0),
+            lambda: store.max_marginal_relevance_search("a", k=1, ef=0),
+        ):
+            with pytest.raises(QuiverError) as e:  # the server saw ef=0 and refused it
+                search()
+            assert e.value.field == "ef"
+    finally:
+        store.delete()
