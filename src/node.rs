@@ -15,10 +15,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{router, AppState};
-use crate::cluster::{Cluster, MemberRequest};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::raft::{LogStore, Network, NodeId, PeerHealth, Raft, StateMachine, SECRET_HEADER};
+use crate::raft::{LogStore, Network, NodeId, PeerClient, PeerHealth, Raft, StateMachine};
 use crate::writer::Writer;
 
 /// How long a joining node keeps asking before giving up.
@@ -91,7 +91,7 @@ impl Node {
 
     /// Leaves the cluster (a read replica scaling down), then stops.
     pub async fn leave_and_stop(self) -> anyhow::Result<()> {
-        leave(&self.cluster).await;
+        self.cluster.request_leave().await;
         self.stop().await
     }
 }
@@ -129,7 +129,8 @@ async fn open(
     let sm = StateMachine::new(engine.clone())?;
     let (secret, made_up) = config.secret();
     let health = PeerHealth::default();
-    let network = Network::new(secret.clone(), health.clone());
+    let peer = PeerClient::new(&secret);
+    let network = Network::new(peer.clone(), health.clone());
     let raft = Raft::new(id, Arc::new(config.raft_config()?), network, log, sm).await?;
     if made_up {
         let others = raft
@@ -161,7 +162,7 @@ async fn open(
         raft,
         id,
         advertise,
-        secret,
+        peer,
         health,
         Duration::from_millis(config.read_wait_ms),
         config.ready_max_lag,
@@ -404,33 +405,6 @@ async fn rejoin_when_forgotten(cluster: Arc<Cluster>, urls: Vec<String>, after: 
             Err(e) => tracing::warn!(error = %e, "asking to join again failed; will retry"),
         }
         silent_since = None;
-    }
-}
-
-/// Best effort: a learner asks the leader to remove it (scale-down), so that it is not retried.
-async fn leave(cluster: &Cluster) {
-    let m = cluster.metrics();
-    let is_voter = m
-        .membership_config
-        .membership()
-        .voter_ids()
-        .any(|v| v == cluster.id);
-    if is_voter {
-        return;
-    }
-    let Some((_, leader)) = cluster.leader() else {
-        return;
-    };
-    let req = cluster
-        .http()
-        .post(format!("{leader}/cluster/leave"))
-        .timeout(Duration::from_secs(5))
-        .header(SECRET_HEADER, &cluster.secret)
-        .json(&MemberRequest { id: cluster.id });
-    match req.send().await {
-        Ok(r) if r.status().is_success() => tracing::info!("left the cluster"),
-        Ok(r) => tracing::warn!(status = %r.status(), "leaving the cluster failed"),
-        Err(e) => tracing::warn!(error = %e, "leaving the cluster failed"),
     }
 }
 

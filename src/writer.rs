@@ -119,7 +119,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_batch_points: usiz
                     }
                 }
                 Err(e) => {
-                    let err = crate::cluster::client_write_error(e);
+                    let err = crate::raft::client_write_error(e);
                     for tx in replies {
                         let _ = tx.send(Err(err.clone_for_reply()));
                     }

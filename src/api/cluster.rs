@@ -36,7 +36,7 @@ pub async fn require_secret(State(state): State<AppState>, req: Request, next: N
             .headers()
             .get(SECRET_HEADER)
             .and_then(|v| v.to_str().ok());
-        if !given.is_some_and(|g| key_eq(g, &state.cluster.secret)) {
+        if !given.is_some_and(|g| key_eq(g, state.cluster.secret())) {
             return Error::Unauthorized.into_response();
         }
     }

@@ -17,10 +17,14 @@
 
 mod log_store;
 mod network;
+mod peer;
 mod state_machine;
 
 pub use log_store::LogStore;
 pub use network::{Network, PeerHealth, SECRET_HEADER, TARGET_HEADER};
+pub use peer::PeerClient;
+
+use crate::error::Error;
 pub use state_machine::StateMachine;
 
 use crate::model::{Command, Reply};
@@ -72,4 +76,21 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode
 /// Encodes with bincode 1.3's default (fixint) format.
 pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     bincode::serialize(v).unwrap_or_default()
+}
+
+/// Maps a failed proposal to the crate's error.
+pub fn client_write_error(e: typ::ClientWriteError) -> Error {
+    use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Error::NotLeader(f.leader_node.map(|n| n.addr))
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            ChangeMembershipError::InProgress(_) => {
+                Error::Unavailable(format!("membership change in progress: {c}"))
+            }
+            other => Error::invalid("id", other.to_string()),
+        },
+        RaftError::Fatal(f) => Error::Unavailable(format!("raft stopped: {f}")),
+    }
 }

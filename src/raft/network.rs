@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{decode, encode, NodeId, TypeConfig};
+use super::{decode, encode, NodeId, PeerClient, TypeConfig};
 
 /// An AppendEntries body above this is split (openraft is told to send fewer entries), so that
 /// one RPC fits in its timeout (the heartbeat interval).
@@ -76,14 +76,14 @@ impl PeerHealth {
 /// Builds one [`Peer`] per replication target.
 #[derive(Clone)]
 pub struct Network {
-    secret: String,
+    client: PeerClient,
     health: PeerHealth,
 }
 
 impl Network {
-    /// A network factory; `secret` is sent to every peer.
-    pub fn new(secret: String, health: PeerHealth) -> Network {
-        Network { secret, health }
+    /// A network factory sending Raft RPC through `client`.
+    pub fn new(client: PeerClient, health: PeerHealth) -> Network {
+        Network { client, health }
     }
 }
 
@@ -91,8 +91,7 @@ impl Network {
 pub struct Peer {
     target: NodeId,
     node: BasicNode,
-    client: reqwest::Client,
-    secret: String,
+    client: PeerClient,
     health: PeerHealth,
 }
 
@@ -100,16 +99,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .pool_max_idle_per_host(4)
-            .build()
-            .unwrap_or_default();
         Peer {
             target,
             node: node.clone(),
-            client,
-            secret: self.secret.clone(),
+            client: self.client.clone(),
             health: self.health.clone(),
         }
     }
@@ -132,13 +125,11 @@ impl Peer {
                 &std::io::Error::other("isolated (fault injection)"),
             )));
         }
-        let url = format!("{}/raft/{path}", self.node.addr.trim_end_matches('/'));
         let r = self
             .client
-            .post(url)
+            .post(&self.node.addr, &format!("/raft/{path}"))
             .timeout(option.hard_ttl())
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .header(SECRET_HEADER, &self.secret)
             .header(TARGET_HEADER, self.target.to_string())
             .body(encode(req));
         let resp = r.send().await.map_err(|e| {
