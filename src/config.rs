@@ -24,22 +24,22 @@ pub struct Config {
     #[arg(long, env = "QUIVER_READ_ONLY_API_KEY", hide_env_values = true)]
     pub read_only_api_key: Option<String>,
     /// Largest request body accepted, in bytes.
-    #[arg(long, env = "QUIVER_MAX_BODY_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "QUIVER_MAX_BODY_BYTES", default_value_t = MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Search breadth used when a request gives no `ef`.
     #[arg(long, env = "QUIVER_DEFAULT_EF", default_value_t = 64)]
     pub default_ef: usize,
     /// Most points a collection may hold outside its HNSW graph before writes wait (backpressure).
-    #[arg(long, env = "QUIVER_MAX_UNINDEXED", default_value_t = 20_000)]
+    #[arg(long, env = "QUIVER_MAX_UNINDEXED", default_value_t = EngineOptions::MAX_UNINDEXED)]
     pub max_unindexed: u64,
     /// Rebuild a graph when deleted points exceed this fraction of it.
-    #[arg(long, env = "QUIVER_REBUILD_RATIO", default_value_t = 0.2)]
+    #[arg(long, env = "QUIVER_REBUILD_RATIO", default_value_t = EngineOptions::REBUILD_RATIO)]
     pub rebuild_ratio: f64,
     /// Collections with at most this many points are searched exactly.
-    #[arg(long, env = "QUIVER_EXACT_BELOW", default_value_t = 1_000)]
+    #[arg(long, env = "QUIVER_EXACT_BELOW", default_value_t = EngineOptions::EXACT_BELOW)]
     pub exact_below: usize,
     /// sled page cache, in MiB.
-    #[arg(long, env = "QUIVER_CACHE_MB", default_value_t = 256)]
+    #[arg(long, env = "QUIVER_CACHE_MB", default_value_t = EngineOptions::CACHE_MB)]
     pub cache_mb: u64,
     /// Most points coalesced into one durable write (group commit).
     #[arg(long, env = "QUIVER_MAX_BATCH_POINTS", default_value_t = 4_096)]
@@ -101,6 +101,19 @@ pub struct Config {
     pub test_install_delay_ms: u64,
 }
 
+/// The defaults of a settings struct as its flags declare them, with `args` (for required
+/// flags) and without reading the environment: the one source of the defaults that tests use.
+pub fn defaults_of<T: clap::Args + clap::FromArgMatches>(args: &[&str]) -> T {
+    let cmd = T::augment_args(clap::Command::new("quiver")).mut_args(|a| a.env(None));
+    let matches = cmd
+        .try_get_matches_from(std::iter::once("quiver").chain(args.iter().copied()))
+        .expect("the declared defaults parse");
+    T::from_arg_matches(&matches).expect("the declared defaults fit their fields")
+}
+
+/// Default largest request body, in bytes (node and gateway).
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+
 /// Shortest `--cluster-secret` accepted.
 pub const MIN_SECRET_CHARS: usize = 16;
 
@@ -136,33 +149,25 @@ impl Config {
         url_list(self.peers.as_deref())
     }
 
-    /// Defaults for tests: a data dir, an ephemeral port on loopback.
-    pub fn for_test(data_dir: impl Into<PathBuf>) -> Config {
+    /// `quiver serve`'s defaults (the environment ignored), as a test starts from them.
+    pub fn defaults(data_dir: impl Into<PathBuf>) -> Config {
         Config {
             data_dir: data_dir.into(),
+            ..defaults_of(&[])
+        }
+    }
+
+    /// Defaults for tests: `quiver serve`'s, on an ephemeral loopback port, with faster
+    /// heartbeats (elections in tests take 0.5-1 s), a smaller page cache, snapshots as soon as
+    /// they are due, and quiet logs.
+    pub fn for_test(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            api_key: None,
-            read_only_api_key: None,
-            max_body_bytes: 64 << 20,
-            default_ef: 64,
-            max_unindexed: 20_000,
-            rebuild_ratio: 0.2,
-            exact_below: 1_000,
             cache_mb: 64,
-            max_batch_points: 4_096,
-            advertise: None,
-            join: None,
-            peers: None,
-            voter: false,
-            cluster_secret: None,
-            read_wait_ms: 5_000,
-            ready_max_lag: 100,
-            learner_expiry_secs: 30,
             heartbeat_ms: 100,
-            snapshot_logs: 1_000,
             snapshot_min_interval_secs: 0,
             log: "warn".into(),
-            test_install_delay_ms: 0,
+            ..Config::defaults(data_dir)
         }
     }
 
@@ -232,5 +237,22 @@ impl Config {
         o.exact_below = self.exact_below;
         o.install_delay = std::time::Duration::from_millis(self.test_install_delay_ms);
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_defaults_are_the_cli_defaults() {
+        let from_cli = Config::defaults("d").engine_options();
+        assert_eq!(
+            format!("{from_cli:?}"),
+            format!("{:?}", EngineOptions::new("d"))
+        );
+        let gateway: crate::gateway::GatewayConfig = defaults_of(&["--nodes", "http://a"]);
+        assert_eq!(gateway.max_body_bytes, Config::defaults("d").max_body_bytes);
+        assert_eq!(gateway.nodes, ["http://a"]);
     }
 }

@@ -64,7 +64,7 @@ pub struct GatewayConfig {
     #[arg(long, env = "QUIVER_GATEWAY_TIMEOUT_SECS", default_value_t = 120)]
     pub timeout_secs: u64,
     /// Largest request body accepted, in bytes.
-    #[arg(long, env = "QUIVER_MAX_BODY_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "QUIVER_MAX_BODY_BYTES", default_value_t = crate::config::MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "QUIVER_LOG", default_value = crate::telemetry::DEFAULT_LOG)]
@@ -72,18 +72,17 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Defaults for tests: loopback, port 0, a fast refresh.
+    /// Defaults for tests: `quiver gateway`'s, on an ephemeral loopback port, with a fast
+    /// refresh, a 30 s request timeout and quiet logs.
     pub fn for_test(nodes: Vec<String>, policy: Policy) -> GatewayConfig {
         GatewayConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             nodes,
             policy,
-            read_from_leader: false,
             refresh_ms: 100,
-            api_key: None,
             timeout_secs: 30,
-            max_body_bytes: 64 << 20,
             log: "warn".into(),
+            ..crate::config::defaults_of(&["--nodes", "http://127.0.0.1:1"])
         }
     }
 }

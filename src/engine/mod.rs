@@ -79,16 +79,25 @@ pub struct EngineOptions {
 }
 
 impl EngineOptions {
-    /// Defaults for a data directory.
+    /// Default sled page cache, in MiB (`--cache-mb`).
+    pub const CACHE_MB: u64 = 256;
+    /// Default backpressure bound (`--max-unindexed`).
+    pub const MAX_UNINDEXED: u64 = 20_000;
+    /// Default rebuild threshold (`--rebuild-ratio`).
+    pub const REBUILD_RATIO: f64 = 0.2;
+    /// Default exact-search bound (`--exact-below`).
+    pub const EXACT_BELOW: usize = 1_000;
+
+    /// Defaults for a data directory (the same as `quiver serve`'s).
     pub fn new(data_dir: impl Into<PathBuf>) -> EngineOptions {
         EngineOptions {
             data_dir: data_dir.into(),
-            cache_bytes: 256 << 20,
-            max_unindexed: 20_000,
-            rebuild_ratio: 0.2,
+            cache_bytes: Self::CACHE_MB << 20,
+            max_unindexed: Self::MAX_UNINDEXED,
+            rebuild_ratio: Self::REBUILD_RATIO,
             rebuild_min_points: 1_000,
             dump_after_inserts: 10_000,
-            exact_below: 1_000,
+            exact_below: Self::EXACT_BELOW,
             install_delay: Duration::ZERO,
         }
     }
