@@ -65,7 +65,60 @@ pub enum Command {
     Noop,
 }
 
+/// Largest log entry the writer makes, in bytes (as estimated by [`Command::size_hint`]).
+/// openraft gives each AppendEntries one heartbeat interval to be sent, written and fsynced by
+/// the follower (review M8), so entries stay small whatever the size of a request: requests are
+/// grouped only up to this size, and a larger upsert is written as several entries, in order.
+pub const ENTRY_BYTES: usize = 4 << 20;
+
+impl PointWrite {
+    /// About how many bytes this point takes in the log.
+    pub fn size_hint(&self) -> usize {
+        let id = match &self.id {
+            PointId::Num(_) => 8,
+            PointId::Str(s) => s.len() + 8,
+        };
+        16 + id + self.vector.len() * 4 + self.payload.as_ref().map_or(0, String::len)
+    }
+}
+
+/// Splits `points` into runs of at most `max_bytes` each (a point larger than that alone), in
+/// order.
+pub fn split_points(points: Vec<PointWrite>, max_bytes: usize) -> Vec<Vec<PointWrite>> {
+    let mut parts = Vec::new();
+    let mut part = Vec::new();
+    let mut bytes = 0;
+    for p in points {
+        let size = p.size_hint();
+        if !part.is_empty() && bytes + size > max_bytes {
+            parts.push(std::mem::take(&mut part));
+            bytes = 0;
+        }
+        bytes += size;
+        part.push(p);
+    }
+    if !part.is_empty() || parts.is_empty() {
+        parts.push(part);
+    }
+    parts
+}
+
 impl Command {
+    /// About how many bytes this command takes in the log.
+    pub fn size_hint(&self) -> usize {
+        match self {
+            Command::Upsert { points, .. } => {
+                64 + points.iter().map(PointWrite::size_hint).sum::<usize>()
+            }
+            Command::Batch(cmds) => cmds.iter().map(Command::size_hint).sum(),
+            Command::Delete {
+                selector: DeleteSelector::Ids(ids),
+                ..
+            } => 64 + ids.len() * 24,
+            _ => 256,
+        }
+    }
+
     /// Number of points this command carries, for batching decisions.
     pub fn weight(&self) -> usize {
         match self {
@@ -129,4 +182,31 @@ pub enum ApplyError {
     /// A payload or filter could not be parsed.
     #[error("{0}")]
     Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(i: u64, dim: usize) -> PointWrite {
+        PointWrite {
+            id: PointId::Num(i),
+            vector: vec![0.5; dim],
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn large_upserts_split_in_order_into_bounded_parts() {
+        let points: Vec<PointWrite> = (0..1000).map(|i| point(i, 384)).collect();
+        let size = points[0].size_hint();
+        let parts = split_points(points.clone(), 100 * size);
+        assert_eq!(parts.len(), 10);
+        assert!(parts.iter().all(|p| p.len() == 100));
+        assert_eq!(parts.concat(), points);
+        // A point larger than the bound travels alone; nothing is ever dropped.
+        let parts = split_points(points[..3].to_vec(), 1);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(split_points(Vec::new(), 1), vec![Vec::<PointWrite>::new()]);
+    }
 }

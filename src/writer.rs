@@ -1,9 +1,11 @@
 //! The write path: group commit into Raft.
 //!
 //! Handlers send `Command`s to one writer task. It takes whatever has queued up (up to a point
-//! budget) and proposes it as one Raft entry (a `Command::Batch` when several), so that one log
-//! fsync and one replication round cover many requests. A few entries may be in flight at once.
-//! Each request is answered once its entry is committed and applied, with the entry's index.
+//! budget and [`ENTRY_BYTES`]) and proposes it as one Raft entry (a `Command::Batch` when
+//! several), so that one log fsync and one replication round cover many requests. A few entries
+//! may be in flight at once. Each request is answered once its entry is committed and applied,
+//! with the entry's index. An upsert larger than [`ENTRY_BYTES`] is written as several entries,
+//! one after another, and answered with the last one's index.
 //!
 //! Nothing waits without bound: a full queue answers 503 at once (load shedding, the request was
 //! not proposed), and a proposal that cannot commit, because this leader lost its quorum or the
@@ -15,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::{Error, Result};
-use crate::model::{Command, Reply};
+use crate::model::{split_points, Command, Reply, ENTRY_BYTES};
 use crate::raft::Raft;
 
 /// Entries proposed concurrently by one writer.
@@ -47,6 +49,53 @@ impl Writer {
 
     /// Submits a command; resolves once it is committed and applied, with its index and reply.
     pub async fn write(&self, cmd: Command) -> Result<(u64, Reply)> {
+        match cmd {
+            Command::Upsert { collection, points } if cmd_bytes(&points) > ENTRY_BYTES => {
+                self.write_in_parts(collection, points).await
+            }
+            cmd => self.write_entry(cmd).await,
+        }
+    }
+
+    /// A large upsert, as several entries in order: readers may see its first parts before the
+    /// rest, and the answer's index covers all of it. A failure after the first part says that
+    /// part of the request was applied.
+    async fn write_in_parts(
+        &self,
+        collection: String,
+        points: Vec<crate::model::PointWrite>,
+    ) -> Result<(u64, Reply)> {
+        let parts = split_points(points, ENTRY_BYTES);
+        let n = parts.len();
+        let (mut index, mut count) = (0, 0);
+        for (k, points) in parts.into_iter().enumerate() {
+            let cmd = Command::Upsert {
+                collection: collection.clone(),
+                points,
+            };
+            match self.write_entry(cmd).await {
+                Ok((i, Reply::Upserted { count: c })) => {
+                    index = i;
+                    count += c;
+                }
+                // Rejected at apply (the collection was dropped meanwhile): nothing of this part
+                // changed, and the rejection is the answer.
+                Ok(rejected) => return Ok(rejected),
+                Err(e) if k == 0 => return Err(e),
+                Err(e) => {
+                    return Err(Error::Unavailable(format!(
+                        "part {} of {n} of this upsert failed after the earlier parts were \
+                         applied (up to index {index}); upserts by id may be resent: {e}",
+                        k + 1
+                    )))
+                }
+            }
+        }
+        Ok((index, Reply::Upserted { count }))
+    }
+
+    /// Submits one log entry's command.
+    async fn write_entry(&self, cmd: Command) -> Result<(u64, Reply)> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Pending { cmd, reply })
@@ -75,10 +124,12 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_batch_points: usiz
         // Whatever queued while we waited for a slot joins this entry.
         let mut group = vec![first];
         let mut weight = group[0].cmd.weight();
-        while weight < max_batch_points {
+        let mut bytes = group[0].cmd.size_hint();
+        while weight < max_batch_points && bytes < ENTRY_BYTES {
             match rx.try_recv() {
                 Ok(p) => {
                     weight += p.cmd.weight();
+                    bytes += p.cmd.size_hint();
                     group.push(p);
                 }
                 Err(_) => break,
@@ -128,6 +179,10 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_batch_points: usiz
             drop(permit);
         });
     }
+}
+
+fn cmd_bytes(points: &[crate::model::PointWrite]) -> usize {
+    points.iter().map(crate::model::PointWrite::size_hint).sum()
 }
 
 /// Resolves when this node leads but no quorum acknowledged it for an election timeout: its

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use quiver::model::{Consistency, PointId, SearchRequest};
+use quiver::model::{
+    CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
+};
 use quiver_client::{Client, ClientError};
 
 mod common;
@@ -554,4 +556,45 @@ async fn an_expired_replica_rejoins_by_itself() {
     .await;
     b.stop().await.unwrap();
     a.stop().await.unwrap();
+}
+
+/// Review M8: a follower must write each AppendEntries within one heartbeat, so no log entry may
+/// grow with the request. A 12 MB upsert is written as several bounded entries, in order; the
+/// answer's index covers all of it, and a replica holds every point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_upsert_is_written_as_several_bounded_entries() {
+    let (leader, _dl) = start(None, false, |_| {}).await;
+    let (replica, _dr) = start(Some(&leader.url()), false, |_| {}).await;
+    wait_members(&leader, 2).await;
+    let client = Client::new(&leader.url(), None).unwrap();
+    let config = CollectionConfig {
+        dim: 1024,
+        metric: Metric::L2,
+        hnsw: HnswConfig::default(),
+    };
+    let created = client.create_collection("big", &config).await.unwrap();
+    let points: Vec<PointInput> = (0..3_000u64)
+        .map(|i| PointInput {
+            id: PointId::Num(i),
+            vector: vec![i as f32 / 3_000.0; 1024],
+            payload: None,
+        })
+        .collect();
+    let bytes = 3_000 * 1024 * 4;
+    assert!(bytes > 2 * quiver::model::ENTRY_BYTES);
+    let w = client.upsert("big", points).await.unwrap();
+    assert_eq!(w.upserted, Some(3_000));
+    // At least three entries after the create (ceil(12 MB / 4 MiB)).
+    assert!(
+        w.index >= created.index + 3,
+        "{} after {}",
+        w.index,
+        created.index
+    );
+    wait_applied(&replica, w.index).await;
+    let on_replica = Client::new(&replica.url(), None).unwrap();
+    let info = on_replica.collection("big").await.unwrap();
+    assert_eq!(info.points, 3_000);
+    replica.stop().await.unwrap();
+    leader.stop().await.unwrap();
 }
