@@ -13,7 +13,16 @@ use utoipa::ToSchema;
 /// Longest list of conditions in one clause, and of values in `match.any`.
 pub const MAX_CONDITIONS: usize = 1_024;
 
-/// A boolean combination of payload conditions.
+/// Most terms in one filter: its conditions and `match.any` values, all clauses together. A filter
+/// is checked against every point on a delete by filter, inside the apply step of every node
+/// (review M12), so its cost per point is bounded.
+pub const MAX_TERMS: usize = 1_024;
+
+/// Longest payload key, in characters.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// A boolean combination of payload conditions: at most 1,024 conditions and `match.any` values
+/// in all.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {
@@ -93,7 +102,28 @@ impl Filter {
                 c.validate(&format!("{prefix}.{clause}[{i}]"))?;
             }
         }
+        let terms = self.terms();
+        if terms > MAX_TERMS {
+            return Err((
+                prefix.to_string(),
+                format!(
+                    "at most {MAX_TERMS} conditions and `match.any` values in all, got {terms}"
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// Conditions plus `match.any` values beyond the first, over all clauses.
+    pub fn terms(&self) -> usize {
+        [&self.must, &self.should, &self.must_not]
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let any = c.matches.as_ref().and_then(|m| m.any.as_ref());
+                1 + any.map_or(0, |vs| vs.len().saturating_sub(1))
+            })
+            .sum()
     }
 
     /// Whether the filter has no condition at all (it matches every point).
@@ -115,8 +145,11 @@ fn is_scalar(v: &Value) -> bool {
 
 impl Condition {
     fn validate(&self, at: &str) -> Result<(), (String, String)> {
-        if self.key.is_empty() {
-            return Err((format!("{at}.key"), "must not be empty".into()));
+        if self.key.is_empty() || self.key.chars().count() > MAX_KEY_LEN {
+            return Err((
+                format!("{at}.key"),
+                format!("must be 1 to {MAX_KEY_LEN} characters"),
+            ));
         }
         match (&self.matches, &self.range) {
             (Some(m), None) => match (&m.value, &m.any) {
@@ -260,5 +293,25 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.0, "filter.must[0].range");
         assert!(serde_json::from_value::<Filter>(json!({"mus": []})).is_err());
+    }
+
+    #[test]
+    fn a_filter_holds_a_bounded_number_of_terms() {
+        let cond = |n: usize| json!({"key": "k", "match": {"any": (0..n).collect::<Vec<_>>()}});
+        // 3 conditions, 1,024 + 1 + 1 values: 1,024 terms (each condition counts one, and each
+        // `any` value beyond its first one more).
+        let ok = f(json!({"must": [cond(1_022)], "should": [cond(1), cond(1)]}));
+        assert_eq!(ok.terms(), 1_024);
+        assert!(ok.validate("filter").is_ok());
+        let e = f(json!({"must": [cond(1_000)], "must_not": [cond(100)]}))
+            .validate("filter")
+            .unwrap_err();
+        assert_eq!(e.0, "filter");
+        assert!(e.1.contains("1024"), "{}", e.1);
+        let long = "k".repeat(MAX_KEY_LEN + 1);
+        let e = f(json!({"must": [{"key": long, "match": {"value": 1}}]}))
+            .validate("filter")
+            .unwrap_err();
+        assert_eq!(e.0, "filter.must[0].key");
     }
 }

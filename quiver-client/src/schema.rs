@@ -200,8 +200,10 @@ impl PartialSchema for Condition {
                     ObjectBuilder::new()
                         .schema_type(Type::String)
                         .min_length(Some(1))
+                        .max_length(Some(crate::filter::MAX_KEY_LEN))
                         .description(Some(
-                            "Payload key; dots walk into nested objects (`meta.lang`).",
+                            "Payload key (at most 256 characters); dots walk into nested objects \
+                             (`meta.lang`).",
                         )),
                 )
                 .required("key")
