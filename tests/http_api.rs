@@ -6,6 +6,9 @@ use quiver::node::Node;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+mod common;
+use common::http::{send, Body, Key};
+
 struct Harness {
     node: Node,
     http: reqwest::Client,
@@ -28,6 +31,20 @@ impl Harness {
         }
     }
 
+    /// (status, JSON body, or the text as a JSON string when it is not JSON).
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &Body<'_>,
+        key: Key<'_>,
+    ) -> (StatusCode, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let url = format!("{}{}", self.node.url(), path);
+        let reply = send(&self.http, method, &url, body, key).await;
+        (reply.status, reply.body)
+    }
+
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         self.call_with(method, path, body, None).await
     }
@@ -39,35 +56,15 @@ impl Harness {
         body: Option<Value>,
         key: Option<&str>,
     ) -> (StatusCode, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(m, format!("{}{}", self.node.url(), path));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        if let Some(k) = key {
-            req = req.bearer_auth(k);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let body = body.map_or(Body::Empty, Body::Json);
+        let key = key.map_or(Key::Anonymous, Key::Bearer);
+        self.send(method, path, &body, key).await
     }
 
+    /// `body` as is, as JSON.
     async fn raw(&self, method: &str, path: &str, body: &str) -> (StatusCode, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let resp = self
-            .http
-            .request(m, format!("{}{}", self.node.url(), path))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
+        self.send(method, path, &Body::Raw(body), Key::Anonymous)
             .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
     }
 }
 

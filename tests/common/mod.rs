@@ -3,7 +3,7 @@
 //!
 //! - here: waits on a polled condition with a deadline (never a fixed sleep), and in-process
 //!   nodes on port 0 over loopback with waits on Raft metrics;
-//! - [`http`]: a node's `/cluster` view and readiness;
+//! - [`http`]: one JSON request (body, API key, status, headers, JSON answer) and `/cluster`;
 //! - [`process`]: the real `quiver` binary as a child process (kill -9, SIGTERM, restart).
 #![allow(dead_code)]
 
