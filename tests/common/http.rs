@@ -1,6 +1,8 @@
 //! One HTTP request as the API and gateway tests send it, a node's `/cluster` view and its
 //! readiness.
 
+use std::fmt;
+
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -78,4 +80,19 @@ pub async fn ready(url: &str) -> bool {
     reqwest::get(format!("{url}/readyz"))
         .await
         .is_ok_and(|r| r.status() == StatusCode::OK)
+}
+
+impl fmt::Display for Body<'_> {
+    /// At most 100 characters, for failure messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            Body::Empty => return f.write_str("no body"),
+            Body::Json(v) => v.to_string(),
+            Body::Raw(text) => text.to_string(),
+        };
+        match text.char_indices().nth(100) {
+            Some((end, _)) => write!(f, "{}...", &text[..end]),
+            None => f.write_str(&text),
+        }
+    }
 }
