@@ -10,6 +10,7 @@ use quiver::model::{
 use quiver_client::{Client, ClientError};
 
 mod common;
+use common::http::{cluster_json, ready};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -55,33 +56,18 @@ async fn leader_and_two_learners_replicate_and_forward_writes() {
     assert_eq!(b.engine.info("r").unwrap().points, 301);
 
     // The cluster view: one voter (the leader), two learners, lag per member on the leader.
-    let status: serde_json::Value = reqwest::get(format!("{}/cluster", a.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = cluster_json(&a.url()).await.unwrap();
     assert_eq!(status["role"], "leader");
     assert_eq!(status["leader_id"], a.id());
     let members = status["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
     assert_eq!(members.iter().filter(|m| m["role"] == "learner").count(), 2);
-    let status_b: serde_json::Value = reqwest::get(format!("{}/cluster", b.url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status_b = cluster_json(&b.url()).await.unwrap();
     assert_eq!(status_b["role"], "learner");
     assert_eq!(status_b["leader_addr"], serde_json::json!(a.url()));
 
     // Replicas become ready once caught up.
-    eventually("replica ready", || async {
-        reqwest::get(format!("{}/readyz", b.url()))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    eventually("replica ready", || async { ready(&b.url()).await }).await;
 
     // Raft RPC and joins need the cluster secret.
     let r = reqwest::Client::new()
@@ -549,9 +535,7 @@ async fn an_expired_replica_rejoins_by_itself() {
         .get_node(&b.id())
         .is_some());
     eventually("the replica is ready again", || async {
-        reqwest::get(format!("{}/readyz", b.url()))
-            .await
-            .is_ok_and(|r| r.status() == 200)
+        ready(&b.url()).await
     })
     .await;
     b.stop().await.unwrap();

@@ -10,6 +10,7 @@
 //! `QUIVER_REQUIRE_DOCKER=1` (set by .ci/run), where it fails.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,6 +20,11 @@ use quiver::model::{
     CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
 };
 use quiver_client::{Client, ClientError};
+
+mod common;
+use common::eventually_within;
+use common::http::{cluster_json, ready};
+use common::process::free_port;
 
 const IMAGE: &str = "quiver:e2e-test";
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -43,13 +49,6 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 /// One compose project, taken down (with its volumes) when dropped.
@@ -124,22 +123,14 @@ fn compose_command() -> Option<Vec<String>> {
     None
 }
 
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let deadline = Instant::now() + DEADLINE;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn cluster(url: &str) -> Option<serde_json::Value> {
-    let r = reqwest::get(format!("{url}/cluster")).await.ok()?;
-    r.json().await.ok()
+/// Polls `f` every 200 ms until it is true, for at most [`DEADLINE`].
+async fn eventually<F: Future<Output = bool>>(what: &str, f: impl FnMut() -> F) {
+    eventually_within(what, DEADLINE, Duration::from_millis(200), f).await;
 }
 
 /// The learners' URLs (container addresses, reachable from the host over the bridge).
 async fn learners(primary: &str) -> Vec<String> {
-    let Some(c) = cluster(primary).await else {
+    let Some(c) = cluster_json(primary).await else {
         return Vec::new();
     };
     c["members"]
@@ -149,12 +140,6 @@ async fn learners(primary: &str) -> Vec<String> {
         .filter(|m| m["role"] == "learner")
         .filter_map(|m| m["addr"].as_str().map(str::to_string))
         .collect()
-}
-
-async fn ready(url: &str) -> bool {
-    reqwest::get(format!("{url}/readyz"))
-        .await
-        .is_ok_and(|r| r.status().is_success())
 }
 
 /// Waits until exactly `n` learners are members and every one answers `/readyz`.
@@ -307,7 +292,7 @@ async fn compose_cluster_scales_and_fails_over() {
         learners(&primary_url).await.len() == 1
     })
     .await;
-    let status = cluster(&primary_url).await.unwrap();
+    let status = cluster_json(&primary_url).await.unwrap();
     assert_eq!(
         status["members"].as_array().map(Vec::len),
         Some(2),
@@ -317,7 +302,7 @@ async fn compose_cluster_scales_and_fails_over() {
     // High availability: two more voters join the running primary.
     project.up(true, Some(1));
     eventually("three voters", || async {
-        cluster(&primary_url).await.is_some_and(|c| {
+        cluster_json(&primary_url).await.is_some_and(|c| {
             c["members"]
                 .as_array()
                 .is_some_and(|m| m.iter().filter(|m| m["role"] == "voter").count() == 3)

@@ -10,6 +10,7 @@ use quiver::model::{PointId, UpsertRequest};
 use quiver_client::Policy;
 
 mod common;
+use common::http::{send, Body, Key};
 use common::*;
 
 /// Sends a JSON request through the gateway: (status, body, serving node).
@@ -19,20 +20,15 @@ async fn call(
     url: String,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value, String) {
-    let mut req = http.request(method, url);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let node = resp
-        .headers()
+    let body = body.map_or(Body::Empty, Body::Json);
+    let reply = send(http, method, &url, &body, Key::Anonymous).await;
+    let node = reply
+        .headers
         .get(NODE_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
-    (status, body, node)
+    (reply.status.as_u16(), reply.body, node)
 }
 
 fn upsert_body(from: u64, n: u64) -> serde_json::Value {

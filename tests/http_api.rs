@@ -6,6 +6,9 @@ use quiver::node::Node;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+mod common;
+use common::http::{send, Body, Key};
+
 struct Harness {
     node: Node,
     http: reqwest::Client,
@@ -28,6 +31,20 @@ impl Harness {
         }
     }
 
+    /// (status, JSON body, or the text as a JSON string when it is not JSON).
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &Body<'_>,
+        key: Key<'_>,
+    ) -> (StatusCode, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let url = format!("{}{}", self.node.url(), path);
+        let reply = send(&self.http, method, &url, body, key).await;
+        (reply.status, reply.body)
+    }
+
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         self.call_with(method, path, body, None).await
     }
@@ -39,35 +56,15 @@ impl Harness {
         body: Option<Value>,
         key: Option<&str>,
     ) -> (StatusCode, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(m, format!("{}{}", self.node.url(), path));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        if let Some(k) = key {
-            req = req.bearer_auth(k);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let body = body.map_or(Body::Empty, Body::Json);
+        let key = key.map_or(Key::Anonymous, Key::Bearer);
+        self.send(method, path, &body, key).await
     }
 
+    /// `body` as is, as JSON.
     async fn raw(&self, method: &str, path: &str, body: &str) -> (StatusCode, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let resp = self
-            .http
-            .request(m, format!("{}{}", self.node.url(), path))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
+        self.send(method, path, &Body::Raw(body), Key::Anonymous)
             .await
-            .unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
     }
 }
 
@@ -78,6 +75,51 @@ fn assert_field_error(got: (StatusCode, Value), status: StatusCode, field: &str)
     assert!(got.1["error"]["message"]
         .as_str()
         .is_some_and(|m| !m.is_empty()));
+}
+
+/// What a row of a table test must get back.
+#[derive(Debug)]
+enum Want {
+    /// 400, with an error naming this field and a message.
+    Field(&'static str),
+    /// This status and error code.
+    Code(u16, &'static str),
+    /// This status, and this value at a JSON pointer into the body.
+    At(u16, &'static str, Value),
+    /// This status; the body is not looked at.
+    Status(u16),
+}
+
+/// One row of a table test: method, path, body, API key, and what it must get back.
+type Row<'a> = (&'a str, &'a str, Body<'a>, Key<'a>, Want);
+
+/// Sends the rows in order and checks each answer; a failure names the row (counted from 1).
+async fn check_rows<'a>(h: &Harness, rows: impl IntoIterator<Item = Row<'a>>) {
+    for (i, (method, path, body, key, want)) in rows.into_iter().enumerate() {
+        let (status, got) = h.send(method, path, &body, key).await;
+        let row = format!("row {}: {method} {path} with {key:?} and {body}", i + 1);
+        match want {
+            Want::Field(field) => {
+                assert_eq!(status, 400, "{row}: {got}");
+                assert_eq!(got["error"]["field"], json!(field), "{row}: {got}");
+                assert!(
+                    got["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| !m.is_empty()),
+                    "{row}: {got}"
+                );
+            }
+            Want::Code(want, code) => {
+                assert_eq!(status, want, "{row}: {got}");
+                assert_eq!(got["error"]["code"], json!(code), "{row}: {got}");
+            }
+            Want::At(want, pointer, value) => {
+                assert_eq!(status, want, "{row}: {got}");
+                assert_eq!(got.pointer(pointer), Some(&value), "{row}: {got}");
+            }
+            Want::Status(want) => assert_eq!(status, want, "{row}: {got}"),
+        }
+    }
 }
 
 async fn create_docs(h: &Harness) {
@@ -383,208 +425,57 @@ async fn points_and_search() {
 
 #[tokio::test]
 async fn every_bad_input_is_a_4xx_naming_the_field() {
+    use Body::{Json, Raw};
+    use Want::{Code, Field, Status};
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_test(dir.path());
     config.max_body_bytes = 64 * 1024;
     let h = Harness::with(config, Some(dir)).await;
     create_docs(&h).await;
-    let bad = StatusCode::BAD_REQUEST;
-    let up = |points: Value| json!({ "points": points });
-    assert_field_error(
-        h.call("PUT", "/collections/docs/points", Some(up(json!([]))))
-            .await,
-        bad,
-        "points",
-    );
-    assert_field_error(
-        h.call(
-            "PUT",
-            "/collections/docs/points",
-            Some(up(
-                json!([{"id": 9, "vector": [1, 0, 0]}, {"id": 10, "vector": [1, 0]}]),
-            )),
-        )
-        .await,
-        bad,
-        "points[1].vector",
-    );
-    assert_field_error(
-        h.call(
-            "PUT",
-            "/collections/docs/points",
-            Some(up(json!([{"id": 9, "vector": [0, 0, 0]}]))),
-        )
-        .await,
-        bad,
-        "points[0].vector",
-    );
-    assert_field_error(
-        h.raw(
-            "PUT",
-            "/collections/docs/points",
-            r#"{"points":[{"id":9,"vector":[1e39,0,0]}]}"#,
-        )
-        .await,
-        bad,
-        "points[0].vector[0]",
-    );
-    assert_field_error(
-        h.raw(
-            "PUT",
-            "/collections/docs/points",
-            r#"{"points":[{"id":9,"vector":[NaN,0,0]}]}"#,
-        )
-        .await,
-        bad,
-        "points[0].vector[0]",
-    );
-    assert_field_error(
-        h.call(
-            "PUT",
-            "/collections/docs/points",
-            Some(up(json!([{"id": 9, "vector": [1, "x", 0]}]))),
-        )
-        .await,
-        bad,
-        "points[0].vector[1]",
-    );
-    assert_field_error(
-        h.call(
-            "PUT",
-            "/collections/docs/points",
-            Some(up(json!([{"id": -1, "vector": [1, 0, 0]}]))),
-        )
-        .await,
-        bad,
-        "points[0].id",
-    );
-    assert_field_error(
-        h.call(
-            "PUT",
-            "/collections/docs/points",
-            Some(up(json!([{"id": "", "vector": [1, 0, 0]}]))),
-        )
-        .await,
-        bad,
-        "points[0].id",
-    );
-    assert_field_error(
-        h.call(
-            "PUT",
-            "/collections/docs/points",
-            Some(up(json!([{"id": 1.5, "vector": [1, 0, 0]}]))),
-        )
-        .await,
-        bad,
-        "points[0].id",
-    );
-    assert_field_error(
-        h.call(
-            "PUT",
-            "/collections/docs/points",
-            Some(up(json!([{"id": 9, "vector": [1, 0, 0], "payload": [1]}]))),
-        )
-        .await,
-        bad,
-        "points[0].payload",
-    );
-    assert_field_error(
-        h.call(
-            "PUT",
-            "/collections/docs/points",
-            Some(up(json!([{"vector": [1, 0, 0]}]))),
-        )
-        .await,
-        bad,
-        "points[0]",
-    );
-    let (s, b) = h
-        .call(
-            "PUT",
-            "/collections/nope/points",
-            Some(up(json!([{"id": 9, "vector": [1, 0, 0]}]))),
-        )
-        .await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    let up = |points: Value| Json(json!({ "points": points }));
     let big: Vec<f32> = vec![0.5; 3];
     let many: Vec<Value> = (0..3000).map(|i| json!({"id": i, "vector": big})).collect();
-    let (s, b) = h
-        .call("PUT", "/collections/docs/points", Some(up(json!(many))))
-        .await;
-    assert_eq!(
-        (s, &b["error"]["code"]),
-        (StatusCode::PAYLOAD_TOO_LARGE, &json!("payload_too_large"))
-    );
-
-    let search = |body: Value| async {
-        h.call("POST", "/collections/docs/points/search", Some(body))
-            .await
-    };
-    assert_field_error(search(json!({"vector": [1, 0, 0], "k": 0})).await, bad, "k");
-    assert_field_error(
-        search(json!({"vector": [1, 0, 0], "k": 1_000_000})).await,
-        bad,
-        "k",
-    );
-    assert_field_error(
-        search(json!({"vector": [1, 0, 0], "k": 3, "ef": 0})).await,
-        bad,
-        "ef",
-    );
-    assert_field_error(
-        search(json!({"vector": [1, 0, 0], "k": 3, "ef": 1_000_000_000u64})).await,
-        bad,
-        "ef",
-    );
-    assert_field_error(
-        search(json!({"vector": [1, 0], "k": 3})).await,
-        bad,
-        "vector",
-    );
-    assert_field_error(
-        search(json!({"vector": [0, 0, 0], "k": 3})).await,
-        bad,
-        "vector",
-    );
-    assert_field_error(
-        search(json!({"vector": [1, 0, 0], "k": -3})).await,
-        bad,
-        "k",
-    );
-    assert_field_error(search(json!({"k": 3})).await, bad, "body");
-    assert_field_error(
-        search(json!({"vector": [1, 0, 0], "filter": {"must": [{"key": "a"}]}})).await,
-        bad,
-        "filter.must[0]",
-    );
-    assert_field_error(search(json!({"vector": [1, 0, 0], "filter": {"must": [{"key": "a", "match": {"value": {"x": 1}}}]}})).await, bad, "filter.must[0].match.value");
-    assert_field_error(
-        search(json!({"vector": [1, 0, 0], "filter": {"must": [{"key": "a", "range": {}}]}})).await,
-        bad,
-        "filter.must[0].range",
-    );
-    assert_field_error(
-        search(json!({"vector": [1, 0, 0], "filter": {"muts": []}})).await,
-        bad,
-        "filter.muts",
-    );
-    let batch = |body: Value| async {
-        h.call("POST", "/collections/docs/points/search/batch", Some(body))
-            .await
-    };
-    assert_field_error(batch(json!({"searches": []})).await, bad, "searches");
-    assert_field_error(
-        batch(json!({"searches": [{"vector": [1, 0, 0]}, {"vector": [1, 0, 0], "k": 0}]})).await,
-        bad,
-        "searches[1].k",
-    );
-    let del = |body: Value| async {
-        h.call("POST", "/collections/docs/points/delete", Some(body))
-            .await
-    };
-    assert_field_error(del(json!({})).await, bad, "body");
-    assert_field_error(del(json!({"ids": []})).await, bad, "ids");
-    assert_field_error(del(json!({"ids": [1], "filter": {}})).await, bad, "body");
+    let points = "/collections/docs/points";
+    let search = "/collections/docs/points/search";
+    let batch = "/collections/docs/points/search/batch";
+    let delete = "/collections/docs/points/delete";
+    #[rustfmt::skip]
+    let rows = vec![
+        ("PUT", points, up(json!([])), Field("points")),
+        ("PUT", points, up(json!([{"id": 9, "vector": [1, 0, 0]}, {"id": 10, "vector": [1, 0]}])), Field("points[1].vector")),
+        ("PUT", points, up(json!([{"id": 9, "vector": [0, 0, 0]}])), Field("points[0].vector")),
+        ("PUT", points, Raw(r#"{"points":[{"id":9,"vector":[1e39,0,0]}]}"#), Field("points[0].vector[0]")),
+        ("PUT", points, Raw(r#"{"points":[{"id":9,"vector":[NaN,0,0]}]}"#), Field("points[0].vector[0]")),
+        ("PUT", points, up(json!([{"id": 9, "vector": [1, "x", 0]}])), Field("points[0].vector[1]")),
+        ("PUT", points, up(json!([{"id": -1, "vector": [1, 0, 0]}])), Field("points[0].id")),
+        ("PUT", points, up(json!([{"id": "", "vector": [1, 0, 0]}])), Field("points[0].id")),
+        ("PUT", points, up(json!([{"id": 1.5, "vector": [1, 0, 0]}])), Field("points[0].id")),
+        ("PUT", points, up(json!([{"id": 9, "vector": [1, 0, 0], "payload": [1]}])), Field("points[0].payload")),
+        ("PUT", points, up(json!([{"vector": [1, 0, 0]}])), Field("points[0]")),
+        ("PUT", "/collections/nope/points", up(json!([{"id": 9, "vector": [1, 0, 0]}])), Status(404)),
+        ("PUT", points, up(json!(many)), Code(413, "payload_too_large")),
+        ("POST", search, Json(json!({"vector": [1, 0, 0], "k": 0})), Field("k")),
+        ("POST", search, Json(json!({"vector": [1, 0, 0], "k": 1_000_000})), Field("k")),
+        ("POST", search, Json(json!({"vector": [1, 0, 0], "k": 3, "ef": 0})), Field("ef")),
+        ("POST", search, Json(json!({"vector": [1, 0, 0], "k": 3, "ef": 1_000_000_000u64})), Field("ef")),
+        ("POST", search, Json(json!({"vector": [1, 0], "k": 3})), Field("vector")),
+        ("POST", search, Json(json!({"vector": [0, 0, 0], "k": 3})), Field("vector")),
+        ("POST", search, Json(json!({"vector": [1, 0, 0], "k": -3})), Field("k")),
+        ("POST", search, Json(json!({"k": 3})), Field("body")),
+        ("POST", search, Json(json!({"vector": [1, 0, 0], "filter": {"must": [{"key": "a"}]}})), Field("filter.must[0]")),
+        ("POST", search, Json(json!({"vector": [1, 0, 0], "filter": {"must": [{"key": "a", "match": {"value": {"x": 1}}}]}})), Field("filter.must[0].match.value")),
+        ("POST", search, Json(json!({"vector": [1, 0, 0], "filter": {"must": [{"key": "a", "range": {}}]}})), Field("filter.must[0].range")),
+        ("POST", search, Json(json!({"vector": [1, 0, 0], "filter": {"muts": []}})), Field("filter.muts")),
+        ("POST", batch, Json(json!({"searches": []})), Field("searches")),
+        ("POST", batch, Json(json!({"searches": [{"vector": [1, 0, 0]}, {"vector": [1, 0, 0], "k": 0}]})), Field("searches[1].k")),
+        ("POST", delete, Json(json!({})), Field("body")),
+        ("POST", delete, Json(json!({"ids": []})), Field("ids")),
+        ("POST", delete, Json(json!({"ids": [1], "filter": {}})), Field("body")),
+    ];
+    let anonymous = rows
+        .into_iter()
+        .map(|(m, p, b, w)| (m, p, b, Key::Anonymous, w));
+    check_rows(&h, anonymous).await;
 
     // Nothing above changed the data.
     let (_, b) = h.call("GET", "/collections/docs", None).await;
@@ -741,112 +632,37 @@ async fn restart_keeps_every_acknowledged_write() {
 
 #[tokio::test]
 async fn api_keys() {
+    use Body::{Empty, Json};
+    use Want::{At, Code, Status};
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_test(dir.path());
     config.api_key = Some("admin-secret".into());
     config.read_only_api_key = Some("reader-secret".into());
     let h = Harness::with(config, Some(dir)).await;
-    let body = json!({"dim": 2, "metric": "l2"});
-    let (s, b) = h
-        .call_with("PUT", "/collections/k", Some(body.clone()), None)
-        .await;
-    assert_eq!(
-        (s, &b["error"]["code"]),
-        (StatusCode::UNAUTHORIZED, &json!("unauthorized"))
-    );
-    let (s, _) = h
-        .call_with("PUT", "/collections/k", Some(body.clone()), Some("wrong"))
-        .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, b) = h
-        .call_with(
-            "PUT",
-            "/collections/k",
-            Some(body.clone()),
-            Some("reader-secret"),
-        )
-        .await;
-    assert_eq!(
-        (s, &b["error"]["code"]),
-        (StatusCode::FORBIDDEN, &json!("forbidden"))
-    );
-    let (s, _) = h
-        .call_with("PUT", "/collections/k", Some(body), Some("admin-secret"))
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _) = h
-        .call_with(
-            "PUT",
-            "/collections/k/points",
-            Some(json!({"points": [{"id": 1, "vector": [1, 2]}]})),
-            Some("admin-secret"),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _) = h
-        .call_with(
-            "PUT",
-            "/collections/k/points",
-            Some(json!({"points": [{"id": 2, "vector": [1, 2]}]})),
-            Some("reader-secret"),
-        )
-        .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, _) = h
-        .call_with(
-            "POST",
-            "/collections/k/points/delete",
-            Some(json!({"ids": [1]})),
-            Some("reader-secret"),
-        )
-        .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, _) = h
-        .call_with("DELETE", "/collections/k", None, Some("reader-secret"))
-        .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, b) = h
-        .call_with(
-            "POST",
-            "/collections/k/points/search",
-            Some(json!({"vector": [1, 2], "k": 1})),
-            Some("reader-secret"),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(b["hits"][0]["id"], 1);
-    let (s, _) = h
-        .call_with(
-            "POST",
-            "/collections/k/points/search",
-            Some(json!({"vector": [1, 2], "k": 1})),
-            None,
-        )
-        .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _) = h
-        .call_with(
-            "GET",
-            "/collections/k/points/1",
-            None,
-            Some("reader-secret"),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _) = h.call_with("GET", "/metrics", None, None).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    // The liveness probe stays open so that orchestrators can use it.
-    let (s, _) = h.call_with("GET", "/healthz", None, None).await;
-    assert_eq!(s, StatusCode::OK);
-    // The header form `api-key:` works too.
-    let resp = h
-        .http
-        .get(format!("{}/collections", h.node.url()))
-        .header("api-key", "reader-secret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let (admin, reader) = (Key::Bearer("admin-secret"), Key::Bearer("reader-secret"));
+    let (anonymous, wrong) = (Key::Anonymous, Key::Bearer("wrong"));
+    let create = || Json(json!({"dim": 2, "metric": "l2"}));
+    let search = || Json(json!({"vector": [1, 2], "k": 1}));
+    #[rustfmt::skip]
+    let rows = vec![
+        ("PUT", "/collections/k", create(), anonymous, Code(401, "unauthorized")),
+        ("PUT", "/collections/k", create(), wrong, Status(401)),
+        ("PUT", "/collections/k", create(), reader, Code(403, "forbidden")),
+        ("PUT", "/collections/k", create(), admin, Status(200)),
+        ("PUT", "/collections/k/points", Json(json!({"points": [{"id": 1, "vector": [1, 2]}]})), admin, Status(200)),
+        ("PUT", "/collections/k/points", Json(json!({"points": [{"id": 2, "vector": [1, 2]}]})), reader, Status(403)),
+        ("POST", "/collections/k/points/delete", Json(json!({"ids": [1]})), reader, Status(403)),
+        ("DELETE", "/collections/k", Empty, reader, Status(403)),
+        ("POST", "/collections/k/points/search", search(), reader, At(200, "/hits/0/id", json!(1))),
+        ("POST", "/collections/k/points/search", search(), anonymous, Status(401)),
+        ("GET", "/collections/k/points/1", Empty, reader, Status(200)),
+        ("GET", "/metrics", Empty, anonymous, Status(401)),
+        // The liveness probe stays open so that orchestrators can use it.
+        ("GET", "/healthz", Empty, anonymous, Status(200)),
+        // The header form `api-key:` works too.
+        ("GET", "/collections", Empty, Key::Header("reader-secret"), Status(200)),
+    ];
+    check_rows(&h, rows).await;
     h.node.stop().await.unwrap();
 }
 

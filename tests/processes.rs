@@ -3,133 +3,39 @@
 //! hold identical data.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
 use quiver_client::Client;
 
+mod common;
+use common::eventually_within;
+use common::http::cluster_json;
+use common::process::{free_port, Launch, Proc};
+
 const SECRET: &str = "proc-cluster-secret-0123";
 const WAIT: Duration = Duration::from_secs(60);
 
-struct Proc {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-    join: Option<String>,
-    voter: bool,
+/// A node process on a free port. Graph search from the first point (`--exact-below 0`), so
+/// that approximate answers are compared too.
+fn spawn_node(dir: &Path, join: Option<String>, voter: bool) -> Proc {
+    let mut launch = Launch::new(SECRET, WAIT).args(["--exact-below", "0"]);
+    if let Some(j) = join {
+        launch = launch.join(&j);
+    }
+    if voter {
+        launch = launch.voter();
+    }
+    Proc::spawn(dir, free_port(), launch)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Proc {
-    fn spawn(dir: &Path, port: u16, join: Option<String>, voter: bool) -> Proc {
-        let mut p = Proc {
-            child: Self::launch(dir, port, join.as_deref(), voter),
-            port,
-            dir: dir.to_path_buf(),
-            join,
-            voter,
-        };
-        p.wait_healthy();
-        p
-    }
-
-    fn launch(dir: &Path, port: u16, join: Option<&str>, voter: bool) -> Child {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiver"));
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(dir)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--cluster-secret")
-            .arg(SECRET)
-            .arg("--heartbeat-ms")
-            .arg("50")
-            // Graph search from the first point, so that approximate answers are compared too.
-            .arg("--exact-below")
-            .arg("0")
-            .arg("--log")
-            .arg("warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        if let Some(j) = join {
-            cmd.arg("--join").arg(j);
-        }
-        if voter {
-            cmd.arg("--voter");
-        }
-        cmd.spawn().expect("spawn quiver")
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn wait_healthy(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("quiver exited early: {status}");
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("quiver on {} did not start", self.port);
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// `docker stop`: SIGTERM, then wait for a clean exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid with a plain signal number.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        self.child.wait().unwrap()
-    }
-
-    fn restart(&mut self) {
-        self.child = Self::launch(&self.dir, self.port, self.join.as_deref(), self.voter);
-        self.wait_healthy();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-async fn cluster_json(url: &str) -> Option<serde_json::Value> {
-    reqwest::get(format!("{url}/cluster"))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
-}
-
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let deadline = Instant::now() + WAIT;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Polls `f` every 50 ms until it is true, for at most [`WAIT`].
+async fn eventually<F: Future<Output = bool>>(what: &str, f: impl FnMut() -> F) {
+    eventually_within(what, WAIT, Duration::from_millis(50), f).await;
 }
 
 async fn members(url: &str) -> usize {
@@ -211,9 +117,9 @@ async fn check_identical(urls: &[String], acked: &BTreeSet<String>, index: u64) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_a_replica_during_ingest_loses_nothing() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let primary = Proc::spawn(dirs[0].path(), free_port(), None, false);
-    let mut r1 = Proc::spawn(dirs[1].path(), free_port(), Some(primary.url()), false);
-    let r2 = Proc::spawn(dirs[2].path(), free_port(), Some(primary.url()), false);
+    let primary = spawn_node(dirs[0].path(), None, false);
+    let mut r1 = spawn_node(dirs[1].path(), Some(primary.url()), false);
+    let r2 = spawn_node(dirs[2].path(), Some(primary.url()), false);
     eventually("3 members", || async { members(&primary.url()).await == 3 }).await;
     Client::new(&primary.url(), None)
         .unwrap()
@@ -254,9 +160,9 @@ async fn killing_a_replica_during_ingest_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_leader_of_three_voters_during_ingest_loses_nothing() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut a = Proc::spawn(dirs[0].path(), free_port(), None, false);
-    let b = Proc::spawn(dirs[1].path(), free_port(), Some(a.url()), true);
-    let c = Proc::spawn(dirs[2].path(), free_port(), Some(a.url()), true);
+    let mut a = spawn_node(dirs[0].path(), None, false);
+    let b = spawn_node(dirs[1].path(), Some(a.url()), true);
+    let c = spawn_node(dirs[2].path(), Some(a.url()), true);
     eventually("3 voters", || async {
         cluster_json(&a.url()).await.is_some_and(|s| {
             s["members"]
@@ -301,8 +207,8 @@ async fn killing_the_leader_of_three_voters_during_ingest_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_stopped_with_sigterm_leaves_the_cluster() {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let primary = Proc::spawn(dirs[0].path(), free_port(), None, false);
-    let mut replica = Proc::spawn(dirs[1].path(), free_port(), Some(primary.url()), false);
+    let primary = spawn_node(dirs[0].path(), None, false);
+    let mut replica = spawn_node(dirs[1].path(), Some(primary.url()), false);
     eventually("2 members", || async { members(&primary.url()).await == 2 }).await;
     // It can ask the leader to remove it only once it has heard from the leader.
     eventually("the replica to know its leader", || async {
@@ -325,7 +231,7 @@ async fn cli_import_and_search_against_a_running_node() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let node = Proc::spawn(dir.path(), free_port(), None, false);
+    let node = spawn_node(dir.path(), None, false);
     let cli = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_quiver"))
             .args(args)
@@ -458,12 +364,12 @@ async fn writer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_leader_killed_ten_times_loses_nothing_and_every_graph_answers_alike() {
     let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = Proc::spawn(dirs[0].path(), free_port(), None, false);
-    let b = Proc::spawn(dirs[1].path(), free_port(), Some(a.url()), true);
-    let c = Proc::spawn(dirs[2].path(), free_port(), Some(a.url()), true);
+    let a = spawn_node(dirs[0].path(), None, false);
+    let b = spawn_node(dirs[1].path(), Some(a.url()), true);
+    let c = spawn_node(dirs[2].path(), Some(a.url()), true);
     let voters_url = format!("{},{},{}", a.url(), b.url(), c.url());
-    let r1 = Proc::spawn(dirs[3].path(), free_port(), Some(voters_url.clone()), false);
-    let r2 = Proc::spawn(dirs[4].path(), free_port(), Some(voters_url), false);
+    let r1 = spawn_node(dirs[3].path(), Some(voters_url.clone()), false);
+    let r2 = spawn_node(dirs[4].path(), Some(voters_url), false);
     let mut voters = vec![a, b, c];
     eventually("3 voters and 2 replicas", || async {
         cluster_json(&voters[0].url()).await.is_some_and(|s| {

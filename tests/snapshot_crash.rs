@@ -7,15 +7,16 @@
 //! after its first import batch (state cleared and partly rewritten), and with the install marker
 //! the node writes before it clears anything.
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use quiver::model::{
     CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
 };
 use quiver_client::Client;
+
+mod common;
+use common::eventually_within;
+use common::process::{free_port, Launch, Proc};
 
 const SECRET: &str = "snap-cluster-secret-0123";
 const WAIT: Duration = Duration::from_secs(30);
@@ -25,59 +26,12 @@ const POINTS: u64 = 3_000;
 const BATCH: u64 = 50;
 const MARKER: &str = "install-in-progress";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A node process, killed (SIGKILL) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn launch(dir: &Path, port: u16, join: Option<&str>, install_delay_ms: u64) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quiver"));
-    cmd.arg("serve")
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--cluster-secret")
-        .arg(SECRET)
-        .arg("--heartbeat-ms")
-        .arg("50")
-        .arg("--snapshot-logs")
-        .arg("20")
-        .arg("--snapshot-min-interval-secs")
-        .arg("0")
-        .arg("--log")
-        .arg("warn")
-        .env("QUIVER_TEST_INSTALL_DELAY_MS", install_delay_ms.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    if let Some(j) = join {
-        cmd.arg("--join").arg(j);
-    }
-    let mut p = Proc(cmd.spawn().expect("spawn quiver"));
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(Some(status)) = p.0.try_wait() {
-            panic!("quiver exited early: {status}");
-        }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return p;
-        }
-        assert!(Instant::now() < deadline, "quiver on {port} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// A node that snapshots every 20 log entries and pauses a snapshot install for
+/// `install_delay_ms` after its first import batch.
+fn node(install_delay_ms: u64) -> Launch {
+    Launch::new(SECRET, WAIT)
+        .args(["--snapshot-logs", "20", "--snapshot-min-interval-secs", "0"])
+        .env("QUIVER_TEST_INSTALL_DELAY_MS", install_delay_ms)
 }
 
 fn batch(b: u64) -> Vec<PointInput> {
@@ -145,25 +99,19 @@ async fn contents(
 async fn a_replica_killed_while_installing_a_snapshot_converges_after_restart() {
     let (dir_p, dir_r) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (port_p, port_r) = (free_port(), free_port());
-    let _primary = launch(dir_p.path(), port_p, None, 0);
-    let url_p = format!("http://127.0.0.1:{port_p}");
+    let primary = Proc::spawn(dir_p.path(), port_p, node(0));
+    let url_p = primary.url();
     let leader = Client::new(&url_p, None).unwrap();
-    let deadline = Instant::now() + WAIT;
-    while leader
-        .create_collection(
-            "k",
-            &CollectionConfig {
-                dim: 8,
-                metric: Metric::L2,
-                hnsw: HnswConfig::default(),
-            },
-        )
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the leader never took a write");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let config = CollectionConfig {
+        dim: 8,
+        metric: Metric::L2,
+        hnsw: HnswConfig::default(),
+    };
+    let every = Duration::from_millis(50);
+    eventually_within("the leader to take a write", WAIT, every, || async {
+        leader.create_collection("k", &config).await.is_ok()
+    })
+    .await;
     let mut last = 0;
     for b in 0..POINTS / BATCH {
         last = leader.upsert("k", batch(b)).await.unwrap().index;
@@ -171,26 +119,24 @@ async fn a_replica_killed_while_installing_a_snapshot_converges_after_restart() 
 
     // The replica joins; with the leader's log purged it is sent a snapshot, whose install
     // pauses (for far longer than the test waits) after its first import batch.
-    let mut replica = launch(dir_r.path(), port_r, Some(&url_p), 60_000);
+    let mut replica = Proc::spawn(dir_r.path(), port_r, node(60_000).join(&url_p));
     let marker = dir_r.path().join(MARKER);
-    let deadline = Instant::now() + WAIT;
-    while !marker.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the replica never started installing a snapshot"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let every = Duration::from_millis(10);
+    eventually_within(
+        "the replica to start installing a snapshot",
+        WAIT,
+        every,
+        || async { marker.exists() },
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = replica.0.kill();
-    let _ = replica.0.wait();
+    replica.kill9();
     assert!(marker.exists(), "the install finished before the kill");
     drop(replica);
 
     // Restarted (no delay now): it redoes the import from the retained file and catches up.
-    let _replica = launch(dir_r.path(), port_r, Some(&url_p), 0);
-    let url_r = format!("http://127.0.0.1:{port_r}");
-    let follower = Client::new(&url_r, None).unwrap();
+    let replica = Proc::spawn(dir_r.path(), port_r, node(0).join(&url_p));
+    let follower = Client::new(&replica.url(), None).unwrap();
     let want = contents(&leader, last, POINTS).await.unwrap();
     assert_eq!(want.0, POINTS as usize);
     let deadline = Instant::now() + WAIT;

@@ -1,7 +1,16 @@
-//! Helpers shared by the in-process cluster tests: nodes on port 0 over loopback, waits on Raft
-//! metrics or on a polled condition with a deadline (never a fixed sleep).
+//! Helpers shared by the test binaries. Each `tests/*.rs` is its own crate that declares
+//! `mod common;` and uses a part of this, hence `allow(dead_code)`.
+//!
+//! - here: waits on a polled condition with a deadline (never a fixed sleep), and in-process
+//!   nodes on port 0 over loopback with waits on Raft metrics;
+//! - [`http`]: one JSON request (body, API key, status, headers, JSON answer) and `/cluster`;
+//! - [`process`]: the real `quiver` binary as a child process (kill -9, SIGTERM, restart).
 #![allow(dead_code)]
 
+pub mod http;
+pub mod process;
+
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use quiver::config::Config;
@@ -12,8 +21,27 @@ use quiver::node::Node;
 use tempfile::TempDir;
 
 pub const WAIT: Duration = Duration::from_secs(30);
-/// The cluster secret every test node shares.
+/// The cluster secret every in-process test node shares.
 pub const SECRET: &str = "test-cluster-secret-0123";
+
+/// Polls `f` every 20 ms until it is true; panics naming `what` after [`WAIT`].
+pub async fn eventually<F: Future<Output = bool>>(what: &str, f: impl FnMut() -> F) {
+    eventually_within(what, WAIT, Duration::from_millis(20), f).await;
+}
+
+/// Polls `f` every `every` until it is true; panics naming `what` once `limit` has passed.
+pub async fn eventually_within<F: Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(every).await;
+    }
+}
 
 pub async fn start(
     join: Option<&str>,
@@ -48,18 +76,6 @@ pub async fn wait_applied(node: &Node, index: u64) {
         .applied_index_at_least(Some(index), "applied")
         .await
         .unwrap();
-}
-
-/// Polls `f` until it is true or the deadline passes.
-pub async fn eventually<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut f: impl FnMut() -> F,
-) {
-    let deadline = Instant::now() + WAIT;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 pub fn points(from: u64, n: u64) -> Vec<PointInput> {
