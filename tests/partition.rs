@@ -19,6 +19,8 @@ use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput};
 use quiver_client::Client;
 use serde_json::{json, Value};
 
+mod common;
+
 const SECRET: &str = "netns-cluster-secret-0123";
 const WAIT: Duration = Duration::from_secs(60);
 const PORT: u16 = 7070;
@@ -172,22 +174,11 @@ fn http() -> reqwest::Client {
 }
 
 async fn cluster(url: &str) -> Option<Value> {
-    http()
-        .get(format!("{url}/cluster"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
+    common::http::cluster_json(url).await
 }
 
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let deadline = Instant::now() + WAIT;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, f: impl FnMut() -> F) {
+    common::eventually_within(what, WAIT, Duration::from_millis(25), f).await
 }
 
 fn point(i: u64) -> PointInput {
