@@ -582,3 +582,36 @@ async fn a_large_upsert_is_written_as_several_bounded_entries() {
     replica.stop().await.unwrap();
     leader.stop().await.unwrap();
 }
+
+/// Issue 9, item 6: a write that reaches a follower while its leader has just died is not failed
+/// at once (the forward cannot connect): it waits for the election and is forwarded to the new
+/// leader. A client sees one slower write, not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_during_an_election_waits_for_the_new_leader() {
+    let [(a, _da), (b, _db), (c, _dc)] = start_three_voters().await;
+    let client = Client::new(&a.url(), None).unwrap();
+    client.create_collection("e", &config4()).await.unwrap();
+    client.upsert("e", points(0, 10)).await.unwrap();
+    wait_applied(&b, client.session_index()).await;
+    let follower = b.url();
+    a.stop().await.unwrap();
+    // At once, while b and c still take the dead node for their leader.
+    let sent = Instant::now();
+    let w = Client::new(&follower, None)
+        .unwrap()
+        .upsert("e", points(10, 10))
+        .await
+        .expect("the write waits for the election instead of failing");
+    eprintln!(
+        "a write during an election was acknowledged after {:.2} s",
+        sent.elapsed().as_secs_f64()
+    );
+    let info = Client::new(&c.url(), None)
+        .unwrap()
+        .collection_with("e", Some(&Consistency::MinIndex { min_index: w.index }))
+        .await
+        .unwrap();
+    assert_eq!(info.points, 20);
+    b.stop().await.unwrap();
+    c.stop().await.unwrap();
+}

@@ -1,7 +1,9 @@
 //! Cluster endpoints: Raft RPC (`/raft/*`, bincode), membership (`/cluster/*`), readiness, and the
 //! forwarding of writes that reach a non-leader (one hop, with the client's auth).
 
-use axum::body::Bytes;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -52,7 +54,10 @@ fn to_leader(method: &Method, path: &str) -> bool {
 /// Middleware: a write is proposed here when this node leads with a quorum; one that reaches a
 /// follower or learner is forwarded to the leader, and the leader's answer returned as it is.
 /// While no leader is known the write waits (bounded) for an election; see
-/// [`crate::cluster::Cluster::write_target`].
+/// [`crate::cluster::Cluster::write_target`]. While the leader this node knows cannot be
+/// connected to (it died, and the election that replaces it has not ended), the write waits too,
+/// for at most three election timeouts, and is forwarded to whichever leader is elected; a write
+/// that never reached a leader is answered `not_leader`, which a client may safely resend.
 pub async fn forward_writes(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if !to_leader(req.method(), req.uri().path()) {
         return next.run(req).await;
@@ -65,32 +70,46 @@ pub async fn forward_writes(State(state): State<AppState>, req: Request, next: N
     if req.headers().contains_key(FORWARDED_HEADER) {
         return Error::NotLeader(Some(leader)).into_response();
     }
-    match forward(&state, &leader, req).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn forward(state: &AppState, leader: &str, req: Request) -> Result<Response> {
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, state.config.max_body_bytes)
-        .await
-        .map_err(|_| Error::PayloadTooLarge(state.config.max_body_bytes))?;
-    let out = Outbound {
-        method: &parts.method,
-        path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-        headers: &parts.headers,
-        body: &bytes,
+    let limit = state.config.max_body_bytes;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return Error::PayloadTooLarge(limit).into_response();
     };
-    let answer = proxy::send(
-        state.cluster.http(),
-        leader,
-        &out,
-        &[(FORWARDED_HEADER, "1")],
-    )
-    .await
-    .map_err(|e| Error::Unavailable(format!("forwarding to the leader at {leader} failed: {e}")))?;
-    Ok(proxy::respond(leader, answer))
+    let deadline = Instant::now() + state.cluster.election_timeout() * 3;
+    let mut leader = leader;
+    loop {
+        let out = Outbound {
+            method: &parts.method,
+            path: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            headers: &parts.headers,
+            body: &bytes,
+        };
+        let sent = proxy::send(state.cluster.http(), &leader, &out, &[(FORWARDED_HEADER, "1")]);
+        let error = match sent.await {
+            Ok(answer) => return proxy::respond(&leader, answer),
+            Err(e) if !e.is_connect() => {
+                return Error::Unavailable(format!(
+                    "forwarding to the leader at {leader} failed; the write may or may not have \
+                     been applied: {e}"
+                ))
+                .into_response()
+            }
+            Err(e) => e,
+        };
+        // Never reached the leader: nothing was applied, so wait for the next one.
+        if Instant::now() >= deadline {
+            tracing::debug!(leader, %error, "no reachable leader before the deadline");
+            return Error::NotLeader(None).into_response();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        leader = match state.cluster.write_target().await {
+            Ok(WriteTarget::Here) => {
+                return next.run(Request::from_parts(parts, Body::from(bytes))).await
+            }
+            Ok(WriteTarget::Leader(addr)) => addr,
+            Err(e) => return e.into_response(),
+        };
+    }
 }
 
 fn bincode_response<T: Serialize>(v: &T) -> Response {
