@@ -84,7 +84,12 @@ pub async fn forward_writes(State(state): State<AppState>, req: Request, next: N
             headers: &parts.headers,
             body: &bytes,
         };
-        let sent = proxy::send(state.cluster.http(), &leader, &out, &[(FORWARDED_HEADER, "1")]);
+        let sent = proxy::send(
+            state.cluster.http(),
+            &leader,
+            &out,
+            &[(FORWARDED_HEADER, "1")],
+        );
         let error = match sent.await {
             Ok(answer) => return proxy::respond(&leader, answer),
             Err(e) if !e.is_connect() => {
@@ -104,7 +109,9 @@ pub async fn forward_writes(State(state): State<AppState>, req: Request, next: N
         tokio::time::sleep(Duration::from_millis(50)).await;
         leader = match state.cluster.write_target().await {
             Ok(WriteTarget::Here) => {
-                return next.run(Request::from_parts(parts, Body::from(bytes))).await
+                return next
+                    .run(Request::from_parts(parts, Body::from(bytes)))
+                    .await
             }
             Ok(WriteTarget::Leader(addr)) => addr,
             Err(e) => return e.into_response(),
