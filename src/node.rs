@@ -97,11 +97,22 @@ impl Node {
 }
 
 /// Reads this node's id from the data dir, or creates a fresh random one: a wiped data dir always
-/// means a new id, never a reused one.
+/// means a new id, never a reused one. Only a missing file makes a new id: a file that cannot be
+/// read or parsed stops the node (a new id beside old Raft state would be a different member
+/// with this member's log; review L1). The new id is durable (file and directory fsynced) before
+/// it is used.
 fn node_id(data_dir: &Path) -> anyhow::Result<NodeId> {
+    use anyhow::Context;
     let path = data_dir.join("node_id");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        return Ok(text.trim().parse()?);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return text
+                .trim()
+                .parse()
+                .with_context(|| format!("{} is not a node id", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     let id = loop {
         let id: u64 = rand::random();
@@ -113,6 +124,7 @@ fn node_id(data_dir: &Path) -> anyhow::Result<NodeId> {
     std::fs::write(&tmp, id.to_string())?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()?;
     Ok(id)
 }
 
