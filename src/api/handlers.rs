@@ -9,7 +9,6 @@ use super::{ApiJson, ApiPath, ApiQuery, AppState, ErrorBody, ErrorDetail};
 use crate::engine::SearchParams;
 use crate::error::{Error, Result};
 use crate::filter::{Condition, Filter, Match, Range};
-use crate::index::normalize;
 use crate::model::{
     validate_collection_name, BatchSearchRequest, BatchSearchResponse, CollectionConfig,
     CollectionInfo, CollectionList, Command, DeleteRequest, DeleteSelector, GetPointsRequest,
@@ -300,18 +299,12 @@ fn prepare_vector(mut v: Vec<f32>, config: &CollectionConfig, field: &str) -> Re
             format!("expected dimension {}, got {}", config.dim, v.len()),
         ));
     }
-    if let Some((at, why)) = crate::index::vector_problem(&v) {
+    if let Err((at, why)) = crate::engine::prepare_vector(config.metric, &mut v) {
         let field = match at {
             Some(i) => format!("{field}[{i}]"),
             None => field.to_string(),
         };
         return Err(Error::invalid(field, why));
-    }
-    if config.metric == Metric::Cosine && !normalize(&mut v) {
-        return Err(Error::invalid(
-            field,
-            "a zero vector has no direction (cosine metric)",
-        ));
     }
     Ok(v)
 }

@@ -343,8 +343,9 @@ impl Collection {
         batch: &mut WriteBatch,
     ) -> Result<usize, ApplyError> {
         let dim = self.shared.config.dim;
+        let mut points = points;
         let mut parsed = Vec::with_capacity(points.len());
-        for (i, p) in points.iter().enumerate() {
+        for (i, p) in points.iter_mut().enumerate() {
             if p.vector.len() != dim {
                 return Err(ApplyError::DimensionMismatch {
                     index: i,
@@ -352,7 +353,7 @@ impl Collection {
                     got: p.vector.len(),
                 });
             }
-            if let Some((_, why)) = crate::index::vector_problem(&p.vector) {
+            if let Err((_, why)) = super::prepare_vector(self.shared.config.metric, &mut p.vector) {
                 return Err(ApplyError::Invalid(format!("points[{i}].vector: {why}")));
             }
             let payload = match &p.payload {

@@ -44,6 +44,31 @@ use crate::model::{
 };
 use crate::store::{Store, WriteBatch};
 
+/// The one rule for a vector stored in a collection of `metric`, checked by the API before a
+/// write reaches the log and again when it is applied (the collection may have been dropped and
+/// re-created with another metric in between; review L4): finite with a bounded norm
+/// ([`crate::index::vector_problem`]), and for cosine not zero and of unit length (normalised
+/// here when it is not). `Err((position, reason))` names the element at fault, if one is.
+/// The dimension is the caller's to check. Deterministic, as apply must be.
+pub fn prepare_vector(
+    metric: crate::model::Metric,
+    v: &mut [f32],
+) -> std::result::Result<(), (Option<usize>, &'static str)> {
+    if let Some(problem) = crate::index::vector_problem(v) {
+        return Err(problem);
+    }
+    if metric == crate::model::Metric::Cosine {
+        let norm2 = crate::index::dot(v, v);
+        if norm2 == 0.0 {
+            return Err((None, "a zero vector has no direction (cosine metric)"));
+        }
+        if (norm2 - 1.0).abs() > 1e-4 {
+            crate::index::normalize(v);
+        }
+    }
+    Ok(())
+}
+
 /// The install-in-progress marker, in the data dir.
 const INSTALL_MARKER: &str = "install-in-progress";
 
@@ -657,6 +682,52 @@ mod tests {
             ),
         ];
         e.apply(&cmds).unwrap();
+    }
+
+    /// Review L4: apply holds a vector to its collection's rule even when the API checked it
+    /// against another collection of the same name (dropped and re-created in between).
+    #[test]
+    fn apply_normalises_cosine_vectors_and_refuses_zero_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(opts(dir.path())).unwrap();
+        let config = CollectionConfig {
+            dim: 2,
+            metric: Metric::Cosine,
+            hnsw: HnswConfig::default(),
+        };
+        let write = |id: u64, vector: Vec<f32>| Command::Upsert {
+            collection: "c".into(),
+            points: vec![PointWrite {
+                id: PointId::Num(id),
+                vector,
+                payload: None,
+            }],
+        };
+        let replies = e
+            .apply(&[
+                (
+                    1,
+                    Command::CreateCollection {
+                        name: "c".into(),
+                        config,
+                    },
+                ),
+                (2, write(1, vec![3.0, 4.0])),
+                (3, write(2, vec![0.0, 0.0])),
+            ])
+            .unwrap();
+        assert_eq!(replies[1], Reply::Upserted { count: 1 });
+        assert!(matches!(
+            replies[2],
+            Reply::Rejected(ApplyError::Invalid(_))
+        ));
+        let stored = e.get("c").unwrap().get(&PointId::Num(1)).unwrap();
+        let v = stored.vector;
+        assert!(
+            (v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6,
+            "{v:?}"
+        );
+        assert!(e.get("c").unwrap().get(&PointId::Num(2)).is_none());
     }
 
     /// A crash in the middle of an install (marker written, store half-imported) is undone at
