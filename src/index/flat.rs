@@ -25,8 +25,9 @@ pub struct FlatGraph {
     watermark: u64,
     /// Row `iid` holds the vector of internal id `iid` (zeros for ids absent from the graph).
     vectors: Vec<f32>,
-    /// Layer-0 neighbours of `iid`: `links[offsets[iid]..offsets[iid + 1]]`.
-    offsets: Vec<u32>,
+    /// Layer-0 neighbours of `iid`: `links[offsets[iid]..offsets[iid + 1]]`. `usize`, since the
+    /// link count passes u32 at about 17M points with m = 128 (review L6).
+    offsets: Vec<usize>,
     links: Vec<u32>,
     /// Upper-layer neighbours of the few nodes above layer 0; `upper[&iid][l - 1]` is layer `l`.
     upper: HashMap<u32, Vec<Vec<u32>>>,
@@ -90,10 +91,10 @@ impl FlatGraph {
         // insertion order, so the first point met on the top level is hnsw_rs' entry point.
         let mut offsets = Vec::with_capacity(n + 1);
         let mut links = Vec::with_capacity(adjacency.iter().map(Vec::len).sum());
-        offsets.push(0u32);
+        offsets.push(0usize);
         for a in adjacency {
             links.extend_from_slice(&a);
-            offsets.push(links.len() as u32);
+            offsets.push(links.len());
         }
         FlatGraph {
             metric,
@@ -219,10 +220,7 @@ impl FlatGraph {
                 if dc > bound && top.len() >= ef {
                     break;
                 }
-                let (s, e) = (
-                    self.offsets[c as usize] as usize,
-                    self.offsets[c as usize + 1] as usize,
-                );
+                let (s, e) = (self.offsets[c as usize], self.offsets[c as usize + 1]);
                 // Mark the unvisited neighbours first and prefetch their vectors, so that the
                 // memory fetches overlap with the distance computations (as hnswlib does).
                 fresh.clear();
