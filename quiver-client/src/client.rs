@@ -388,14 +388,22 @@ impl Client {
         name: &str,
         config: &CollectionConfig,
     ) -> Result<WriteResponse, ClientError> {
-        self.write(Method::PUT, &format!("/collections/{name}"), json(config)?)
-            .await
+        self.write(
+            Method::PUT,
+            &format!("/collections/{name}", name = urlencode(name)),
+            json(config)?,
+        )
+        .await
     }
 
     /// `DELETE /collections/{name}`.
     pub async fn delete_collection(&self, name: &str) -> Result<WriteResponse, ClientError> {
-        self.write(Method::DELETE, &format!("/collections/{name}"), None)
-            .await
+        self.write(
+            Method::DELETE,
+            &format!("/collections/{name}", name = urlencode(name)),
+            None,
+        )
+        .await
     }
 
     /// `GET /collections/{name}` (session consistency).
@@ -410,8 +418,12 @@ impl Client {
         consistency: Option<&Consistency>,
     ) -> Result<CollectionInfo, ClientError> {
         let q = self.read_query(consistency);
-        self.read(Method::GET, &format!("/collections/{name}{q}"), None)
-            .await
+        self.read(
+            Method::GET,
+            &format!("/collections/{name}{q}", name = urlencode(name)),
+            None,
+        )
+        .await
     }
 
     /// `GET /collections`.
@@ -430,7 +442,7 @@ impl Client {
         let body = UpsertRequest { points };
         self.write(
             Method::PUT,
-            &format!("/collections/{name}/points"),
+            &format!("/collections/{name}/points", name = urlencode(name)),
             json(&body)?,
         )
         .await
@@ -452,7 +464,7 @@ impl Client {
         let id = urlencode(&id.to_string());
         self.read(
             Method::GET,
-            &format!("/collections/{name}/points/{id}{q}"),
+            &format!("/collections/{name}/points/{id}{q}", name = urlencode(name)),
             None,
         )
         .await
@@ -472,7 +484,7 @@ impl Client {
             with_vector,
             consistency: consistency.or_else(|| self.session_consistency()),
         };
-        let path = format!("/collections/{name}/points/get");
+        let path = format!("/collections/{name}/points/get", name = urlencode(name));
         self.read(Method::POST, &path, json(&req)?).await
     }
 
@@ -484,7 +496,7 @@ impl Client {
     ) -> Result<WriteResponse, ClientError> {
         self.write(
             Method::POST,
-            &format!("/collections/{name}/points/delete"),
+            &format!("/collections/{name}/points/delete", name = urlencode(name)),
             json(req)?,
         )
         .await
@@ -496,7 +508,7 @@ impl Client {
         name: &str,
         req: &SearchRequest,
     ) -> Result<SearchResponse, ClientError> {
-        let path = format!("/collections/{name}/points/search");
+        let path = format!("/collections/{name}/points/search", name = urlencode(name));
         match (&req.consistency, self.session_consistency()) {
             (None, Some(c)) => {
                 let mut req = req.clone();
@@ -513,7 +525,10 @@ impl Client {
         name: &str,
         req: &BatchSearchRequest,
     ) -> Result<BatchSearchResponse, ClientError> {
-        let path = format!("/collections/{name}/points/search/batch");
+        let path = format!(
+            "/collections/{name}/points/search/batch",
+            name = urlencode(name)
+        );
         match (&req.consistency, self.session_consistency()) {
             (None, Some(c)) => {
                 let req = BatchSearchRequest {
@@ -545,7 +560,8 @@ impl Client {
     }
 }
 
-/// Percent-encodes a path segment (string ids may hold any character).
+/// Percent-encodes a path segment (string ids may hold any character; a collection name that the
+/// server would refuse still reaches it as one segment, to be refused by name).
 fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -563,7 +579,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_encoded_as_one_path_segment() {
+    fn ids_and_names_are_encoded_as_one_path_segment() {
+        let name = "a b";
+        assert_eq!(
+            format!("/collections/{name}", name = urlencode(name)),
+            "/collections/a%20b"
+        );
         assert_eq!(urlencode("a b/c?d"), "a%20b%2Fc%3Fd");
         assert_eq!(urlencode("9f8e-x_y.z~"), "9f8e-x_y.z~");
     }

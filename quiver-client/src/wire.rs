@@ -348,7 +348,10 @@ impl CollectionConfig {
 
 /// Checks a collection name: 1-128 characters of `[A-Za-z0-9_.-]`.
 pub fn validate_collection_name(name: &str) -> Result<(), String> {
+    // `.` and `..` are path segments that URL normalisation removes: no client could name them.
     let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= MAX_NAME_LEN
         && name
             .bytes()
@@ -357,7 +360,7 @@ pub fn validate_collection_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "collection name must be 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 _ - ."
+            "collection name must be 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 _ - . (not `.` or `..`)"
         ))
     }
 }
