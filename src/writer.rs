@@ -165,8 +165,21 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, max_batch_points: usiz
                         Reply::Batch(parts) if batched => parts,
                         single => vec![single],
                     };
-                    for (tx, r) in replies.into_iter().zip(parts) {
-                        let _ = tx.send(Ok((index, r)));
+                    if parts.len() == replies.len() {
+                        for (tx, r) in replies.into_iter().zip(parts) {
+                            let _ = tx.send(Ok((index, r)));
+                        }
+                    } else {
+                        // An entry skipped at apply (already applied before a restart) has no
+                        // per-request replies: say so to every request, not only the first
+                        // (review L13).
+                        let err = Error::Unavailable(format!(
+                            "the entry at index {index} was committed but its replies are \
+                             unknown; the write may or may not have been applied"
+                        ));
+                        for tx in replies {
+                            let _ = tx.send(Err(err.clone_for_reply()));
+                        }
                     }
                 }
                 Err(e) => {
