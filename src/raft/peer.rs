@@ -15,12 +15,14 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    /// A client sending `secret`. Connections time out after 2 s, requests after 60 s unless a
-    /// call sets its own timeout (Raft RPC does).
+    /// A client sending `secret`. Connections time out after 2 s, requests after 90 s unless a
+    /// call sets its own timeout (Raft RPC does): longer than a leader takes to answer a write
+    /// (at most 60 s), so that a forwarded write gets the leader's own answer instead of an
+    /// ambiguous timeout (review L14).
     pub fn new(secret: &str) -> PeerClient {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(60))
+            .timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(8)
             .build()
             // Without TLS (reqwest's default features are off) building cannot fail; if it
