@@ -254,9 +254,35 @@ fn router(inner: Arc<Inner>) -> Router {
         .route("/readyz", get(readyz))
         .route("/gateway/status", get(status))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            inner.clone(),
+            own_auth,
+        ))
         .fallback(proxy)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(inner)
+}
+
+/// The gateway's own endpoints (status, metrics: they name every member and its address) need
+/// the gateway's `--api-key` when one is set, as the nodes' would (review L7). The probes stay
+/// open; proxied requests carry the caller's own key to the nodes.
+async fn own_auth(
+    State(inner): State<Arc<Inner>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let open = path == "/healthz" || path == "/readyz";
+    match &inner.config.api_key {
+        Some(key)
+            if !open
+                && !crate::auth::api_key(req.headers())
+                    .is_some_and(|given| crate::auth::key_eq(key, given)) =>
+        {
+            Error::Unauthorized.into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -5,6 +5,7 @@
 //! [`engine`] for its invariants and the README's architecture section for the whole picture.
 
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod dataset;

@@ -350,3 +350,33 @@ async fn gateway_does_not_proxy_internal_endpoints() {
         1
     );
 }
+
+/// Review L7: with an API key, the gateway's own status and metrics (every member's address, the
+/// leader) need it as the nodes' endpoints do; the probes stay open, and proxied requests carry
+/// the caller's key to the nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_endpoints_need_its_api_key() {
+    const KEY: &str = "gateway-test-key";
+    let (a, _da) = start(None, false, |c| c.api_key = Some(KEY.into())).await;
+    let mut config = GatewayConfig::for_test(vec![a.url()], Policy::RoundRobin);
+    config.api_key = Some(KEY.into());
+    let gw = Gateway::start(config).await.unwrap();
+    let http = reqwest::Client::new();
+    for (path, key, want) in [
+        ("/gateway/status", Key::Anonymous, 401),
+        ("/gateway/status", Key::Bearer("wrong-key"), 401),
+        ("/gateway/status", Key::Bearer(KEY), 200),
+        ("/metrics", Key::Anonymous, 401),
+        ("/metrics", Key::Header(KEY), 200),
+        ("/healthz", Key::Anonymous, 200),
+        ("/readyz", Key::Anonymous, 200),
+        ("/collections", Key::Anonymous, 401),
+        ("/collections", Key::Bearer(KEY), 200),
+    ] {
+        let url = format!("{}{path}", gw.url());
+        let reply = send(&http, reqwest::Method::GET, &url, &Body::Empty, key).await;
+        assert_eq!(reply.status.as_u16(), want, "{path} with {key:?}");
+    }
+    gw.stop().await;
+    a.stop().await.unwrap();
+}

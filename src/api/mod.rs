@@ -175,29 +175,18 @@ impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for
     }
 }
 
-/// Equal-time comparison, so that a key cannot be guessed byte by byte from response times.
-pub(crate) fn key_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub(crate) use crate::auth::key_eq;
 
 async fn auth(state: axum::extract::State<AppState>, req: Request, next: Next) -> Response {
     let cfg = &state.config;
     let path = req.uri().path();
-    // Health probes stay open; cluster-internal calls are checked against the cluster secret.
     let kind = routes::classify(req.method().as_str(), path);
     // Health probes stay open; cluster-internal calls are checked against the cluster secret.
     let open = kind == Kind::Open || kind.is_internal();
     if cfg.api_key.is_none() && cfg.read_only_api_key.is_none() || open {
         return next.run(req).await;
     }
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| req.headers().get("api-key").and_then(|v| v.to_str().ok()));
-    let Some(given) = given else {
+    let Some(given) = crate::auth::api_key(req.headers()) else {
         return Error::Unauthorized.into_response();
     };
     if cfg.api_key.as_deref().is_some_and(|k| key_eq(k, given)) {
