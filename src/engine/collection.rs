@@ -607,6 +607,13 @@ impl Collection {
         let _ = std::fs::remove_dir_all(self.shared.graph_path());
     }
 
+    /// How many graph points the frozen search copy lacks (`None`: no copy yet). Searches walk
+    /// the copy once it trails by at most a few thousand points.
+    pub fn search_copy_lag(&self) -> Option<u64> {
+        let graph = self.shared.graph.read();
+        graph.flat().map(|_| graph.flat_lag())
+    }
+
     /// Info for `GET /collections/{name}`.
     pub fn info(&self) -> CollectionInfo {
         let st = self.shared.state.read();
@@ -884,9 +891,15 @@ impl Shared {
             let (job, built) = {
                 let mut ctl = self.ctl.lock();
                 loop {
-                    let pending =
-                        self.graph.read().watermark() < self.next_iid.load(Ordering::Acquire);
-                    if ctl.stop || ctl.job.is_some() || ctl.built.is_some() || pending {
+                    let (pending, unfrozen) = {
+                        let graph = self.graph.read();
+                        let next = self.next_iid.load(Ordering::Acquire);
+                        (graph.watermark() < next, graph.flat_lag() > 0)
+                    };
+                    // `unfrozen`: a graph loaded from a dump (at start, or from a snapshot) has
+                    // no search copy yet; without this the node searched through hnsw_rs, about
+                    // 1.6x slower, until new points arrived.
+                    if ctl.stop || ctl.job.is_some() || ctl.built.is_some() || pending || unfrozen {
                         break;
                     }
                     if dirty >= self.opts.dump_after_inserts {

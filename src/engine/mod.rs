@@ -684,6 +684,31 @@ mod tests {
         e.apply(&cmds).unwrap();
     }
 
+    /// Issue 10: after a restart with a complete graph dump, searches walk the frozen search copy
+    /// again at once (they went through hnsw_rs, 1.6x slower, until new points arrived).
+    #[test]
+    fn a_reloaded_graph_gets_its_search_copy_without_new_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(opts(dir.path())).unwrap();
+        fill(&e, "c", 0, 2_000, 1);
+        let c = e.get("c").unwrap();
+        assert!(c.wait_indexed(Duration::from_secs(30)));
+        c.close();
+        drop(c);
+        drop(e);
+        let e = Engine::open(opts(dir.path())).unwrap();
+        let c = e.get("c").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while c.search_copy_lag() != Some(0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no search copy after reload: {:?}",
+                c.search_copy_lag()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Review L4: apply holds a vector to its collection's rule even when the API checked it
     /// against another collection of the same name (dropped and re-created in between).
     #[test]
