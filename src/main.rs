@@ -6,7 +6,9 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use quiver::config::Config;
-use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
+use quiver::model::{
+    CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
+};
 use quiver_client::Client;
 
 #[derive(Parser)]
@@ -26,12 +28,34 @@ enum Cmd {
     Search(SearchArgs),
     /// Run a stateless gateway: writes to the leader, reads spread over ready replicas.
     Gateway(quiver::gateway::GatewayConfig),
+    /// Write a larger set derived from a real one as .fvecs (row i: base[i mod n] plus Gaussian
+    /// noise, normalised), for `quiver import` and the benchmark at scale.
+    Derive(DeriveArgs),
     /// Exit 0 when the URL answers 2xx within two seconds (container health checks; images
     /// carry no curl).
     Probe {
         /// URL to GET, e.g. http://127.0.0.1:7070/readyz.
         url: String,
     },
+}
+
+#[derive(Parser)]
+struct DeriveArgs {
+    /// The real vectors to derive from (.fvecs).
+    #[arg(long, default_value = "../shared/data/minilm-debian/base.fvecs")]
+    from: PathBuf,
+    /// Rows to write.
+    #[arg(long, default_value_t = 1_000_000)]
+    count: u64,
+    /// Output file (.fvecs).
+    #[arg(long)]
+    out: PathBuf,
+    /// Noise seed (the benchmark uses 1 for points and 2 for queries).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Standard deviation of the noise added to each element before normalising.
+    #[arg(long, default_value_t = 0.03)]
+    sigma: f32,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,6 +102,9 @@ struct ImportArgs {
     /// Import at most this many points.
     #[arg(long)]
     limit: Option<usize>,
+    /// After the last write, wait until every point is in the graph and report that rate too.
+    #[arg(long)]
+    wait_indexed: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -142,6 +169,7 @@ fn main() -> anyhow::Result<()> {
                 quiver::gateway::run(config, quiver::node::shutdown_signal()).await
             }
             Cmd::Probe { url } => probe(&url).await,
+            Cmd::Derive(args) => derive(args),
         }
     })
 }
@@ -201,6 +229,40 @@ fn load_points(args: &ImportArgs) -> anyhow::Result<Vec<PointInput>> {
     })
 }
 
+fn derive(args: DeriveArgs) -> anyhow::Result<()> {
+    use rayon::prelude::*;
+    use std::io::Write;
+    let base = quiver::dataset::read_fvecs(&args.from, None)?;
+    anyhow::ensure!(!base.is_empty(), "no vectors in {}", args.from.display());
+    let file = std::fs::File::create(&args.out)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let bar = ProgressBar::new(args.count);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} rows, {per_sec}, eta {eta}",
+    )?);
+    const CHUNK: u64 = 16_384;
+    for start in (0..args.count).step_by(CHUNK as usize) {
+        let end = (start + CHUNK).min(args.count);
+        let rows: Vec<Vec<f32>> = (start..end)
+            .into_par_iter()
+            .map(|i| quiver::dataset::derived_row(&base, i, args.seed, args.sigma))
+            .collect();
+        for row in &rows {
+            quiver::dataset::write_fvecs_row(&mut out, row)?;
+        }
+        bar.inc(end - start);
+    }
+    out.flush()?;
+    bar.finish();
+    eprintln!(
+        "wrote {} rows of {} dimensions to {}",
+        args.count,
+        base[0].len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let points = load_points(&args)?;
     anyhow::ensure!(!points.is_empty(), "no points in {}", args.file.display());
@@ -247,6 +309,24 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         "imported {total} points in {secs:.1} s ({:.0} points/s), last index {last_index}",
         total as f64 / secs
     );
+    if args.wait_indexed {
+        // Until the last point is in the graph: the rate a collection can really take.
+        let consistency = Consistency::MinIndex {
+            min_index: last_index,
+        };
+        loop {
+            let info = client.collection_with(&name, Some(&consistency)).await?;
+            if info.unindexed == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "indexed {total} points in {secs:.1} s ({:.0} points/s until the last is in the graph)",
+            total as f64 / secs
+        );
+    }
     Ok(())
 }
 

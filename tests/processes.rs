@@ -302,6 +302,45 @@ async fn cli_import_and_search_against_a_running_node() {
     let out = cli(&["search", "-c", "cli", "--vector", "[1, 2]"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("vector"));
+
+    // A derived set (issue 10's recipe), imported until every point is in the graph.
+    let derived = dir.path().join("derived.fvecs");
+    let out = cli(&[
+        "derive",
+        "--from",
+        base.to_str().unwrap(),
+        "--count",
+        "1500",
+        "--out",
+        derived.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = quiver::dataset::read_fvecs(&derived, None).unwrap();
+    // Row 7 derives from base row 7 (7 mod 8 = 7 mod 50,000).
+    let src = quiver::dataset::read_fvecs(&base, Some(8)).unwrap();
+    assert_eq!(rows.len(), 1500);
+    assert_eq!(rows[7], quiver::dataset::derived_row(&src, 7, 1, 0.03));
+    let out = cli(&[
+        "import",
+        "-c",
+        "derived",
+        "--create",
+        "cosine",
+        "--wait-indexed",
+        "--file",
+        derived.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("indexed 1500 points"), "{stdout}");
     drop(node);
 }
 
