@@ -29,6 +29,11 @@ struct Args {
     /// Use only the first N base vectors (ground truth is then recomputed exactly).
     #[arg(long)]
     limit: Option<usize>,
+    /// Instead, N vectors derived from the base set (issue 10's recipe, as `quiver derive`:
+    /// base[i mod n] plus noise of 0.03, normalised; seed 1), with queries derived the same way
+    /// from queries.fvecs (seed 2) and exact ground truth computed here.
+    #[arg(long)]
+    scale: Option<u64>,
     /// Number of queries.
     #[arg(long, default_value_t = 1000)]
     queries: usize,
@@ -81,17 +86,24 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The exact top K of every query by brute force (cosine on unit vectors), queries in parallel.
 fn exact_truth(base: &[Vec<f32>], queries: &[Vec<f32>]) -> Vec<Vec<i32>> {
+    use rayon::prelude::*;
     queries
-        .iter()
+        .par_iter()
         .map(|q| {
             let mut d: Vec<(f32, i32)> = base
                 .iter()
                 .enumerate()
                 .map(|(i, v)| (-quiver::index::dot(q, v), i as i32))
                 .collect();
-            d.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            d.into_iter().take(K).map(|x| x.1).collect()
+            let by = |a: &(f32, i32), b: &(f32, i32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+            if d.len() > K {
+                d.select_nth_unstable_by(K, by);
+                d.truncate(K);
+            }
+            d.sort_by(by);
+            d.into_iter().map(|x| x.1).collect()
         })
         .collect()
 }
@@ -184,10 +196,30 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "warn,openraft=off".into()),
         )
         .init();
-    let base = read_fvecs(&args.data.join("base.fvecs"), args.limit)?;
-    let queries = read_fvecs(&args.data.join("queries.fvecs"), Some(args.queries))?;
-    let truth: Vec<Vec<i32>> = if args.limit.is_some() {
-        exact_truth(&base, &queries)
+    let mut base = read_fvecs(&args.data.join("base.fvecs"), args.limit)?;
+    let mut queries = read_fvecs(&args.data.join("queries.fvecs"), Some(args.queries))?;
+    if let Some(n) = args.scale {
+        use quiver::dataset::derived_row;
+        use rayon::prelude::*;
+        let real = std::mem::take(&mut base);
+        base = (0..n)
+            .into_par_iter()
+            .map(|i| derived_row(&real, i, 1, 0.03))
+            .collect();
+        let real_queries = std::mem::take(&mut queries);
+        queries = (0..real_queries.len() as u64)
+            .map(|i| derived_row(&real_queries, i, 2, 0.03))
+            .collect();
+    }
+    let truth: Vec<Vec<i32>> = if args.limit.is_some() || args.scale.is_some() {
+        let started = Instant::now();
+        let truth = exact_truth(&base, &queries);
+        println!(
+            "exact ground truth for {} queries in {:.1} s",
+            queries.len(),
+            started.elapsed().as_secs_f64()
+        );
+        truth
     } else {
         read_ivecs(&args.data.join("groundtruth.ivecs"), Some(args.queries))?
     };
@@ -240,7 +272,12 @@ fn main() -> anyhow::Result<()> {
         "graph complete (all {n} indexed) {build_secs:.1} s after the first write: {:.0} vectors/s",
         n as f64 / build_secs
     );
-    println!("peak RSS after build: {:.0} MiB", peak_rss_mib());
+    let data_mib = (n * dim * 4) as f64 / (1 << 20) as f64;
+    println!(
+        "peak RSS after build: {:.0} MiB (the whole process: the bench's own copy of the data, \
+         {data_mib:.0} MiB, included)",
+        peak_rss_mib()
+    );
 
     // Let the indexer's background graph dump (it follows a large ingest) finish first.
     std::thread::sleep(Duration::from_secs(3));
