@@ -809,6 +809,27 @@ fn lower_priority() {
     }
 }
 
+/// Hands memory that the allocator keeps after large frees (a replaced search copy, a graph
+/// swapped out after a rebuild) back to the system, at most once a second. glibc keeps freed
+/// memory in its per-thread arenas, so under churn resident memory followed the writes and never
+/// came down (issue 10). Elsewhere a no-op.
+fn release_memory() {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    {
+        let mut last = LAST.lock();
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own heaps to the kernel;
+    // it takes no pointer and leaves every live allocation where it is.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Shared {
     fn graph_path(&self) -> PathBuf {
         self.opts.graph_dir.join(self.id.to_string())
@@ -948,6 +969,7 @@ impl Shared {
             let graph = self.graph.read().clone();
             if graph.flat_lag() >= FREEZE_EVERY || (inserted == 0 && graph.flat_lag() > 0) {
                 graph.freeze();
+                release_memory();
             }
             let caught_up = graph.watermark() >= self.next_iid.load(Ordering::Acquire);
             if caught_up && self.failure.lock().is_some() {
@@ -1066,7 +1088,8 @@ impl Shared {
         }
         new.freeze();
         let since = new.epoch_since;
-        *self.graph.write() = Arc::new(new);
+        let old = std::mem::replace(&mut *self.graph.write(), Arc::new(new));
+        drop(old);
         let mut st = self.state.write();
         for slot in st.slots[..since as usize].iter_mut() {
             if slot.ext.is_none() {
@@ -1074,6 +1097,7 @@ impl Shared {
             }
         }
         drop(st);
+        release_memory();
         let mut ctl = self.ctl.lock();
         ctl.rebuilding = ctl.job.is_some();
         self.progress.notify_all();
