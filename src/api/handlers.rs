@@ -72,6 +72,106 @@ use crate::model::{Consistency, ConsistencyLevel};
 )]
 pub struct ApiDoc;
 
+/// Error responses shared by the handlers' OpenAPI entries, so that each is described once.
+/// They only describe responses (the handlers answer with [`Error`]), hence never built.
+#[allow(dead_code)]
+mod responses {
+    use utoipa::IntoResponses;
+
+    use super::ErrorBody;
+
+    /// 401 and 500, which every endpoint but `/healthz` may answer.
+    #[derive(IntoResponses)]
+    pub enum CommonErrors {
+        #[response(
+            status = 401,
+            description = "Missing or invalid API key (when keys are configured)"
+        )]
+        Unauthorized(ErrorBody),
+        #[response(status = 500, description = "Internal error; see the server log")]
+        Internal(ErrorBody),
+    }
+
+    /// What a read's consistency adds: 503 (no leader, or too stale) and 504 (wait timed out).
+    #[derive(IntoResponses)]
+    pub enum ReadErrors {
+        #[response(
+            status = 503,
+            description = "No leader known, node unavailable, or too stale for `max_lag_ms`"
+        )]
+        Unavailable(ErrorBody),
+        #[response(
+            status = 504,
+            description = "`min_index` or `linearizable` wait timed out"
+        )]
+        Timeout(ErrorBody),
+    }
+
+    /// What a write adds: 403 (read-only key) and 503 (no leader).
+    #[derive(IntoResponses)]
+    pub enum WriteErrors {
+        #[response(status = 403, description = "A read-only API key tried to write")]
+        Forbidden(ErrorBody),
+        #[response(
+            status = 503,
+            description = "No leader known, or the node is unavailable"
+        )]
+        Unavailable(ErrorBody),
+    }
+
+    /// 400 for a read whose query parameters do not parse or validate.
+    #[derive(IntoResponses)]
+    #[response(
+        status = 400,
+        description = "Invalid query parameter; `error.field` names it"
+    )]
+    pub struct BadQuery(ErrorBody);
+
+    /// 400 for a body that does not parse or validate.
+    #[derive(IntoResponses)]
+    #[response(status = 400, description = "Invalid input; `error.field` names it")]
+    pub struct BadInput(ErrorBody);
+
+    /// 400 for a body that carries vectors, which must match the collection's dimension.
+    #[derive(IntoResponses)]
+    #[response(
+        status = 400,
+        description = "Invalid input (a vector of another dimension included); `error.field` names it"
+    )]
+    pub struct BadVectorInput(ErrorBody);
+
+    /// 404 for an endpoint under `/collections/{name}`.
+    #[derive(IntoResponses)]
+    #[response(status = 404, description = "No such collection")]
+    pub struct NoCollection(ErrorBody);
+
+    /// 413 for a write's body.
+    #[derive(IntoResponses)]
+    #[response(status = 413, description = "The body is larger than --max-body-bytes")]
+    pub struct BodyTooLarge(ErrorBody);
+
+    /// 413 for a read with a body, whose answer is bounded too.
+    #[derive(IntoResponses)]
+    #[response(
+        status = 413,
+        description = "The body is larger than --max-body-bytes (`payload_too_large`), or the answer would pass 64 MiB (`answer_too_large`)"
+    )]
+    pub struct BodyOrAnswerTooLarge(ErrorBody);
+
+    /// 415 for an endpoint that takes a JSON body.
+    #[derive(IntoResponses)]
+    #[response(
+        status = 415,
+        description = "The body is not sent as Content-Type: application/json"
+    )]
+    pub struct NotJson(ErrorBody);
+}
+
+use responses::{
+    BadInput, BadQuery, BadVectorInput, BodyOrAnswerTooLarge, BodyTooLarge, CommonErrors,
+    NoCollection, NotJson, ReadErrors, WriteErrors,
+};
+
 fn check_name(name: &str) -> Result<()> {
     validate_collection_name(name).map_err(|m| Error::invalid("name", m))
 }
@@ -204,11 +304,7 @@ pub async fn healthz(State(state): State<AppState>) -> Result<Json<Health>> {
 
 #[utoipa::path(get, path = "/collections", params(ReadParams),
     responses((status = 200, body = CollectionList),
-        (status = 400, description = "Invalid query parameter; `error.field` names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
-        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
-        (status = 503, description = "No leader known, node unavailable, or too stale for `max_lag_ms`", body = ErrorBody),
-        (status = 504, description = "`min_index` or `linearizable` wait timed out", body = ErrorBody)))]
+        BadQuery, CommonErrors, ReadErrors))]
 pub async fn list_collections(
     State(state): State<AppState>,
     ApiQuery(read): ApiQuery<ReadParams>,
@@ -222,14 +318,8 @@ pub async fn list_collections(
 #[utoipa::path(put, path = "/collections/{name}", request_body = CollectionConfig,
     params(("name" = String, Path, description = "Collection name", pattern = r"^[A-Za-z0-9_.\-]{1,128}$")),
     responses((status = 200, body = WriteResponse),
-        (status = 400, description = "Invalid input; `error.field` names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
-        (status = 403, description = "A read-only API key tried to write", body = ErrorBody),
         (status = 409, description = "The collection exists with another configuration", body = ErrorBody),
-        (status = 413, description = "The body is larger than --max-body-bytes", body = ErrorBody),
-        (status = 415, description = "The body is not sent as Content-Type: application/json", body = ErrorBody),
-        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
-        (status = 503, description = "No leader known, or the node is unavailable", body = ErrorBody)))]
+        BadInput, BodyTooLarge, NotJson, CommonErrors, WriteErrors))]
 pub async fn create_collection(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
@@ -249,12 +339,7 @@ pub async fn create_collection(
 
 #[utoipa::path(get, path = "/collections/{name}", params(("name" = String, Path, description = "Collection name"), ReadParams),
     responses((status = 200, body = CollectionInfo),
-        (status = 400, description = "Invalid query parameter; `error.field` names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
-        (status = 404, description = "No such collection", body = ErrorBody),
-        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
-        (status = 503, description = "No leader known, node unavailable, or too stale for `max_lag_ms`", body = ErrorBody),
-        (status = 504, description = "`min_index` or `linearizable` wait timed out", body = ErrorBody)))]
+        BadQuery, NoCollection, CommonErrors, ReadErrors))]
 pub async fn get_collection(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
@@ -269,11 +354,7 @@ pub async fn get_collection(
 
 #[utoipa::path(delete, path = "/collections/{name}", params(("name" = String, Path, description = "Collection name")),
     responses((status = 200, body = WriteResponse),
-        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
-        (status = 403, description = "A read-only API key tried to write", body = ErrorBody),
-        (status = 404, description = "No such collection", body = ErrorBody),
-        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
-        (status = 503, description = "No leader known, or the node is unavailable", body = ErrorBody)))]
+        NoCollection, CommonErrors, WriteErrors))]
 pub async fn delete_collection(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
@@ -312,14 +393,7 @@ fn prepare_vector(mut v: Vec<f32>, config: &CollectionConfig, field: &str) -> Re
 #[utoipa::path(put, path = "/collections/{name}/points", request_body = UpsertRequest,
     params(("name" = String, Path, description = "Collection name")),
     responses((status = 200, body = WriteResponse),
-        (status = 400, description = "Invalid input (a vector of another dimension included); `error.field` names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
-        (status = 403, description = "A read-only API key tried to write", body = ErrorBody),
-        (status = 404, description = "No such collection", body = ErrorBody),
-        (status = 413, description = "The body is larger than --max-body-bytes", body = ErrorBody),
-        (status = 415, description = "The body is not sent as Content-Type: application/json", body = ErrorBody),
-        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
-        (status = 503, description = "No leader known, or the node is unavailable", body = ErrorBody)))]
+        BadVectorInput, NoCollection, BodyTooLarge, NotJson, CommonErrors, WriteErrors))]
 pub async fn upsert_points(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
@@ -379,12 +453,8 @@ pub async fn upsert_points(
         ("id" = String, Path, description = "Point id; all digits means the integer id, else the string id"),
         ReadParams),
     responses((status = 200, body = PointResponse),
-        (status = 400, description = "Invalid query parameter; `error.field` names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
         (status = 404, description = "No such collection or point", body = ErrorBody),
-        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
-        (status = 503, description = "No leader known, node unavailable, or too stale for `max_lag_ms`", body = ErrorBody),
-        (status = 504, description = "`min_index` or `linearizable` wait timed out", body = ErrorBody)))]
+        BadQuery, CommonErrors, ReadErrors))]
 pub async fn get_point(
     State(state): State<AppState>,
     ApiPath((name, id)): ApiPath<(String, String)>,
@@ -409,14 +479,7 @@ pub async fn get_point(
 #[utoipa::path(post, path = "/collections/{name}/points/get", request_body = GetPointsRequest,
     params(("name" = String, Path, description = "Collection name")),
     responses((status = 200, body = GetPointsResponse),
-        (status = 400, description = "Invalid input; `error.field` names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
-        (status = 404, description = "No such collection", body = ErrorBody),
-        (status = 413, description = "The body is larger than --max-body-bytes (`payload_too_large`), or the answer would pass 64 MiB (`answer_too_large`)", body = ErrorBody),
-        (status = 415, description = "The body is not sent as Content-Type: application/json", body = ErrorBody),
-        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
-        (status = 503, description = "No leader known, node unavailable, or too stale for `max_lag_ms`", body = ErrorBody),
-        (status = 504, description = "`min_index` or `linearizable` wait timed out", body = ErrorBody)))]
+        BadInput, NoCollection, BodyOrAnswerTooLarge, NotJson, CommonErrors, ReadErrors))]
 pub async fn get_points(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
@@ -459,13 +522,7 @@ pub async fn get_points(
     params(("name" = String, Path, description = "Collection name")),
     responses((status = 200, body = WriteResponse),
         (status = 400, description = "Invalid input (an empty filter included); `error.field` names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
-        (status = 403, description = "A read-only API key tried to write", body = ErrorBody),
-        (status = 404, description = "No such collection", body = ErrorBody),
-        (status = 413, description = "The body is larger than --max-body-bytes", body = ErrorBody),
-        (status = 415, description = "The body is not sent as Content-Type: application/json", body = ErrorBody),
-        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
-        (status = 503, description = "No leader known, or the node is unavailable", body = ErrorBody)))]
+        NoCollection, BodyTooLarge, NotJson, CommonErrors, WriteErrors))]
 pub async fn delete_points(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
@@ -568,14 +625,7 @@ fn prepare_search(
 #[utoipa::path(post, path = "/collections/{name}/points/search", request_body = SearchRequest,
     params(("name" = String, Path, description = "Collection name")),
     responses((status = 200, body = SearchResponse),
-        (status = 400, description = "Invalid input (a vector of another dimension included); `error.field` names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
-        (status = 404, description = "No such collection", body = ErrorBody),
-        (status = 413, description = "The body is larger than --max-body-bytes (`payload_too_large`), or the answer would pass 64 MiB (`answer_too_large`)", body = ErrorBody),
-        (status = 415, description = "The body is not sent as Content-Type: application/json", body = ErrorBody),
-        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
-        (status = 503, description = "No leader known, node unavailable, or too stale for `max_lag_ms`", body = ErrorBody),
-        (status = 504, description = "`min_index` or `linearizable` wait timed out", body = ErrorBody)))]
+        BadVectorInput, NoCollection, BodyOrAnswerTooLarge, NotJson, CommonErrors, ReadErrors))]
 pub async fn search(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
@@ -602,13 +652,7 @@ pub async fn search(
     params(("name" = String, Path, description = "Collection name")),
     responses((status = 200, body = BatchSearchResponse),
         (status = 400, description = "Invalid input (a vector of another dimension, or k adding up to more than 100,000, included); `error.field` names it", body = ErrorBody),
-        (status = 401, description = "Missing or invalid API key (when keys are configured)", body = ErrorBody),
-        (status = 404, description = "No such collection", body = ErrorBody),
-        (status = 413, description = "The body is larger than --max-body-bytes (`payload_too_large`), or the answer would pass 64 MiB (`answer_too_large`)", body = ErrorBody),
-        (status = 415, description = "The body is not sent as Content-Type: application/json", body = ErrorBody),
-        (status = 500, description = "Internal error; see the server log", body = ErrorBody),
-        (status = 503, description = "No leader known, node unavailable, or too stale for `max_lag_ms`", body = ErrorBody),
-        (status = 504, description = "`min_index` or `linearizable` wait timed out", body = ErrorBody)))]
+        NoCollection, BodyOrAnswerTooLarge, NotJson, CommonErrors, ReadErrors))]
 pub async fn search_batch(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
