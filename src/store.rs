@@ -296,15 +296,24 @@ impl Store {
     /// zeros to the announced length, so the stream stays well-formed). Side files are graph dumps,
     /// which only save the receiver a rebuild, so the caller then skips the rest of that dump.
     pub fn export_file(w: &mut impl std::io::Write, name: &str, path: &Path) -> Result<bool> {
-        let mut f = match std::fs::File::open(path) {
+        let f = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e.into()),
         };
+        Self::export_open_file(w, name, f)
+    }
+
+    /// [`Store::export_file`] from a file opened earlier (whatever has become of its path since).
+    pub fn export_open_file(
+        w: &mut impl std::io::Write,
+        name: &str,
+        mut f: std::fs::File,
+    ) -> Result<bool> {
         let len = f.metadata()?.len();
         let intact = Self::export_side(w, name, len, &mut f)?;
         if !intact {
-            tracing::warn!(file = %path.display(), "side file shrank while being exported");
+            tracing::warn!(file = name, "side file shrank while being exported");
         }
         Ok(intact)
     }

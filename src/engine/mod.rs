@@ -69,6 +69,38 @@ pub fn prepare_vector(
     Ok(())
 }
 
+/// Opens every file of a graph dump folder (`None`: no folder, or no complete dump in it), with
+/// `meta.json` last.
+fn pin_dump(dir: Option<&Path>) -> Result<Option<Vec<(String, std::fs::File)>>> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_file() && entry.file_name() != "meta.json" {
+            names.push(entry.file_name().to_string_lossy().to_string());
+        }
+    }
+    names.sort();
+    names.push("meta.json".to_string());
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        match std::fs::File::open(dir.join(&name)) {
+            Ok(f) => files.push((name, f)),
+            // No meta.json yet (a dump being written) or a folder replaced meanwhile: no dump.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Some(files))
+}
+
 /// The install-in-progress marker, in the data dir.
 const INSTALL_MARKER: &str = "install-in-progress";
 
@@ -392,6 +424,21 @@ impl Engine {
         w: &mut impl std::io::Write,
         inspect: impl FnOnce(&Store) -> Result<T>,
     ) -> Result<T> {
+        // Each collection's latest graph dump is pinned first (its files opened: a later dump
+        // replaces the folder, never these files), then the view is taken. So every shipped dump
+        // is of a graph no newer than the shipped points, and the receiver can load it and index
+        // only what it lacks. Pinned after the view, the dump was often newer than the points
+        // under ingest, and the receiver had to rebuild from scratch (review L10).
+        let pinned: BTreeMap<u64, Vec<(String, std::fs::File)>> = {
+            let cols: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
+            let mut pinned = BTreeMap::new();
+            for c in cols {
+                if let Some(files) = c.with_graph_dump(pin_dump)? {
+                    pinned.insert(c.id(), files);
+                }
+            }
+            pinned
+        };
         // Under the apply lock only take a consistent view (metadata keys, and shared handles to
         // every point); write it out after releasing the lock, so applies do not stall.
         let (seen, meta, views) = {
@@ -420,44 +467,22 @@ impl Engine {
                 Store::write_point(w, c.id(), *iid, &p)?;
             }
         }
-        // Ship each collection's latest graph dump, so that a new replica need not rebuild its
-        // graphs from scratch: it loads the dump and inserts only the points the dump lacks.
-        // A dump is optional (the receiver rebuilds from the points), so one that is gone or
-        // changes under us is skipped rather than failing the snapshot: a collection dropped since
-        // the view was taken has no dump (`with_graph_dump` gives `None`), and `meta.json`, which
-        // makes a dump loadable, is shipped last and only when every other file was intact.
+        // Ship the pinned dumps, so that a new replica need not rebuild its graphs from scratch.
+        // A dump is optional (the receiver rebuilds from the points): `meta.json`, which makes a
+        // dump loadable, is shipped last and only when every other file was intact. A
+        // collection created after the pinning ships none; one dropped since is not in the view.
+        let mut pinned = pinned;
         for (c, _) in &views {
-            c.with_graph_dump(|dir| -> Result<()> {
-                let Some(dir) = dir else {
-                    return Ok(());
-                };
-                let meta = dir.join("meta.json");
-                if !meta.exists() {
-                    return Ok(());
+            let Some(files) = pinned.remove(&c.id()) else {
+                continue;
+            };
+            for (name, file) in files {
+                if !Store::export_open_file(w, &format!("{}/{name}", c.id()), file)? {
+                    tracing::warn!(collection = c.id(), file = %name, "graph dump changed during the snapshot; not shipped (the receiver rebuilds)");
+                    break;
                 }
-                let entries = match std::fs::read_dir(dir) {
-                    Ok(entries) => entries,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                    Err(e) => return Err(e.into()),
-                };
-                let mut files = Vec::new();
-                for entry in entries {
-                    let entry = entry?;
-                    if entry.file_type()?.is_file() && entry.file_name() != "meta.json" {
-                        files.push(entry.file_name().to_string_lossy().to_string());
-                    }
-                }
-                files.sort();
-                files.push("meta.json".to_string());
-                for name in files {
-                    if !Store::export_file(w, &format!("{}/{name}", c.id()), &dir.join(&name))? {
-                        tracing::warn!(collection = c.id(), file = %name, "graph dump changed during the snapshot; not shipped (the receiver rebuilds)");
-                        return Ok(());
-                    }
-                }
-                tracing::debug!(collection = c.id(), "graph dump shipped in the snapshot");
-                Ok(())
-            })?;
+            }
+            tracing::debug!(collection = c.id(), "graph dump shipped in the snapshot");
         }
         Ok(seen)
     }
@@ -753,6 +778,84 @@ mod tests {
             "{v:?}"
         );
         assert!(e.get("c").unwrap().get(&PointId::Num(2)).is_none());
+    }
+
+    /// Review L10: a snapshot ships a graph dump no newer than its points, even when the indexer
+    /// dumps a newer graph while the snapshot is being written out (under ingest, the old order
+    /// shipped the newer dump, which the receiver had to reject and rebuild from scratch).
+    #[test]
+    fn a_snapshot_ships_a_graph_dump_no_newer_than_its_points() {
+        let src = tempfile::tempdir().unwrap();
+        let a = Engine::open(opts(src.path())).unwrap();
+        fill(&a, "c", 0, 1_000, 1);
+        let c = a.get("c").unwrap();
+        assert!(c.wait_indexed(Duration::from_secs(30)));
+        let meta_path = src.path().join(format!("graphs/{}/meta.json", c.id()));
+        let watermark = |path: &Path| -> u64 {
+            let meta: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+            meta["watermark"].as_u64().unwrap()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !meta_path.exists() || watermark(&meta_path) < 1_000 {
+            assert!(std::time::Instant::now() < deadline, "no idle dump");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+
+        /// Grows the collection and dumps it at the first write, i.e. after the view was taken.
+        struct Hook<'a> {
+            engine: &'a Engine,
+            out: Vec<u8>,
+            fired: bool,
+        }
+        impl std::io::Write for Hook<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if !self.fired {
+                    self.fired = true;
+                    let points = (1_000..2_000)
+                        .map(|i| PointWrite {
+                            id: PointId::Num(i),
+                            vector: vec![i as f32, 1.0, 0.5, 0.25],
+                            payload: None,
+                        })
+                        .collect();
+                    let cmd = Command::Upsert {
+                        collection: "c".into(),
+                        points,
+                    };
+                    self.engine.apply(&[(3, cmd)]).unwrap();
+                    let c = self.engine.get("c").unwrap();
+                    assert!(c.wait_indexed(Duration::from_secs(30)));
+                    c.close(); // the final dump: watermark 2,000
+                }
+                self.out.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut hook = Hook {
+            engine: &a,
+            out: Vec::new(),
+            fired: false,
+        };
+        a.snapshot(&mut hook, |_| Ok(())).unwrap();
+        assert_eq!(
+            watermark(&meta_path),
+            2_000,
+            "the newer dump was written meanwhile"
+        );
+
+        let dst = tempfile::tempdir().unwrap();
+        let b = Engine::open(opts(dst.path())).unwrap();
+        let files = dst.path().join("shipped");
+        b.store()
+            .import(&mut &hook.out[..], &files, &mut || {})
+            .unwrap();
+        let shipped = files.join(format!("{}/meta.json", c.id()));
+        assert!(shipped.exists(), "no dump shipped");
+        assert_eq!(watermark(&shipped), 1_000);
     }
 
     /// A crash in the middle of an install (marker written, store half-imported) is undone at
