@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod cluster;
+pub mod codec;
 pub mod config;
 pub mod dataset;
 pub mod engine;

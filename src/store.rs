@@ -100,14 +100,11 @@ fn be_u64(bytes: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(arr))
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
-    bincode::deserialize(bytes).map_err(|e| Error::Corrupt(format!("undecodable record: {e}")))
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    crate::codec::decode(bytes).map_err(|e| Error::Corrupt(format!("undecodable record: {e}")))
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // bincode cannot fail on these plain types (no maps with non-string keys, no unsized seqs).
-    bincode::serialize(v).unwrap_or_default()
-}
+use crate::codec::encode;
 
 /// A set of writes applied atomically by [`Store::commit`].
 #[derive(Default)]

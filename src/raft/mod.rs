@@ -63,20 +63,7 @@ pub mod typ {
     pub type LogId = openraft::LogId<NodeId>;
 }
 
-/// Decodes bincode with a size limit (network input must not allocate without bound).
-pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
-    use bincode::Options;
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .allow_trailing_bytes()
-        .with_limit(1 << 30)
-        .deserialize(bytes)
-}
-
-/// Encodes with bincode 1.3's default (fixint) format.
-pub fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    bincode::serialize(v).unwrap_or_default()
-}
+pub use crate::codec::{decode, encode};
 
 /// Maps a failed proposal to the crate's error.
 pub fn client_write_error(e: typ::ClientWriteError) -> Error {
