@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{CollectionConfig, PointId};
+use crate::model::CollectionConfig;
 
 const APPLIED: &[u8] = b"m:applied";
 const NEXT_CID: &[u8] = b"m:next_cid";
@@ -47,16 +47,9 @@ pub struct CollectionMeta {
     pub epoch_total: u64,
 }
 
-/// A point as persisted (payload as JSON text).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct StoredPoint {
-    /// External id.
-    pub id: PointId,
-    /// Vector (normalised for cosine).
-    pub vector: Vec<f32>,
-    /// Payload JSON text.
-    pub payload: Option<String>,
-}
+/// A point as persisted: exactly as it travels in the log (the same type, so the same bincode
+/// bytes), with the vector validated and normalised for cosine and the payload as JSON text.
+pub type StoredPoint = crate::model::PointWrite;
 
 /// A collection as loaded: its id, metadata and points in internal-id order.
 pub type LoadedCollection = (u64, CollectionMeta, Vec<(u64, StoredPoint)>);
@@ -470,6 +463,7 @@ pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::PointId;
     use crate::model::{HnswConfig, Metric};
 
     #[test]

@@ -384,16 +384,11 @@ impl Collection {
                 batch.remove_point(cid, old);
             }
             let iid = st.slots.len() as u64;
-            let stored = StoredPoint {
-                id: p.id.clone(),
-                vector: p.vector,
-                payload: p.payload,
-            };
-            batch.put_point(cid, iid, &stored);
+            batch.put_point(cid, iid, &p);
             st.by_ext.insert(p.id.clone(), iid);
             st.slots.push(Slot {
                 ext: Some(p.id),
-                vector: Some(stored.vector.into()),
+                vector: Some(p.vector.into()),
                 payload,
             });
             st.live += 1;
