@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod cluster;
 pub mod codec;
 pub mod config;
