@@ -12,17 +12,24 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-/// How a read picks its node.
+/// How a read picks its node. JSON spells it `power_of_two`, flags `power-of-two` (each as its
+/// convention has it); both accept either spelling (architecture review §4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
     /// Each node in turn.
+    #[serde(alias = "round-robin")]
+    #[cfg_attr(feature = "clap", value(alias = "round_robin"))]
     RoundRobin,
     /// The node with the fewest requests in flight from this process (ties: the first).
+    #[serde(alias = "least-outstanding")]
+    #[cfg_attr(feature = "clap", value(alias = "least_outstanding"))]
     LeastOutstanding,
     /// Two nodes at random; the one with the lower latency average × (in flight + 1) wins.
     #[default]
+    #[serde(alias = "power-of-two")]
+    #[cfg_attr(feature = "clap", value(alias = "power_of_two"))]
     PowerOfTwo,
 }
 
@@ -273,6 +280,22 @@ impl Drop for Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_reads_in_either_spelling() {
+        for (text, want) in [
+            ("\"power_of_two\"", Policy::PowerOfTwo),
+            ("\"power-of-two\"", Policy::PowerOfTwo),
+            ("\"least-outstanding\"", Policy::LeastOutstanding),
+            ("\"round_robin\"", Policy::RoundRobin),
+        ] {
+            assert_eq!(serde_json::from_str::<Policy>(text).unwrap(), want);
+        }
+        assert_eq!(
+            serde_json::to_string(&Policy::PowerOfTwo).unwrap(),
+            "\"power_of_two\""
+        );
+    }
 
     fn urls(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("http://n{i}")).collect()
