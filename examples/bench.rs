@@ -86,28 +86,6 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The exact top K of every query by brute force (cosine on unit vectors), queries in parallel.
-fn exact_truth(base: &[Vec<f32>], queries: &[Vec<f32>]) -> Vec<Vec<i32>> {
-    use rayon::prelude::*;
-    queries
-        .par_iter()
-        .map(|q| {
-            let mut d: Vec<(f32, i32)> = base
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (-quiver::index::dot(q, v), i as i32))
-                .collect();
-            let by = |a: &(f32, i32), b: &(f32, i32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
-            if d.len() > K {
-                d.select_nth_unstable_by(K, by);
-                d.truncate(K);
-            }
-            d.sort_by(by);
-            d.into_iter().map(|x| x.1).collect()
-        })
-        .collect()
-}
-
 /// A search whose filter keeps 1 % of the points (a range over the `row` payload), at ef 64:
 /// latency and recall@10 against the exact filtered answer.
 fn filtered_search(coll: &quiver::engine::Collection, queries: &[Vec<f32>], n: usize) {
@@ -119,16 +97,7 @@ fn filtered_search(coll: &quiver::engine::Collection, queries: &[Vec<f32>], n: u
             "must": [{"key": "row", "range": {"gte": from, "lt": from + width}}]
         }))
         .expect("a valid filter");
-        let mut p = SearchParams {
-            vector: q.clone(),
-            k: K,
-            ef: 64,
-            filter: Some(filter),
-            score_threshold: None,
-            with_payload: false,
-            with_vector: false,
-            exact: true,
-        };
+        let mut p = search_params(q, 64, Some(filter), true);
         let exact: Vec<u64> = ids_of(&coll.search(&p));
         p.exact = false;
         let t = Instant::now();
@@ -145,6 +114,25 @@ fn filtered_search(coll: &quiver::engine::Collection, queries: &[Vec<f32>], n: u
         percentile(&lat, 0.99),
         recall / queries.len().max(1) as f64
     );
+}
+
+/// A search for `q`'s top K, without payloads or vectors.
+fn search_params(
+    q: &[f32],
+    ef: usize,
+    filter: Option<quiver::filter::Filter>,
+    exact: bool,
+) -> SearchParams {
+    SearchParams {
+        vector: q.to_vec(),
+        k: K,
+        ef,
+        filter,
+        score_threshold: None,
+        with_payload: false,
+        with_vector: false,
+        exact,
+    }
 }
 
 struct Row {
@@ -252,7 +240,7 @@ fn main() -> anyhow::Result<()> {
     }
     let truth: Vec<Vec<i32>> = if args.limit.is_some() || args.scale.is_some() {
         let started = Instant::now();
-        let truth = exact_truth(&base, &queries);
+        let truth = quiver::dataset::exact_top_k(&base, &queries, K);
         println!(
             "exact ground truth for {} queries in {:.1} s",
             queries.len(),
@@ -324,16 +312,7 @@ fn main() -> anyhow::Result<()> {
     let coll = node.engine.get(COLLECTION)?;
     let mut rows = Vec::new();
     for q in queries.iter().take(200) {
-        let p = SearchParams {
-            vector: q.clone(),
-            k: K,
-            ef: 64,
-            filter: None,
-            score_threshold: None,
-            with_payload: false,
-            with_vector: false,
-            exact: false,
-        };
+        let p = search_params(q, 64, None, false);
         coll.search(&p);
     }
     for &ef in &args.efs {
@@ -341,16 +320,7 @@ fn main() -> anyhow::Result<()> {
         let mut recall = 0.0;
         let started = Instant::now();
         for (i, q) in queries.iter().enumerate() {
-            let p = SearchParams {
-                vector: q.clone(),
-                k: K,
-                ef,
-                filter: None,
-                score_threshold: None,
-                with_payload: false,
-                with_vector: false,
-                exact: false,
-            };
+            let p = search_params(q, ef, None, false);
             let t = Instant::now();
             let hits = coll.search(&p);
             lat.push(t.elapsed().as_secs_f64() * 1e3);
@@ -414,16 +384,7 @@ fn main() -> anyhow::Result<()> {
         let copy_secs = started.elapsed().as_secs_f64();
         let timed = Instant::now();
         for q in queries.iter().take(200) {
-            let p = SearchParams {
-                vector: q.clone(),
-                k: K,
-                ef: 64,
-                filter: None,
-                score_threshold: None,
-                with_payload: false,
-                with_vector: false,
-                exact: false,
-            };
+            let p = search_params(q, 64, None, false);
             std::hint::black_box(coll.search(&p));
         }
         let per_query_ms = timed.elapsed().as_secs_f64() * 1e3 / queries.len().min(200) as f64;

@@ -47,18 +47,7 @@ fn main() -> anyhow::Result<()> {
     let queries: Vec<Vec<f32>> = (0..real_q.len() as u64)
         .map(|i| derived_row(&real_q, i, 2, 0.03))
         .collect();
-    let truth: Vec<Vec<i32>> = queries
-        .par_iter()
-        .map(|q| {
-            let mut d: Vec<(f32, i32)> = base
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (-quiver::index::dot(q, v), i as i32))
-                .collect();
-            d.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            d.into_iter().take(K).map(|x| x.1).collect()
-        })
-        .collect();
+    let truth = quiver::dataset::exact_top_k(&base, &queries, K);
     println!("| parts | points per part | recall@10 | ms per query (all parts, one thread) |");
     println!("|---:|---:|---:|---:|");
     for &p in &args.parts {

@@ -78,6 +78,30 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p.clamp(0.0, 1.0)).round() as usize]
 }
 
+/// The exact top `k` of every query by brute force, for unit vectors (cosine or dot), as row
+/// numbers; ties go to the smaller row. Queries run in parallel, each keeping its best `k` by
+/// partial selection rather than sorting every score.
+pub fn exact_top_k(base: &[Vec<f32>], queries: &[Vec<f32>], k: usize) -> Vec<Vec<i32>> {
+    use rayon::prelude::*;
+    queries
+        .par_iter()
+        .map(|q| {
+            let mut d: Vec<(f32, i32)> = base
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (-crate::index::dot(q, v), i as i32))
+                .collect();
+            let by = |a: &(f32, i32), b: &(f32, i32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+            if d.len() > k {
+                d.select_nth_unstable_by(k, by);
+                d.truncate(k);
+            }
+            d.sort_by(by);
+            d.into_iter().map(|x| x.1).collect()
+        })
+        .collect()
+}
+
 /// splitmix64: a tiny, portable generator, so that a derived set is the same on every machine and
 /// in every version (no dependence on `rand`'s algorithms).
 fn splitmix64(state: &mut u64) -> u64 {
@@ -131,6 +155,22 @@ pub fn write_fvecs_row(out: &mut impl std::io::Write, row: &[f32]) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exact_top_k_is_the_sorted_best_k() {
+        let base = vec![
+            vec![1.0, 0.0],
+            vec![0.0, 1.0],
+            vec![0.6, 0.8],
+            vec![0.8, 0.6],
+        ];
+        let top = exact_top_k(&base, &[vec![1.0, 0.0], vec![0.0, 1.0]], 2);
+        assert_eq!(top, vec![vec![0, 3], vec![1, 2]]);
+        assert_eq!(
+            exact_top_k(&base, &[vec![1.0, 0.0]], 9)[0],
+            vec![0, 3, 2, 1]
+        );
+    }
 
     #[test]
     fn derived_rows_are_reproducible_unit_and_near_their_source() {
