@@ -9,7 +9,7 @@
 //! ```
 
 use quiver::config::Config;
-use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
+use quiver::model::{CollectionConfig, Metric, PointId, PointInput, SearchRequest};
 use quiver::node::Node;
 use quiver_client::Client;
 use quiver_client::Policy;
@@ -26,11 +26,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let writer = Client::builder([leader.url()]).connect().await?;
-    let config = CollectionConfig {
-        dim: 8,
-        metric: Metric::L2,
-        hnsw: HnswConfig::default(),
-    };
+    let config = CollectionConfig::new(8, Metric::L2);
     writer.create_collection("demo", &config).await?;
     let points: Vec<PointInput> = (0..2_000u64)
         .map(|i| PointInput {

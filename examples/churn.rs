@@ -19,8 +19,7 @@ use clap::Parser;
 use quiver::config::Config;
 use quiver::dataset::{derived_row, read_fvecs};
 use quiver::model::{
-    CollectionConfig, Consistency, DeleteRequest, HnswConfig, Metric, PointId, PointInput,
-    SearchRequest,
+    CollectionConfig, Consistency, DeleteRequest, Metric, PointId, PointInput, SearchRequest,
 };
 use quiver::node::Node;
 use quiver_client::Client;
@@ -103,11 +102,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let client = Client::new(&url, None)?;
-        let config = CollectionConfig {
-            dim,
-            metric: Metric::Cosine,
-            hnsw: HnswConfig::default(),
-        };
+        let config = CollectionConfig::new(dim, Metric::Cosine);
         client.create_collection(NAME, &config).await?;
         // The initial load: ids 0..points, vectors from the real set.
         let started = Instant::now();

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use quiver::dataset::{percentile, read_fvecs};
-use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
+use quiver::model::{CollectionConfig, Metric, PointId, PointInput, SearchRequest};
 use quiver_client::Client;
 use quiver_client::Policy;
 
@@ -176,11 +176,7 @@ async fn main() -> anyhow::Result<()> {
     let primary = node(&args, &root.path().join("n0"), args.port, None)?;
     wait_ready(&primary_url).await?;
     let client = Client::new(&primary_url, None)?;
-    let config = CollectionConfig {
-        dim: base[0].len(),
-        metric: Metric::Cosine,
-        hnsw: HnswConfig::default(),
-    };
+    let config = CollectionConfig::new(base[0].len(), Metric::Cosine);
     client.create_collection("bench", &config).await?;
     let t = Instant::now();
     for (n, chunk) in base.chunks(1_000).enumerate() {

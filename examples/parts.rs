@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use quiver::dataset::{derived_row, read_fvecs, recall_at};
 use quiver::engine::{Engine, EngineOptions, SearchParams};
-use quiver::model::{CollectionConfig, Command, HnswConfig, Metric, PointId, PointWrite};
+use quiver::model::{CollectionConfig, Command, Metric, PointId, PointWrite};
 use rayon::prelude::*;
 
 #[derive(Parser)]
@@ -55,11 +55,7 @@ fn main() -> anyhow::Result<()> {
         let mut opts = EngineOptions::new(dir.path());
         opts.exact_below = 0;
         let engine = Engine::open(opts)?;
-        let config = CollectionConfig {
-            dim: base[0].len(),
-            metric: Metric::Cosine,
-            hnsw: HnswConfig::default(),
-        };
+        let config = CollectionConfig::new(base[0].len(), Metric::Cosine);
         let mut index = 0;
         for part in 0..p {
             index += 1;

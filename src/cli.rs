@@ -8,9 +8,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use quiver_client::Client;
 
-use crate::model::{
-    CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
-};
+use crate::model::{CollectionConfig, Consistency, Metric, PointId, PointInput, SearchRequest};
 
 #[derive(Parser)]
 pub struct DeriveArgs {
@@ -219,11 +217,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.target.url, args.target.api_key.clone())?;
     let name = args.target.collection.clone();
     if let Some(metric) = args.create {
-        let config = CollectionConfig {
-            dim: points[0].vector.len(),
-            metric: metric.into(),
-            hnsw: HnswConfig::default(),
-        };
+        let config = CollectionConfig::new(points[0].vector.len(), metric.into());
         client.create_collection(&name, &config).await?;
     }
     let bar = ProgressBar::new(points.len() as u64);

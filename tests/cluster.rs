@@ -4,9 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use quiver::model::{
-    CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
-};
+use quiver::model::{CollectionConfig, Consistency, Metric, PointId, PointInput, SearchRequest};
 use quiver_client::{Client, ClientError};
 
 mod common;
@@ -551,11 +549,7 @@ async fn a_large_upsert_is_written_as_several_bounded_entries() {
     let (replica, _dr) = start(Some(&leader.url()), false, |_| {}).await;
     wait_members(&leader, 2).await;
     let client = Client::new(&leader.url(), None).unwrap();
-    let config = CollectionConfig {
-        dim: 1024,
-        metric: Metric::L2,
-        hnsw: HnswConfig::default(),
-    };
+    let config = CollectionConfig::new(1024, Metric::L2);
     let created = client.create_collection("big", &config).await.unwrap();
     let points: Vec<PointInput> = (0..3_000u64)
         .map(|i| PointInput {

@@ -16,9 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use quiver::dataset::read_fvecs;
-use quiver::model::{
-    CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
-};
+use quiver::model::{CollectionConfig, Consistency, Metric, PointId, PointInput, SearchRequest};
 use quiver_client::{Client, ClientError};
 
 mod common;
@@ -254,11 +252,7 @@ async fn compose_cluster_scales_and_fails_over() {
 
     // Ingest real vectors through the primary.
     let primary = Client::new(&primary_url, None).unwrap();
-    let config = CollectionConfig {
-        dim: 384,
-        metric: Metric::Cosine,
-        hnsw: HnswConfig::default(),
-    };
+    let config = CollectionConfig::new(384, Metric::Cosine);
     primary.create_collection("e2e", &config).await.unwrap();
     let mut index = 0;
     for (n, chunk) in base[..POINTS].chunks(500).enumerate() {

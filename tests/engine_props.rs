@@ -316,7 +316,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let e = Engine::open(opts(dir.path())).unwrap();
         let (n, dim) = (2_000, 16);
-        let config = CollectionConfig { dim, metric, hnsw: HnswConfig::default() };
+        let config = CollectionConfig::new(dim, metric);
         e.apply(&[(1, Command::CreateCollection { name: "r".into(), config })]).unwrap();
         let mut data = random_vectors(seed, n + 50, dim);
         if metric == Metric::Cosine {

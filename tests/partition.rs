@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput};
+use quiver::model::{CollectionConfig, Metric, PointId, PointInput};
 use quiver_client::Client;
 use serde_json::{json, Value};
 
@@ -249,11 +249,7 @@ async fn a_leader_cut_off_by_the_network_stops_acknowledging_and_the_cluster_con
     .await;
 
     let client = Client::builder(urls.clone()).connect().await.unwrap();
-    let config = CollectionConfig {
-        dim: 4,
-        metric: Metric::L2,
-        hnsw: HnswConfig::default(),
-    };
+    let config = CollectionConfig::new(4, Metric::L2);
     client.create_collection("p", &config).await.unwrap();
 
     let acks: Acks = Arc::default();

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
+use quiver::model::{CollectionConfig, Metric, PointId, PointInput, SearchRequest};
 use quiver_client::Client;
 
 mod common;
@@ -123,14 +123,7 @@ async fn killing_a_replica_during_ingest_loses_nothing() {
     eventually("3 members", || async { members(&primary.url()).await == 3 }).await;
     Client::new(&primary.url(), None)
         .unwrap()
-        .create_collection(
-            "k",
-            &CollectionConfig {
-                dim: 4,
-                metric: Metric::L2,
-                hnsw: HnswConfig::default(),
-            },
-        )
+        .create_collection("k", &CollectionConfig::new(4, Metric::L2))
         .await
         .unwrap();
 
@@ -173,14 +166,7 @@ async fn killing_the_leader_of_three_voters_during_ingest_loses_nothing() {
     .await;
     Client::new(&a.url(), None)
         .unwrap()
-        .create_collection(
-            "k",
-            &CollectionConfig {
-                dim: 4,
-                metric: Metric::Cosine,
-                hnsw: HnswConfig::default(),
-            },
-        )
+        .create_collection("k", &CollectionConfig::new(4, Metric::Cosine))
         .await
         .unwrap();
 
@@ -421,14 +407,7 @@ async fn the_leader_killed_ten_times_loses_nothing_and_every_graph_answers_alike
     let urls: Vec<String> = voters.iter().map(Proc::url).collect();
     Client::new(&urls[0], None)
         .unwrap()
-        .create_collection(
-            "g",
-            &CollectionConfig {
-                dim: 8,
-                metric: Metric::L2,
-                hnsw: HnswConfig::default(),
-            },
-        )
+        .create_collection("g", &CollectionConfig::new(8, Metric::L2))
         .await
         .unwrap();
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use quiver::config::Config;
 use quiver::dataset::{read_fvecs, read_ivecs, recall_at};
 use quiver::engine::{Engine, SearchParams};
-use quiver::model::{CollectionConfig, Command, HnswConfig, Metric, PointId, PointWrite};
+use quiver::model::{CollectionConfig, Command, Metric, PointId, PointWrite};
 
 fn data_dir() -> PathBuf {
     std::env::var_os("QUIVER_DATA_DIR_MINILM")
@@ -36,11 +36,7 @@ fn minilm_recall_at_10_is_at_least_0_95_at_the_default_ef() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::for_test(dir.path());
     let engine = Engine::open(config.engine_options()).unwrap();
-    let cc = CollectionConfig {
-        dim: base[0].len(),
-        metric: Metric::Cosine,
-        hnsw: HnswConfig::default(),
-    };
+    let cc = CollectionConfig::new(base[0].len(), Metric::Cosine);
     engine
         .apply(&[(
             1,

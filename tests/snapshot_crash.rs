@@ -9,9 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use quiver::model::{
-    CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
-};
+use quiver::model::{CollectionConfig, Consistency, Metric, PointId, PointInput, SearchRequest};
 use quiver_client::Client;
 
 mod common;
@@ -102,11 +100,7 @@ async fn a_replica_killed_while_installing_a_snapshot_converges_after_restart() 
     let primary = Proc::spawn(dir_p.path(), port_p, node(0));
     let url_p = primary.url();
     let leader = Client::new(&url_p, None).unwrap();
-    let config = CollectionConfig {
-        dim: 8,
-        metric: Metric::L2,
-        hnsw: HnswConfig::default(),
-    };
+    let config = CollectionConfig::new(8, Metric::L2);
     let every = Duration::from_millis(50);
     eventually_within("the leader to take a write", WAIT, every, || async {
         leader.create_collection("k", &config).await.is_ok()

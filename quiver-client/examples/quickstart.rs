@@ -5,9 +5,7 @@
 //! cargo run -p quiver-client --example quickstart [-- http://127.0.0.1:7070]
 //! ```
 
-use quiver_client::wire::{
-    CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest,
-};
+use quiver_client::wire::{CollectionConfig, Metric, PointId, PointInput, SearchRequest};
 use quiver_client::Client;
 
 #[tokio::main]
@@ -21,11 +19,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .connect()
         .await?;
 
-    let config = CollectionConfig {
-        dim: 3,
-        metric: Metric::Cosine,
-        hnsw: HnswConfig::default(),
-    };
+    let config = CollectionConfig::new(3, Metric::Cosine);
     client.create_collection("quickstart", &config).await?;
     let points = [
         ("doc-1", [0.9, 0.1, 0.0], "en"),

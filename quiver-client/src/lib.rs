@@ -17,7 +17,7 @@
 //! use quiver_client::Client;
 //!
 //! let client = Client::builder(["http://127.0.0.1:7070"]).connect().await?;
-//! let config = CollectionConfig { dim: 3, metric: Metric::Cosine, hnsw: HnswConfig::default() };
+//! let config = CollectionConfig::new(3, Metric::Cosine);
 //! client.create_collection("docs", &config).await?;
 //! let point = PointInput { id: 1.into(), vector: vec![0.1, 0.2, 0.3], payload: None };
 //! client.upsert("docs", vec![point]).await?;

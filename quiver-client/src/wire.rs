@@ -328,6 +328,16 @@ pub struct CollectionConfig {
 }
 
 impl CollectionConfig {
+    /// A collection of `dim`-dimensional vectors compared by `metric`, with the default graph
+    /// parameters.
+    pub fn new(dim: usize, metric: Metric) -> CollectionConfig {
+        CollectionConfig {
+            dim,
+            metric,
+            hnsw: HnswConfig::default(),
+        }
+    }
+
     /// Checks ranges; the error names the offending field.
     pub fn validate(&self) -> Result<(), (String, String)> {
         if self.dim == 0 || self.dim > MAX_DIM {

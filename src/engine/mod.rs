@@ -667,7 +667,7 @@ impl Drop for Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{CollectionConfig, HnswConfig, Metric, PointWrite};
+    use crate::model::{CollectionConfig, Metric, PointWrite};
 
     fn opts(dir: &Path) -> EngineOptions {
         let mut o = EngineOptions::new(dir);
@@ -678,11 +678,7 @@ mod tests {
     }
 
     fn fill(e: &Engine, name: &str, from: u64, n: u64, index: u64) {
-        let config = CollectionConfig {
-            dim: 4,
-            metric: Metric::L2,
-            hnsw: HnswConfig::default(),
-        };
+        let config = CollectionConfig::new(4, Metric::L2);
         let points = (0..n)
             .map(|i| PointWrite {
                 id: PointId::Num(from + i),
@@ -740,11 +736,7 @@ mod tests {
     fn apply_normalises_cosine_vectors_and_refuses_zero_ones() {
         let dir = tempfile::tempdir().unwrap();
         let e = Engine::open(opts(dir.path())).unwrap();
-        let config = CollectionConfig {
-            dim: 2,
-            metric: Metric::Cosine,
-            hnsw: HnswConfig::default(),
-        };
+        let config = CollectionConfig::new(2, Metric::Cosine);
         let write = |id: u64, vector: Vec<f32>| Command::Upsert {
             collection: "c".into(),
             points: vec![PointWrite {

@@ -14,9 +14,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use quiver::config::Config;
-use quiver::model::{
-    CollectionConfig, Consistency, HnswConfig, Metric, PointId, PointInput, SearchRequest,
-};
+use quiver::model::{CollectionConfig, Consistency, Metric, PointId, PointInput, SearchRequest};
 use quiver::node::Node;
 use tempfile::TempDir;
 
@@ -94,11 +92,7 @@ pub fn points(from: u64, n: u64) -> Vec<PointInput> {
 }
 
 pub fn config4() -> CollectionConfig {
-    CollectionConfig {
-        dim: 4,
-        metric: Metric::L2,
-        hnsw: HnswConfig::default(),
-    }
+    CollectionConfig::new(4, Metric::L2)
 }
 
 pub fn query(min_index: u64) -> SearchRequest {
