@@ -249,15 +249,16 @@ impl Inner {
 
 fn router(inner: Arc<Inner>) -> Router {
     let limit = inner.config.max_body_bytes;
+    // The layer covers the routes above it: status and metrics, not the probes.
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .route("/gateway/status", get(status))
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             inner.clone(),
             own_auth,
         ))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(proxy)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(inner)
@@ -271,13 +272,10 @@ async fn own_auth(
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let path = req.uri().path();
-    let open = path == "/healthz" || path == "/readyz";
     match &inner.config.api_key {
         Some(key)
-            if !open
-                && !crate::auth::api_key(req.headers())
-                    .is_some_and(|given| crate::auth::key_eq(key, given)) =>
+            if !crate::auth::api_key(req.headers())
+                .is_some_and(|given| crate::auth::key_eq(key, given)) =>
         {
             Error::Unauthorized.into_response()
         }
