@@ -226,17 +226,16 @@ fn main() -> anyhow::Result<()> {
     let mut base = read_fvecs(&args.data.join("base.fvecs"), args.limit)?;
     let mut queries = read_fvecs(&args.data.join("queries.fvecs"), Some(args.queries))?;
     if let Some(n) = args.scale {
-        use quiver::dataset::derived_row;
-        use rayon::prelude::*;
+        use quiver::dataset::{derived_rows, DERIVED_SIGMA, POINT_SEED, QUERY_SEED};
         let real = std::mem::take(&mut base);
-        base = (0..n)
-            .into_par_iter()
-            .map(|i| derived_row(&real, i, 1, 0.03))
-            .collect();
+        base = derived_rows(&real, 0..n, POINT_SEED, DERIVED_SIGMA);
         let real_queries = std::mem::take(&mut queries);
-        queries = (0..real_queries.len() as u64)
-            .map(|i| derived_row(&real_queries, i, 2, 0.03))
-            .collect();
+        queries = derived_rows(
+            &real_queries,
+            0..real_queries.len() as u64,
+            QUERY_SEED,
+            DERIVED_SIGMA,
+        );
     }
     let truth: Vec<Vec<i32>> = if args.limit.is_some() || args.scale.is_some() {
         let started = Instant::now();

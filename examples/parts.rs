@@ -10,10 +10,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use quiver::dataset::{derived_row, read_fvecs, recall_at};
+use quiver::dataset::{derived_rows, read_fvecs, recall_at, DERIVED_SIGMA, POINT_SEED, QUERY_SEED};
 use quiver::engine::{Engine, EngineOptions, SearchParams};
 use quiver::model::{CollectionConfig, Command, Metric, PointId, PointWrite};
-use rayon::prelude::*;
 
 #[derive(Parser)]
 struct Args {
@@ -40,13 +39,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let real = read_fvecs(&args.data.join("base.fvecs"), None)?;
     let real_q = read_fvecs(&args.data.join("queries.fvecs"), Some(args.queries))?;
-    let base: Vec<Vec<f32>> = (0..args.points)
-        .into_par_iter()
-        .map(|i| derived_row(&real, i, 1, 0.03))
-        .collect();
-    let queries: Vec<Vec<f32>> = (0..real_q.len() as u64)
-        .map(|i| derived_row(&real_q, i, 2, 0.03))
-        .collect();
+    let base = derived_rows(&real, 0..args.points, POINT_SEED, DERIVED_SIGMA);
+    let queries = derived_rows(&real_q, 0..real_q.len() as u64, QUERY_SEED, DERIVED_SIGMA);
     let truth = quiver::dataset::exact_top_k(&base, &queries, K);
     println!("| parts | points per part | recall@10 | ms per query (all parts, one thread) |");
     println!("|---:|---:|---:|---:|");

@@ -22,10 +22,10 @@ pub struct DeriveArgs {
     #[arg(long)]
     out: PathBuf,
     /// Noise seed (the benchmark uses 1 for points and 2 for queries).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = crate::dataset::POINT_SEED)]
     seed: u64,
     /// Standard deviation of the noise added to each element before normalising.
-    #[arg(long, default_value_t = 0.03)]
+    #[arg(long, default_value_t = crate::dataset::DERIVED_SIGMA)]
     sigma: f32,
 }
 
@@ -178,7 +178,6 @@ fn load_points(args: &ImportArgs) -> anyhow::Result<Vec<PointInput>> {
 }
 
 pub fn derive(args: DeriveArgs) -> anyhow::Result<()> {
-    use rayon::prelude::*;
     use std::io::Write;
     let base = crate::dataset::read_fvecs(&args.from, None)?;
     anyhow::ensure!(!base.is_empty(), "no vectors in {}", args.from.display());
@@ -191,10 +190,7 @@ pub fn derive(args: DeriveArgs) -> anyhow::Result<()> {
     const CHUNK: u64 = 16_384;
     for start in (0..args.count).step_by(CHUNK as usize) {
         let end = (start + CHUNK).min(args.count);
-        let rows: Vec<Vec<f32>> = (start..end)
-            .into_par_iter()
-            .map(|i| crate::dataset::derived_row(&base, i, args.seed, args.sigma))
-            .collect();
+        let rows = crate::dataset::derived_rows(&base, start..end, args.seed, args.sigma);
         for row in &rows {
             crate::dataset::write_fvecs_row(&mut out, row)?;
         }

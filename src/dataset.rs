@@ -143,6 +143,27 @@ pub fn derived_row(base: &[Vec<f32>], i: u64, seed: u64, sigma: f32) -> Vec<f32>
     v
 }
 
+/// The recipe's noise: standard deviation per element before normalising.
+pub const DERIVED_SIGMA: f32 = 0.03;
+/// The recipe's seed for points ...
+pub const POINT_SEED: u64 = 1;
+/// ... and for queries (derived from the queries file).
+pub const QUERY_SEED: u64 = 2;
+
+/// Rows `range` of a derived set ([`derived_row`]), made in parallel, in order.
+pub fn derived_rows(
+    base: &[Vec<f32>],
+    range: std::ops::Range<u64>,
+    seed: u64,
+    sigma: f32,
+) -> Vec<Vec<f32>> {
+    use rayon::prelude::*;
+    range
+        .into_par_iter()
+        .map(|i| derived_row(base, i, seed, sigma))
+        .collect()
+}
+
 /// Writes rows as `.fvecs`.
 pub fn write_fvecs_row(out: &mut impl std::io::Write, row: &[f32]) -> std::io::Result<()> {
     out.write_all(&(row.len() as i32).to_le_bytes())?;
