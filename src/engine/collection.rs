@@ -232,7 +232,8 @@ impl Collection {
         }
         let live = by_ext.len();
         let dir = opts.graph_dir.join(id.to_string());
-        let graph = match Graph::load(&dir, &meta.config) {
+        let vector_of = |iid: u64| slots.get(iid as usize).and_then(|s| s.vector.clone());
+        let graph = match Graph::load(&dir, &meta.config, &vector_of) {
             Some((g, m)) if m.collection_id == id && m.watermark <= meta.next_iid => {
                 tracing::info!(collection = %meta.name, watermark = m.watermark, points = g.len(), "graph dump loaded");
                 g

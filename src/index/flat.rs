@@ -11,20 +11,21 @@
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
 
 use hnsw_rs::prelude::{Distance, Hnsw};
 
 use super::kernels::{dot, l2_squared};
-use super::Scored;
+use super::{Scored, SharedVector};
 use crate::model::Metric;
 
 /// The frozen graph.
 pub struct FlatGraph {
     metric: Metric,
-    dim: usize,
     watermark: u64,
-    /// Row `iid` holds the vector of internal id `iid` (zeros for ids absent from the graph).
-    vectors: Vec<f32>,
+    /// `rows[iid]`: the vector of internal id `iid`, shared with the collection's point table
+    /// (an empty slice for ids absent from the graph, which no link leads to).
+    rows: Vec<SharedVector>,
     /// Layer-0 neighbours of `iid`: `links[offsets[iid]..offsets[iid + 1]]`. `usize`, since the
     /// link count passes u32 at about 17M points with m = 128 (review L6).
     offsets: Vec<usize>,
@@ -41,16 +42,20 @@ thread_local! {
 }
 
 impl FlatGraph {
-    /// Copies `hnsw`, which holds every inserted id below `watermark`. Must not run concurrently
-    /// with inserts into `hnsw` (the indexer calls it between inserts).
+    /// Copies the links of `hnsw`, which holds every inserted id below `watermark`; `shared[iid]`
+    /// is the vector of `iid` when the caller has it (else the point's own data is copied). Must
+    /// not run concurrently with inserts into `hnsw` (the indexer calls it between inserts).
     pub fn freeze<D2: Distance<f32> + Send + Sync>(
         hnsw: &Hnsw<'_, f32, D2>,
+        mut shared: Vec<Option<SharedVector>>,
         metric: Metric,
         dim: usize,
         watermark: u64,
     ) -> FlatGraph {
         let n = watermark as usize;
-        let mut vectors = vec![0f32; n * dim];
+        let empty: SharedVector = Arc::from(Vec::new());
+        shared.resize(n, None);
+        let mut rows: Vec<SharedVector> = Vec::with_capacity(n);
         let mut adjacency: Vec<Vec<u32>> = vec![Vec::new(); n];
         let mut upper = HashMap::new();
         let mut entry: Option<(u32, usize)> = None;
@@ -61,9 +66,9 @@ impl FlatGraph {
                 continue;
             }
             points += 1;
-            let v = point.get_v();
-            vectors[iid * dim..iid * dim + dim.min(v.len())]
-                .copy_from_slice(&v[..dim.min(v.len())]);
+            if shared[iid].as_ref().is_none_or(|v| v.len() != dim) {
+                shared[iid] = Some(Arc::from(point.get_v()));
+            }
             let mut layers = point.get_neighborhood_id();
             let level = point.get_point_id().0 as usize;
             let ids = |l: &Vec<hnsw_rs::prelude::Neighbour>| -> Vec<u32> {
@@ -89,6 +94,12 @@ impl FlatGraph {
         }
         // Points sit in the layer of their level, layers are walked bottom-up and each in
         // insertion order, so the first point met on the top level is hnsw_rs' entry point.
+        rows.extend(
+            shared
+                .into_iter()
+                .take(n)
+                .map(|v| v.unwrap_or_else(|| empty.clone())),
+        );
         let mut offsets = Vec::with_capacity(n + 1);
         let mut links = Vec::with_capacity(adjacency.iter().map(Vec::len).sum());
         offsets.push(0usize);
@@ -98,9 +109,8 @@ impl FlatGraph {
         }
         FlatGraph {
             metric,
-            dim,
             watermark,
-            vectors,
+            rows,
             offsets,
             links,
             upper,
@@ -126,8 +136,7 @@ impl FlatGraph {
 
     #[inline]
     fn row(&self, iid: u32) -> &[f32] {
-        let s = iid as usize * self.dim;
-        &self.vectors[s..s + self.dim]
+        &self.rows[iid as usize]
     }
 
     /// Asks the CPU to start loading the first cache lines of a vector.
@@ -274,7 +283,7 @@ mod tests {
         for (i, v) in data.iter().enumerate() {
             hnsw.insert_slice((v, i));
         }
-        let flat = FlatGraph::freeze(&hnsw, Metric::L2, dim, 1000);
+        let flat = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 1000);
         assert_eq!(flat.len(), 1000);
         let mut hits = 0;
         for (i, q) in data.iter().enumerate().step_by(50) {
@@ -287,7 +296,7 @@ mod tests {
         assert_eq!(r.len(), 5);
         assert!(r.iter().all(|(i, _)| i % 2 == 1));
         // A watermark below the graph's size leaves later ids out.
-        let part = FlatGraph::freeze(&hnsw, Metric::L2, dim, 500);
+        let part = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 500);
         assert!(part
             .search(&data[900], 10, 64, None)
             .iter()

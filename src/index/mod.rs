@@ -111,9 +111,19 @@ pub struct GraphMeta {
     pub config: CollectionConfig,
 }
 
+/// A vector shared by the collection's point table, the graph and its search copy.
+pub type SharedVector = Arc<[f32]>;
+
 /// An HNSW graph with its insertion watermark.
+///
+/// The graph holds no copy of a vector: hnsw_rs' points refer to the collection's own
+/// `Arc<[f32]>` (vendor/hnsw_rs/PATCHES.md, `insert_borrowed`), which `vectors` keeps alive, and
+/// the frozen search copy shares them too. Each vector was held three times (issue 10).
 pub struct Graph {
+    // Declared before `vectors`, so dropped before them: hnsw_rs' points borrow their data.
     hnsw: Hnsw<'static, f32, GraphDistance>,
+    /// `vectors[iid]`: the vector of every inserted id (what hnsw_rs' points refer to).
+    vectors: RwLock<Vec<Option<SharedVector>>>,
     metric: Metric,
     watermark: AtomicU64,
     /// First internal id of this graph's epoch.
@@ -146,7 +156,27 @@ impl Graph {
             points: AtomicU64::new(0),
             dim: config.dim,
             flat: RwLock::new(None),
+            vectors: RwLock::new(Vec::new()),
         }
+    }
+
+    /// Extends a borrow of a vector this graph keeps alive to the graph's own lifetime.
+    fn borrow_for_graph(v: &SharedVector) -> &'static [f32] {
+        // SAFETY: the slice lives in the heap allocation of an `Arc<[f32]>` of which `vectors`
+        // holds a clone for as long as the graph lives. The allocation never moves, is never
+        // mutated (`[f32]` behind an `Arc`), and `hnsw` (the only holder of the extended borrow)
+        // is dropped before `vectors` (field order). No borrow escapes the graph: searches return
+        // ids and distances.
+        unsafe { &*Arc::as_ptr(v) }
+    }
+
+    fn keep(&self, id: u64, v: &SharedVector) {
+        let mut vs = self.vectors.write();
+        let i = id as usize;
+        if vs.len() <= i {
+            vs.resize(i + 1, None);
+        }
+        vs[i] = Some(v.clone());
     }
 
     /// The next internal id this graph expects.
@@ -166,8 +196,10 @@ impl Graph {
 
     /// Inserts `id` (which must be ≥ the watermark) and moves the watermark past it.
     /// Only one thread inserts into a given graph (the collection's indexer).
-    pub fn insert(&self, id: u64, vector: &[f32]) {
-        self.hnsw.insert_slice((vector, id as usize));
+    pub fn insert(&self, id: u64, vector: &SharedVector) {
+        self.keep(id, vector);
+        self.hnsw
+            .insert_borrowed(Self::borrow_for_graph(vector), id as usize);
         self.points.fetch_add(1, Ordering::Relaxed);
         self.advance(id + 1);
     }
@@ -214,7 +246,8 @@ impl Graph {
         {
             return;
         }
-        let flat = FlatGraph::freeze(&self.hnsw, self.metric, self.dim, wm);
+        let rows = self.vectors.read().clone();
+        let flat = FlatGraph::freeze(&self.hnsw, rows, self.metric, self.dim, wm);
         *self.flat.write() = Some(Arc::new(flat));
     }
 
@@ -270,8 +303,14 @@ impl Graph {
     }
 
     /// Loads a dumped graph, or `None` when there is none or it cannot be read (it is then rebuilt
-    /// from the store). hnsw_rs asserts on malformed files, so the load is guarded.
-    pub fn load(dir: &Path, config: &CollectionConfig) -> Option<(Graph, GraphMeta)> {
+    /// from the store). hnsw_rs asserts on malformed files, so the load is guarded. `vector`
+    /// gives the collection's vector of an id: the loaded points share it instead of holding the
+    /// dump's copy (a point it has none for keeps the copy).
+    pub fn load(
+        dir: &Path,
+        config: &CollectionConfig,
+        vector: &dyn Fn(u64) -> Option<SharedVector>,
+    ) -> Option<(Graph, GraphMeta)> {
         let meta: GraphMeta =
             serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
         if meta.config != *config {
@@ -285,11 +324,22 @@ impl Graph {
         }
         let dir_owned: PathBuf = dir.to_path_buf();
         let metric = config.metric;
-        let loaded = std::panic::catch_unwind(move || {
+        let kept: RwLock<Vec<Option<SharedVector>>> = RwLock::new(Vec::new());
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // The loaded graph borrows its reader; the reader is small, so leak it to get 'static.
             let io: &'static HnswIo = Box::leak(Box::new(HnswIo::new(&dir_owned, BASENAME)));
-            io.load_hnsw_with_dist::<f32, GraphDistance>(GraphDistance(metric))
-        });
+            let share = |origin: usize| -> Option<&'static [f32]> {
+                let v = vector(origin as u64).filter(|v| v.len() == config.dim)?;
+                let mut kept = kept.write();
+                if kept.len() <= origin {
+                    kept.resize(origin + 1, None);
+                }
+                let borrowed = Self::borrow_for_graph(&v);
+                kept[origin] = Some(v);
+                Some(borrowed)
+            };
+            io.load_hnsw_with_dist_shared::<f32, GraphDistance>(GraphDistance(metric), Some(&share))
+        }));
         match loaded {
             Ok(Ok(mut hnsw)) => {
                 hnsw.set_searching_mode(false);
@@ -306,6 +356,7 @@ impl Graph {
                     points: AtomicU64::new(n),
                     dim: config.dim,
                     flat: RwLock::new(None),
+                    vectors: kept,
                 };
                 Some((g, meta))
             }
@@ -385,10 +436,10 @@ mod tests {
     fn overflowing_distances_never_panic_the_graph() {
         // Such vectors are refused before they reach a graph; the graph survives them anyway.
         let g = Graph::new(&cfg(Metric::Dot), 10, 0, 0);
-        g.insert(0, &[3e38, -3e38, 3e38, -3e38]);
-        g.insert(1, &[3e38, 3e38, 3e38, 3e38]);
-        g.insert(2, &[1.0, 0.0, 0.0, 0.0]);
-        g.insert(3, &[-3e38, 3e38, -3e38, 3e38]);
+        g.insert(0, &Arc::from([3e38, -3e38, 3e38, -3e38]));
+        g.insert(1, &Arc::from([3e38, 3e38, 3e38, 3e38]));
+        g.insert(2, &Arc::from([1.0, 0.0, 0.0, 0.0]));
+        g.insert(3, &Arc::from([-3e38, 3e38, -3e38, 3e38]));
         assert_eq!(g.watermark(), 4);
         let found = g.search(&[3e38, -3e38, 3e38, -3e38], 4, 16, None);
         assert!(!found.is_empty());
@@ -406,7 +457,7 @@ mod tests {
             metric: Metric::L2,
             hnsw: HnswConfig::default(),
         };
-        let v = |i: u64| -> Vec<f32> {
+        let v = |i: u64| -> SharedVector {
             (0..8)
                 .map(|j| ((i * 31 + j * 17) as f32 * 0.173).sin())
                 .collect()
@@ -424,7 +475,8 @@ mod tests {
             config: c,
         };
         dumped.dump(dir.path(), &meta).unwrap();
-        let (reloaded, _) = Graph::load(dir.path(), &c).unwrap();
+        // Half of the points share the caller's vectors, the other half keep the dump's copy.
+        let (reloaded, _) = Graph::load(dir.path(), &c, &|i| (i % 2 == 0).then(|| v(i))).unwrap();
         for q in 0..200u64 {
             let q = v(q * 7 + 3_000);
             assert_eq!(
@@ -452,7 +504,7 @@ mod tests {
         let c = cfg(Metric::L2);
         let g = Graph::new(&c, 100, 0, 0);
         for i in 0..50u64 {
-            g.insert(i, &[i as f32, 1.0, 0.0, 2.0]);
+            g.insert(i, &Arc::from([i as f32, 1.0, 0.0, 2.0]));
         }
         let meta = GraphMeta {
             collection_id: 7,
@@ -463,7 +515,7 @@ mod tests {
         let path = dir.path().join("7");
         g.dump(&path, &meta).unwrap();
         g.dump(&path, &meta).unwrap();
-        let (h, m) = Graph::load(&path, &c).unwrap();
+        let (h, m) = Graph::load(&path, &c, &|_| None).unwrap();
         assert_eq!(m, meta);
         assert_eq!(h.len(), 50);
         let hit = h.search(&[20.0, 1.0, 0.0, 2.0], 1, 16, None);
@@ -472,6 +524,6 @@ mod tests {
         let flat = h.flat().unwrap();
         assert_eq!(flat.len(), 50);
         assert_eq!(flat.search(&[20.0, 1.0, 0.0, 2.0], 1, 16, None)[0].0, 20);
-        assert!(Graph::load(&path, &cfg(Metric::Dot)).is_none());
+        assert!(Graph::load(&path, &cfg(Metric::Dot), &|_| None).is_none());
     }
 }

@@ -169,36 +169,33 @@ pub struct Point<'b, T: Clone + Send + Sync> {
     /// a point id identifying point as stored in our structure
     p_id: PointId,
     /// neighbours info
-    pub(crate) neighbours: Arc<RwLock<Vec<Vec<Arc<PointWithOrder<'b, T>>>>>>,
+    pub(crate) neighbours: Arc<RwLock<Vec<Vec<PointWithOrder<'b, T>>>>>,
 }
 
 impl<'b, T: Clone + Send + Sync> Point<'b, T> {
-    pub fn new(v: Vec<T>, origin_id: usize, p_id: PointId) -> Self {
-        let mut neighbours = Vec::with_capacity(NB_LAYER_MAX as usize);
-        // CAVEAT, perhaps pass nb layer as arg ?
-        for _ in 0..NB_LAYER_MAX {
-            neighbours.push(Vec::<Arc<PointWithOrder<T>>>::new());
-        }
+    // quiver patch: a point holds neighbour lists for its own layers only (0 to its level), not
+    // for all NB_LAYER_MAX: no search or insert reads a point's list above its level.
+    fn empty_layers(p_id: PointId) -> Vec<Vec<PointWithOrder<'b, T>>> {
+        let layers = (p_id.0 as usize + 1).min(NB_LAYER_MAX as usize);
+        (0..layers).map(|_| Vec::new()).collect()
+    }
+
+    // quiver patch: one constructor for both kinds of data.
+    fn from_data(data: PointData<'b, T>, origin_id: usize, p_id: PointId) -> Self {
         Point {
-            data: PointData::new_v(v),
+            data,
             origin_id,
             p_id,
-            neighbours: Arc::new(RwLock::new(neighbours)),
+            neighbours: Arc::new(RwLock::new(Self::empty_layers(p_id))),
         }
     }
 
+    pub fn new(v: Vec<T>, origin_id: usize, p_id: PointId) -> Self {
+        Self::from_data(PointData::new_v(v), origin_id, p_id)
+    }
+
     pub fn new_from_mmap(s: &'b [T], origin_id: usize, p_id: PointId) -> Self {
-        let mut neighbours = Vec::with_capacity(NB_LAYER_MAX as usize);
-        // CAVEAT, perhaps pass nb layer as arg ?
-        for _ in 0..NB_LAYER_MAX {
-            neighbours.push(Vec::<Arc<PointWithOrder<T>>>::new());
-        }
-        Point {
-            data: PointData::new_s(s),
-            origin_id,
-            p_id,
-            neighbours: Arc::new(RwLock::new(neighbours)),
-        }
+        Self::from_data(PointData::new_s(s), origin_id, p_id)
     }
 
     /// get a reference to vector data
@@ -257,6 +254,14 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
         println!(" neighbours dump : end");
     }
 } // end of block
+
+// quiver patch: a point's list at `layer`, empty where the point has none (see `empty_layers`).
+fn layer_of<'a, 'b, T: Clone + Send + Sync>(
+    lists: &'a [Vec<PointWithOrder<'b, T>>],
+    layer: u8,
+) -> &'a [PointWithOrder<'b, T>] {
+    lists.get(layer as usize).map_or(&[], Vec::as_slice)
+}
 
 //===========================================================================================
 
@@ -500,7 +505,11 @@ impl<'b, T: Clone + Send + Sync> PointIndexation<'b, T> {
     /// real insertion of point in point indexation
     // generate a new Point/ArcPoint (with neigbourhood info empty) and store it in global table
     // The function is called by Hnsw insert method
-    fn generate_new_point(&self, data: &[T], origin_id: usize) -> (Arc<Point<'b, T>>, usize) {
+    fn generate_new_point(
+        &self,
+        data: PointData<'b, T>,
+        origin_id: usize,
+    ) -> (Arc<Point<'b, T>>, usize) {
         // get a write lock at the beginning of the function
         let level = self.layer_g.generate();
         let new_point;
@@ -510,7 +519,7 @@ impl<'b, T: Clone + Send + Sync> PointIndexation<'b, T> {
             let mut p_id = PointId(level as u8, -1);
             p_id.1 = points_by_layer_ref[p_id.0 as usize].len() as i32;
             // make a Point and then an Arc<Point>
-            let point = Point::new(data.to_vec(), origin_id, p_id);
+            let point = Point::from_data(data, origin_id, p_id);
             new_point = Arc::new(point);
             trace!("definitive pushing of point {:?}", p_id);
             points_by_layer_ref[p_id.0 as usize].push(Arc::clone(&new_point));
@@ -934,7 +943,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         ef: usize,
         layer: u8,
         filter: Option<&dyn FilterT>,
-    ) -> BinaryHeap<Arc<PointWithOrder<'b, T>>> {
+    ) -> BinaryHeap<PointWithOrder<'b, T>> {
         //
         trace!(
             "entering search_layer with entry_point_id {:?} layer : {:?} ef {:?} ",
@@ -945,7 +954,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         // log2(skiplist_size) must be greater than 1.
         let skiplist_size = ef.max(2);
         // we will store positive distances in this one
-        let mut return_points = BinaryHeap::<Arc<PointWithOrder<T>>>::with_capacity(skiplist_size);
+        let mut return_points = BinaryHeap::<PointWithOrder<T>>::with_capacity(skiplist_size);
         //
         if entry_point.p_id.1 < 0 {
             trace!("search layer negative point id : {:?}", entry_point.p_id);
@@ -959,15 +968,15 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         visited_point_id.insert(entry_point.p_id, Arc::clone(&entry_point));
         //
         let mut candidate_points =
-            BinaryHeap::<Arc<PointWithOrder<T>>>::with_capacity(skiplist_size);
-        candidate_points.push(Arc::new(PointWithOrder::new(
+            BinaryHeap::<PointWithOrder<T>>::with_capacity(skiplist_size);
+        candidate_points.push(PointWithOrder::new(
             &entry_point,
             -dist_to_entry_point,
-        )));
-        return_points.push(Arc::new(PointWithOrder::new(
+        ));
+        return_points.push(PointWithOrder::new(
             &entry_point,
             dist_to_entry_point,
-        )));
+        ));
         // at the beginning candidate_points contains point passed as arg in layer entry_point_id.0
         while !candidate_points.is_empty() {
             // get nearest point in candidate_points
@@ -1006,7 +1015,8 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             // now we scan neighborhood of c in layer and increment visited_point, candidate_points
             // and optimize candidate_points so that it contains points with lowest distances to point arg
             //
-            let neighbours_c_l = &c.point_ref.neighbours.read()[layer as usize];
+            let c_neighbours = c.point_ref.neighbours.read();
+            let neighbours_c_l = layer_of(&c_neighbours, layer);
             let c_pid = c.point_ref.p_id;
             trace!(
                 "       search_layer, {:?} has  nb neighbours  : {:?} ",
@@ -1029,14 +1039,14 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                     let e_dist_to_p = self.dist_f.eval(point, e.point_ref.data.get_v());
                     let f_dist_to_p = f.dist_to_ref;
                     if e_dist_to_p < f_dist_to_p || return_points.len() < ef {
-                        let e_prime = Arc::new(PointWithOrder::new(&e.point_ref, e_dist_to_p));
+                        let e_prime = PointWithOrder::new(&e.point_ref, e_dist_to_p);
                         // a neighbour of neighbour is better, we insert it into candidate with the distance to point
                         trace!(
                             "                inserting new candidate {:?}",
                             e_prime.point_ref.p_id
                         );
                         candidate_points
-                            .push(Arc::new(PointWithOrder::new(&e.point_ref, -e_dist_to_p)));
+                            .push(PointWithOrder::new(&e.point_ref, -e_dist_to_p));
                         //
                         if let Some(f) = filter {
                             let id: &usize = &e_prime.point_ref.get_origin_id();
@@ -1047,10 +1057,10 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                                         return_points.clear()
                                     }
                                 }
-                                return_points.push(Arc::clone(&e_prime))
+                                return_points.push(e_prime.clone())
                             }
                         } else {
-                            return_points.push(Arc::clone(&e_prime));
+                            return_points.push(e_prime.clone());
                         }
 
                         if return_points.len() > ef {
@@ -1080,13 +1090,26 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
     ///  The insertion method gives the point an internal id.  
     ///  The slice insertion makes integration with ndarray crate easier than the vector insertion
     pub fn insert_slice(&self, data_with_id: (&[T], usize)) {
-        //
         let (data, origin_id) = data_with_id;
-        let keep_pruned = self.keep_pruned;
-        // insert in indexation and get point_id adn generate a new entry_point if necessary
-        let (new_point, point_rank) = self
+        let generated = self
             .layer_indexed_points
-            .generate_new_point(data, origin_id);
+            .generate_new_point(PointData::new_v(data.to_vec()), origin_id);
+        self.link_new_point(generated, data)
+    }
+
+    /// quiver patch: inserts a point that refers to `data` instead of copying it. The caller
+    /// keeps `data` alive and unmoved for as long as this `Hnsw` lives (`'b`), as with the
+    /// memory-mapped points of a reload.
+    pub fn insert_borrowed(&self, data: &'b [T], origin_id: usize) {
+        let generated = self
+            .layer_indexed_points
+            .generate_new_point(PointData::new_s(data), origin_id);
+        self.link_new_point(generated, data)
+    }
+
+    fn link_new_point(&self, generated: (Arc<Point<'b, T>>, usize), data: &[T]) {
+        let keep_pruned = self.keep_pruned;
+        let (new_point, point_rank) = generated;
         trace!("Hnsw insert generated new point {:?} ", new_point.p_id);
         // now real work begins
         // allocate a binary heap
@@ -1142,10 +1165,15 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             //
             if let Some(ep) = sorted_points.pop() {
                 // useful for projecting lower layer to upper layer. keep track of points encountered.
-                if new_point.neighbours.read()[l as usize].len()
-                    < self.get_max_nb_connection() as usize
+                // quiver patch: hnsw_rs kept these entry points in lists above the new point's
+                // level, which nothing reads; the point has no list there now.
+                if new_point
+                    .neighbours
+                    .read()
+                    .get(l as usize)
+                    .is_some_and(|ns| ns.len() < self.get_max_nb_connection() as usize)
                 {
-                    new_point.neighbours.write()[l as usize].push(Arc::clone(&ep));
+                    new_point.neighbours.write()[l as usize].push(ep.clone());
                 }
                 // get the lowest distance point
                 let tmp_dist = self.dist_f.eval(data, ep.point_ref.data.get_v());
@@ -1186,7 +1214,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                     nb_conn = self.max_nb_connection;
                     extend_c = false;
                 }
-                let mut neighbours = Vec::<Arc<PointWithOrder<T>>>::with_capacity(nb_conn);
+                let mut neighbours = Vec::<PointWithOrder<T>>::with_capacity(nb_conn);
                 self.select_neighbours(
                     data,
                     &mut sorted_points,
@@ -1260,6 +1288,11 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                     // fix from vidaunited (https://github.com/vidaunited), store potential reverse neighbout at correct layer
                     // This potential reverse add provide a symetric edge only if new_point is sufficiently close to q_point from q_point point of view
                     let l_n = l as usize;
+                    // quiver patch: q may sit below layer l (the old entry point, when the new
+                    // point is the first on a higher layer): its list there is made on demand.
+                    if q_point_neighbours.len() <= l_n {
+                        q_point_neighbours.resize_with(l_n + 1, Vec::new);
+                    }
                     let already = q_point_neighbours[l_n]
                         .iter()
                         .position(|old| old.point_ref.p_id == new_point.p_id);
@@ -1270,7 +1303,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                         //   panic!();
                         continue;
                     }
-                    q_point_neighbours[l_n].push(Arc::new(n_to_add));
+                    q_point_neighbours[l_n].push(n_to_add);
                     let nbn_at_l = q_point_neighbours[l_n].len();
                     //
                     // if l < level, update upward chaining, insert does a sort! t_q has a neighbour not yet in global table of points!
@@ -1304,12 +1337,12 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
     fn select_neighbours(
         &self,
         data: &[T],
-        candidates: &mut BinaryHeap<Arc<PointWithOrder<'b, T>>>,
+        candidates: &mut BinaryHeap<PointWithOrder<'b, T>>,
         nb_neighbours_asked: usize,
         extend_candidates_asked: bool,
         layer: u8,
         keep_pruned: bool,
-        neighbours_vec: &mut Vec<Arc<PointWithOrder<'b, T>>>,
+        neighbours_vec: &mut Vec<PointWithOrder<'b, T>>,
     ) {
         //
         trace!(
@@ -1327,7 +1360,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                     let p = candidates.pop().unwrap();
                     assert!(-p.dist_to_ref >= 0.);
                     neighbours_vec
-                        .push(Arc::new(PointWithOrder::new(&p.point_ref, -p.dist_to_ref)));
+                        .push(PointWithOrder::new(&p.point_ref, -p.dist_to_ref));
                 }
                 return;
             } else {
@@ -1346,7 +1379,8 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             let mut new_candidates_set = HashMap::<PointId, Arc<Point<T>>>::new();
             // get a list of all neighbours of candidates
             for (_p_id, p_point) in candidates_set.iter() {
-                let n_p_layer = &p_point.neighbours.read()[layer as usize];
+                let p_neighbours = p_point.neighbours.read();
+                let n_p_layer = layer_of(&p_neighbours, layer);
                 for q in n_p_layer {
                     if !candidates_set.contains_key(&q.point_ref.p_id)
                         && !new_candidates_set.contains_key(&q.point_ref.p_id)
@@ -1362,11 +1396,11 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             );
             for (_p_id, p_point) in new_candidates_set.iter() {
                 let dist_topoint = self.dist_f.eval(data, p_point.data.get_v());
-                candidates.push(Arc::new(PointWithOrder::new(p_point, -dist_topoint)));
+                candidates.push(PointWithOrder::new(p_point, -dist_topoint));
             }
         } // end if extend_candidates
         //
-        let mut discarded_points = BinaryHeap::<Arc<PointWithOrder<T>>>::new();
+        let mut discarded_points = BinaryHeap::<PointWithOrder<T>>::new();
         while !candidates.is_empty() && neighbours_vec.len() < nb_neighbours_asked {
             // compare distances of e to data. we do not need to recompute dists!
             if let Some(e_p) = candidates.pop() {
@@ -1381,19 +1415,19 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 }
                 if e_to_insert {
                     trace!("inserting neighbours : {:?} ", e_p.point_ref.p_id);
-                    neighbours_vec.push(Arc::new(PointWithOrder::new(
+                    neighbours_vec.push(PointWithOrder::new(
                         &e_p.point_ref,
                         -e_p.dist_to_ref,
-                    )));
+                    ));
                 } else {
                     trace!("discarded neighbours : {:?} ", e_p.point_ref.p_id);
                     // ep is taken from a binary heap, so it has a negative sign, we keep its sign
                     // to store it in another binary heap will possibly need to retain the best ones from the discarde binaryHeap
                     if keep_pruned {
-                        discarded_points.push(Arc::new(PointWithOrder::new(
+                        discarded_points.push(PointWithOrder::new(
                             &e_p.point_ref,
                             e_p.dist_to_ref,
-                        )));
+                        ));
                     }
                 }
             }
@@ -1406,10 +1440,10 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 let best_point = discarded_points.pop().unwrap();
                 // do not forget to reverse sign
                 assert!(best_point.dist_to_ref <= 0.);
-                neighbours_vec.push(Arc::new(PointWithOrder::new(
+                neighbours_vec.push(PointWithOrder::new(
                     &best_point.point_ref,
                     -best_point.dist_to_ref,
-                )));
+                ));
             }
         };
         //
@@ -1431,7 +1465,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
     }
 
     // search the first knbn nearest neigbours of a data, but can modify ef for layer > 1
-    // This function return Vec<Arc<PointWithOrder<T> >>
+    // This function return Vec<PointWithOrder<T>>
     // The parameter ef controls the width of the search in the lowest level, it must be greater
     // than number of neighbours asked. A rule of thumb could be between knbn and max_nb_connection.
     #[allow(unused)]
@@ -1476,9 +1510,9 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             .iter()
             .map(|p| {
                 Neighbour::new(
-                    p.as_ref().point_ref.origin_id,
-                    p.as_ref().dist_to_ref,
-                    p.as_ref().point_ref.p_id,
+                    p.point_ref.origin_id,
+                    p.dist_to_ref,
+                    p.point_ref.p_id,
                 )
             })
             .collect();
@@ -1517,7 +1551,8 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             let mut has_changed = false;
             // search in stored neighbours
             {
-                let neighbours = &pivot.neighbours.read()[layer as usize];
+                let pivot_neighbours = pivot.neighbours.read();
+                let neighbours = layer_of(&pivot_neighbours, layer);
                 for n in neighbours {
                     // get the lowest  distance point.
                     let tmp_dist = self.dist_f.eval(data, n.point_ref.data.get_v());
@@ -1555,11 +1590,11 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
             let knn_neighbours: Vec<Neighbour> = neighbours[0..last]
                 .iter()
                 .filter_map(|p| {
-                    if filter_t.hnsw_filter(&p.as_ref().point_ref.origin_id) {
+                    if filter_t.hnsw_filter(&p.point_ref.origin_id) {
                         Some(Neighbour::new(
-                            p.as_ref().point_ref.origin_id,
-                            p.as_ref().dist_to_ref,
-                            p.as_ref().point_ref.p_id,
+                            p.point_ref.origin_id,
+                            p.dist_to_ref,
+                            p.point_ref.p_id,
                         ))
                     } else {
                         None
@@ -1573,9 +1608,9 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 .iter()
                 .map(|p| {
                     Neighbour::new(
-                        p.as_ref().point_ref.origin_id,
-                        p.as_ref().dist_to_ref,
-                        p.as_ref().point_ref.p_id,
+                        p.point_ref.origin_id,
+                        p.dist_to_ref,
+                        p.point_ref.p_id,
                     )
                 })
                 .collect();
@@ -1645,14 +1680,14 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
 // The vector is sorted by construction
 #[allow(unused)]
 fn from_negative_binaryheap_to_sorted_vector<'b, T: Send + Sync + Copy>(
-    heap_points: &mut BinaryHeap<Arc<PointWithOrder<'b, T>>>,
-) -> Vec<Arc<PointWithOrder<'b, T>>> {
+    heap_points: &mut BinaryHeap<PointWithOrder<'b, T>>,
+) -> Vec<PointWithOrder<'b, T>> {
     let nb_points = heap_points.len();
-    let mut vec_points = Vec::<Arc<PointWithOrder<T>>>::with_capacity(nb_points);
+    let mut vec_points = Vec::<PointWithOrder<T>>::with_capacity(nb_points);
     //
     for p in heap_points.iter() {
         assert!(p.dist_to_ref <= 0.);
-        let reverse_p = Arc::new(PointWithOrder::new(&p.point_ref, -p.dist_to_ref));
+        let reverse_p = PointWithOrder::new(&p.point_ref, -p.dist_to_ref);
         vec_points.push(reverse_p);
     }
     trace!(
@@ -1667,14 +1702,14 @@ fn from_negative_binaryheap_to_sorted_vector<'b, T: Send + Sync + Copy>(
 // and returns a binary_heap of points with their correct negative distance to some reference distance
 //
 fn from_positive_binaryheap_to_negative_binary_heap<'b, T: Send + Sync + Clone>(
-    positive_heap: &mut BinaryHeap<Arc<PointWithOrder<'b, T>>>,
-) -> BinaryHeap<Arc<PointWithOrder<'b, T>>> {
+    positive_heap: &mut BinaryHeap<PointWithOrder<'b, T>>,
+) -> BinaryHeap<PointWithOrder<'b, T>> {
     let nb_points = positive_heap.len();
-    let mut negative_heap = BinaryHeap::<Arc<PointWithOrder<T>>>::with_capacity(nb_points);
+    let mut negative_heap = BinaryHeap::<PointWithOrder<T>>::with_capacity(nb_points);
     //
     for p in positive_heap.iter() {
         assert!(p.dist_to_ref >= 0.);
-        let reverse_p = Arc::new(PointWithOrder::new(&p.point_ref, -p.dist_to_ref));
+        let reverse_p = PointWithOrder::new(&p.point_ref, -p.dist_to_ref);
         negative_heap.push(reverse_p);
     }
     trace!(

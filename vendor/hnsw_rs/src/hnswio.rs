@@ -500,7 +500,7 @@ impl HnswIo {
             }
         }
         // reloader can use datamap
-        let layer_point_indexation = self.load_point_indexation(graph_in, &description, data_in)?;
+        let layer_point_indexation = self.load_point_indexation(graph_in, &description, data_in, None)?;
         let data_dim = layer_point_indexation.get_data_dimension();
         //
         let hnsw: Hnsw<T, D> = Hnsw {
@@ -528,6 +528,23 @@ impl HnswIo {
     /// **It is the user responsability to reload with the same function as used in the dump**
     ///
     pub fn load_hnsw_with_dist<'b, 'a, T, D>(&'a self, f: D) -> anyhow::Result<Hnsw<'b, T, D>>
+    where
+        T: 'static + Serialize + DeserializeOwned + Clone + Sized + Send + Sync + std::fmt::Debug,
+        D: Distance<T> + Send + Sync,
+        'a: 'b,
+    {
+        self.load_hnsw_with_dist_shared(f, None)
+    }
+
+    /// quiver patch: as [`Self::load_hnsw_with_dist`], but a point whose data `shared` returns
+    /// refers to that data (which must outlive the `Hnsw`) instead of a copy read from the dump.
+    /// The dumped data is skipped for such points; `None` from `shared` loads the dump's copy.
+    #[allow(clippy::type_complexity)]
+    pub fn load_hnsw_with_dist_shared<'b, 'a, T, D>(
+        &'a self,
+        f: D,
+        shared: Option<&dyn Fn(usize) -> Option<&'b [T]>>,
+    ) -> anyhow::Result<Hnsw<'b, T, D>>
     where
         T: 'static + Serialize + DeserializeOwned + Clone + Sized + Send + Sync + std::fmt::Debug,
         D: Distance<T> + Send + Sync,
@@ -589,7 +606,7 @@ impl HnswIo {
         info!("T type name in dump = {:?}", t_type);
         //
         //
-        let layer_point_indexation = self.load_point_indexation(graph_in, &description, data_in)?;
+        let layer_point_indexation = self.load_point_indexation(graph_in, &description, data_in, shared)?;
         let data_dim = layer_point_indexation.get_data_dimension();
         //
         let hnsw: Hnsw<T, D> = Hnsw {
@@ -616,6 +633,7 @@ impl HnswIo {
         graph_in: &mut dyn Read,
         descr: &Description,
         data_in: &mut dyn Read,
+        shared: Option<&dyn Fn(usize) -> Option<&'b [T]>>,
     ) -> anyhow::Result<PointIndexation<'b, T>>
     where
         T: 'static + Serialize + DeserializeOwned + Clone + Sized + Send + Sync + std::fmt::Debug,
@@ -689,7 +707,8 @@ impl HnswIo {
                         }
                     }
                 };
-                let load_point_res = self.load_point(graph_in, descr, data_in, point_use_mmap);
+                let load_point_res =
+                    self.load_point(graph_in, descr, data_in, point_use_mmap, shared);
                 if let Err(other) = load_point_res {
                     error!("in load_point_indexation, loading of point {} failed", r);
                     return Err(anyhow!(other));
@@ -718,13 +737,24 @@ impl HnswIo {
         let mut nbp: usize = 0;
         for (p_id, neighbours) in &neighbourhood_map {
             let point = &points_by_layer[p_id.0 as usize][p_id.1 as usize];
+            // quiver patch: a point has lists up to its own level, and above it only where it
+            // has neighbours there (see `Point::empty_layers`).
             for (l, neighbours) in neighbours.iter().enumerate() {
+                if neighbours.is_empty() {
+                    continue;
+                }
+                {
+                    let mut lists = point.neighbours.write();
+                    if lists.len() <= l {
+                        lists.resize_with(l + 1, Vec::new);
+                    }
+                }
                 for n in neighbours {
                     let n_point = &points_by_layer[n.p_id.0 as usize][n.p_id.1 as usize];
                     // now n_point is the Arc<Point> corresponding to neighbour n of point,
                     // construct a corresponding PointWithOrder
                     let n_pwo = PointWithOrder::<T>::new(n_point, n.distance);
-                    point.neighbours.write()[l].push(Arc::new(n_pwo));
+                    point.neighbours.write()[l].push(n_pwo);
                 } // end of for n
                 //  must sort
                 point.neighbours.write()[l].sort_unstable();
@@ -798,6 +828,7 @@ impl HnswIo {
         descr: &Description,
         data_in: &mut dyn Read,
         point_use_mmap: bool,
+        shared: Option<&dyn Fn(usize) -> Option<&'b [T]>>,
     ) -> Result<(Arc<Point<'b, T>>, Vec<Vec<Neighbour>>)>
     where
         T: 'static + DeserializeOwned + Clone + Sized + Send + Sync + std::fmt::Debug,
@@ -813,8 +844,13 @@ impl HnswIo {
         }
         let (origin_id, p_id, neighborhood) = load_res.unwrap();
         //
-        let point = match point_use_mmap {
-            false => {
+        let borrowed = shared.and_then(|f| f(origin_id));
+        let point = match (borrowed, point_use_mmap) {
+            (Some(data), _) => {
+                skip_point_data(origin_id, data_in, descr)?;
+                Point::<T>::new_from_mmap(data, origin_id, p_id)
+            }
+            (None, false) => {
                 let v = load_point_data::<T>(origin_id, data_in, descr);
                 if v.is_err() {
                     error!("loading point {:?}", origin_id);
@@ -822,7 +858,7 @@ impl HnswIo {
                 }
                 Point::<T>::new(v.unwrap(), origin_id, p_id)
             }
-            true => {
+            (None, true) => {
                 skip_point_data(origin_id, data_in, descr)?; // keep cohrence between data file and graph file!
                 debug!("constructing point from datamap, dataid : {:?}", origin_id);
                 let s: Option<&'b [T]> = self.datamap.as_ref().unwrap().get_data::<T>(&origin_id);
@@ -1079,7 +1115,9 @@ fn dump_point<T: Serialize + Clone + Sized + Send + Sync, W: Write>(
     }
     trace!(" point dump {:?} {:?}  ", p_id, point.get_origin_id());
     // then dump neighborhood info : nb neighbours : u32 , then list of origin_id, layer, rank_in_layer
-    let neighborhood = point.get_neighborhood_id();
+    let mut neighborhood = point.get_neighborhood_id();
+    // quiver patch: points hold lists up to their own level; the format has NB_LAYER_MAX per point.
+    neighborhood.resize(NB_LAYER_MAX as usize, Vec::new());
     // in any case nb_layers are dumped with possibly 0 neighbours at a layer, but this does not occur by construction
     for (l, neighbours_at_l) in neighborhood.iter().enumerate() {
         // Caution : we dump number of neighbours as a usize, even if it cannot be so large!
