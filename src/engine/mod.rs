@@ -26,6 +26,7 @@
 //! (searches stay correct; only approximate-result ties can differ).
 
 mod collection;
+pub(crate) mod payload_index;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
