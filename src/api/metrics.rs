@@ -38,32 +38,37 @@ pub async fn render(State(state): State<AppState>) -> Response {
     // Collection info takes each collection's state lock, which a long search or an apply may
     // hold: never on an async worker (review M7).
     let engine = state.engine.clone();
-    let cols = tokio::task::spawn_blocking(move || engine.list())
+    let cols = tokio::task::spawn_blocking(move || engine.list_with_index_bytes())
         .await
         .unwrap_or_default();
-    type Gauge = fn(&crate::model::CollectionInfo) -> usize;
-    let gauges: [(&str, &str, Gauge); 3] = [
+    type Gauge = fn(&(crate::model::CollectionInfo, usize)) -> usize;
+    let gauges: [(&str, &str, Gauge); 4] = [
         (
             "quiver_collection_points",
             "Live points per collection.",
-            |c| c.points,
+            |c| c.0.points,
         ),
         (
             "quiver_collection_tombstones",
             "Deleted points still in the graph.",
-            |c| c.tombstones,
+            |c| c.0.tombstones,
         ),
         (
             "quiver_collection_unindexed",
             "Points applied but not yet in the graph.",
-            |c| c.unindexed,
+            |c| c.0.unindexed,
+        ),
+        (
+            "quiver_collection_payload_index_bytes",
+            "Heap bytes of the payload index (which values of which keys each point holds).",
+            |c| c.1,
         ),
     ];
     for (name, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");
         for c in &cols {
-            let _ = writeln!(out, "{name}{{collection=\"{}\"}} {}", c.name, value(c));
+            let _ = writeln!(out, "{name}{{collection=\"{}\"}} {}", c.0.name, value(c));
         }
     }
     let _ = writeln!(

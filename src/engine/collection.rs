@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde_json::Value;
 
+use super::payload_index::PayloadIndex;
 use crate::filter::Filter;
 use crate::index::{score, Graph, GraphMeta, Scored};
 use crate::model::{
@@ -56,6 +57,8 @@ struct Slot {
 struct State {
     slots: Vec<Slot>,
     by_ext: HashMap<PointId, u64>,
+    /// Which live points hold which payload values (maintained in apply, so the same everywhere).
+    payloads: PayloadIndex,
     live: usize,
     epoch_since: u64,
     epoch_total: u64,
@@ -172,6 +175,21 @@ impl State {
     fn tombstones(&self) -> u64 {
         self.epoch_total.saturating_sub(self.live as u64)
     }
+
+    /// Every live point the filter accepts, in id order: the payload index's candidates checked
+    /// one by one, or every point when the index cannot narrow the filter.
+    fn matching(&self, filter: &Filter) -> Vec<usize> {
+        match self.payloads.candidates(filter) {
+            Some(cands) => cands
+                .into_iter()
+                .map(|i| i as usize)
+                .filter(|&i| self.accepts(i, Some(filter)))
+                .collect(),
+            None => (0..self.slots.len())
+                .filter(|&i| self.accepts(i, Some(filter)))
+                .collect(),
+        }
+    }
 }
 
 /// Whether the indexer should dump its graph now, after `dirty` inserts since the last dump into
@@ -203,6 +221,7 @@ impl Collection {
     ) -> Collection {
         let mut slots: Vec<Slot> = Vec::with_capacity(meta.next_iid as usize);
         let mut by_ext = HashMap::with_capacity(points.len());
+        let mut payloads = PayloadIndex::new();
         for (iid, p) in points {
             while (slots.len() as u64) < iid {
                 slots.push(Slot {
@@ -216,6 +235,9 @@ impl Collection {
                 .as_deref()
                 .and_then(|s| serde_json::from_str::<Value>(s).ok())
                 .map(Arc::new);
+            if let Some(v) = &payload {
+                payloads.insert(iid, v);
+            }
             by_ext.insert(p.id.clone(), iid);
             slots.push(Slot {
                 ext: Some(p.id),
@@ -248,6 +270,7 @@ impl Collection {
         let state = State {
             slots,
             by_ext,
+            payloads,
             live,
             epoch_since: meta.epoch_since,
             epoch_total: meta.epoch_total,
@@ -280,6 +303,7 @@ impl Collection {
         let state = State {
             slots: Vec::new(),
             by_ext: HashMap::new(),
+            payloads: PayloadIndex::new(),
             live: 0,
             epoch_since: 0,
             epoch_total: 0,
@@ -386,6 +410,9 @@ impl Collection {
             }
             let iid = st.slots.len() as u64;
             batch.put_point(cid, iid, &p);
+            if let Some(v) = &payload {
+                st.payloads.insert(iid, v);
+            }
             st.by_ext.insert(p.id.clone(), iid);
             st.slots.push(Slot {
                 ext: Some(p.id),
@@ -411,7 +438,9 @@ impl Collection {
     fn tombstone(st: &mut State, iid: u64) {
         if let Some(slot) = st.slots.get_mut(iid as usize) {
             if slot.ext.take().is_some() {
-                slot.payload = None;
+                if let Some(v) = slot.payload.take() {
+                    st.payloads.remove(iid, &v);
+                }
                 st.live -= 1;
             }
         }
@@ -437,10 +466,7 @@ impl Collection {
     /// Deletes every point whose payload matches `filter`; returns how many.
     pub fn delete_filter(&self, filter: &Filter, batch: &mut WriteBatch) -> usize {
         let mut st = self.shared.state.write();
-        let iids: Vec<u64> = (0..st.slots.len())
-            .filter(|&i| st.accepts(i, Some(filter)))
-            .map(|i| i as u64)
-            .collect();
+        let iids: Vec<u64> = st.matching(filter).into_iter().map(|i| i as u64).collect();
         for &iid in &iids {
             if let Some(id) = &st.slots[iid as usize].ext {
                 let id = id.clone();
@@ -634,6 +660,11 @@ impl Collection {
         }
     }
 
+    /// Heap bytes held by the payload index.
+    pub fn payload_index_bytes(&self) -> usize {
+        self.shared.state.read().payloads.heap_bytes()
+    }
+
     /// Live point count.
     pub fn len(&self) -> usize {
         self.shared.state.read().live
@@ -682,7 +713,28 @@ impl Collection {
         let mut top = TopK::new(p.k);
         let mut use_exact = p.exact || st.live <= self.shared.opts.exact_below || graph.is_empty();
         let mut ef = p.ef.max(p.k);
-        if !use_exact {
+        // A filter the payload index narrows: its candidates are scored exactly when few (or
+        // when the search is exact anyway).
+        let candidates = filter.and_then(|f| st.payloads.candidates(f));
+        if let Some(cands) = &candidates {
+            let frac = cands.len() as f64 / st.live.max(1) as f64;
+            if use_exact || frac < 0.05 || cands.len() < 4 * ef {
+                let mut top = TopK::new(p.k);
+                for &iid in cands {
+                    let iid = iid as usize;
+                    if st.accepts(iid, filter) {
+                        if let Some(v) = &st.slots[iid].vector {
+                            top.push(Scored(badness(metric, score(metric, q, v)), iid as u64));
+                        }
+                    }
+                }
+                return self.hits(&st, top, p);
+            }
+            // Many candidates: the graph walk finds them; widen it by the (upper bound of the)
+            // selectivity.
+            ef = ((ef as f64 / frac.min(1.0)) as usize).min(crate::model::MAX_K.max(ef));
+        }
+        if !use_exact && candidates.is_none() {
             if let Some(f) = filter {
                 // Estimate selectivity on an even sample; a selective filter starves the graph walk.
                 let step = (n / 256).max(1);
@@ -752,6 +804,12 @@ impl Collection {
             }
             finish(found, wm, &mut top);
         }
+        self.hits(&st, top, p)
+    }
+
+    /// The answer: hits best first, with what was asked for.
+    fn hits(&self, st: &State, top: TopK, p: &SearchParams) -> Vec<Hit> {
+        let metric = self.shared.config.metric;
         top.into_sorted()
             .into_iter()
             .filter_map(|Scored(bad, iid)| {

@@ -601,6 +601,14 @@ impl Engine {
         cols.iter().map(|c| c.info()).collect()
     }
 
+    /// Every collection's info with the bytes its payload index holds, by name.
+    pub fn list_with_index_bytes(&self) -> Vec<(CollectionInfo, usize)> {
+        let cols: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
+        cols.iter()
+            .map(|c| (c.info(), c.payload_index_bytes()))
+            .collect()
+    }
+
     /// Collections whose indexer failed and whose graph is being rebuilt: (name, why).
     pub fn indexer_failures(&self) -> Vec<(String, String)> {
         self.collections

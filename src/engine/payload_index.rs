@@ -24,12 +24,6 @@
 //! Determinism: only ordered maps and bitmaps, no hashing, randomness or clock, so that every node
 //! applying the same writes holds the same index (it is maintained in the Raft apply step).
 
-// Remove once `Collection::search` uses the index (outside tests it is not used yet).
-#![cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the search path does not use the index yet")
-)]
-
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::mem::size_of;
