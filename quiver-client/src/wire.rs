@@ -614,7 +614,9 @@ pub struct CollectionInfo {
     pub points: usize,
     /// Deleted or replaced points still held in the graph until the next rebuild.
     pub tombstones: usize,
-    /// Points applied but not yet inserted into the HNSW graph (searched exactly meanwhile).
+    /// Points applied but not yet inserted into the HNSW graph (searched exactly meanwhile). The
+    /// graph takes points in blocks of 256 internal ids; the last, incomplete block (up to 255
+    /// points, also searched exactly) waits for the writes that complete it and is not counted.
     pub unindexed: usize,
     /// Applied log index this answer was read at (`GET /collections/{name}`; 0 inside a list).
     #[serde(default)]

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::payload_index::PayloadIndex;
 use crate::filter::Filter;
-use crate::index::{score, Graph, GraphMeta, Scored};
+use crate::index::{lower_priority, score, Graph, GraphMeta, Scored, BLOCK};
 use crate::model::{
     ApplyError, CollectionConfig, CollectionInfo, Hit, Metric, PointId, PointRecord, PointWrite,
 };
@@ -200,6 +200,14 @@ impl State {
 /// restart re-indexes at most a third of the graph.
 fn dump_due(dirty: u64, len: u64, idle: bool, after: u64) -> bool {
     dirty > 0 && ((idle && dirty >= after) || dirty >= after.max(len / 2))
+}
+
+/// Ids the graph at watermark `wm` still has to insert when `next` ids were applied: the complete
+/// blocks past `wm`. The last, incomplete block (fewer than [`BLOCK`] ids) waits for the ids that
+/// complete it and is searched exactly meanwhile: inserting it early would cut blocks at a moment
+/// that differs from node to node, and so build different graphs.
+fn pending(wm: u64, next: u64) -> u64 {
+    (next / BLOCK * BLOCK).saturating_sub(wm)
 }
 
 fn badness(metric: Metric, s: f32) -> f32 {
@@ -519,11 +527,10 @@ impl Collection {
         let deadline = Instant::now() + timeout;
         let mut ctl = self.shared.ctl.lock();
         loop {
-            let lag = self
-                .shared
-                .next_iid
-                .load(Ordering::Acquire)
-                .saturating_sub(self.shared.graph.read().watermark());
+            let lag = pending(
+                self.shared.graph.read().watermark(),
+                self.shared.next_iid.load(Ordering::Acquire),
+            );
             if lag <= max_unindexed || ctl.stop {
                 return true;
             }
@@ -560,8 +567,10 @@ impl Collection {
         let deadline = Instant::now() + timeout;
         let mut ctl = self.shared.ctl.lock();
         loop {
-            let done = self.shared.graph.read().watermark()
-                >= self.shared.next_iid.load(Ordering::Acquire)
+            let done = pending(
+                self.shared.graph.read().watermark(),
+                self.shared.next_iid.load(Ordering::Acquire),
+            ) == 0
                 && ctl.job.is_none()
                 && ctl.built.is_none()
                 && !ctl.rebuilding;
@@ -656,7 +665,7 @@ impl Collection {
             points: st.live,
             tombstones: st.tombstones() as usize,
             index: 0,
-            unindexed: (st.slots.len() as u64).saturating_sub(wm) as usize,
+            unindexed: pending(wm, st.slots.len() as u64) as usize,
         }
     }
 
@@ -853,16 +862,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
-/// Graph building is background work: let request handling and Raft win the CPU from it.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority on the calling thread (who = 0 is the caller on Linux) with a plain
-    // integer; it touches no memory of ours.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-    }
-}
-
 /// Hands memory that the allocator keeps after large frees (a replaced search copy, a graph
 /// swapped out after a rebuild) back to the system, at most once a second. glibc keeps freed
 /// memory in its per-thread arenas, so under churn resident memory followed the writes and never
@@ -979,7 +978,7 @@ impl Shared {
                     let (pending, unfrozen) = {
                         let graph = self.graph.read();
                         let next = self.next_iid.load(Ordering::Acquire);
-                        (graph.watermark() < next, graph.flat_lag() > 0)
+                        (pending(graph.watermark(), next) > 0, graph.flat_lag() > 0)
                     };
                     // `unfrozen`: a graph loaded from a dump (at start, or from a snapshot) has
                     // no search copy yet; without this the node searched through hnsw_rs, about
@@ -1018,14 +1017,14 @@ impl Shared {
                 dirty = self.opts.dump_after_inserts.max(1);
                 continue;
             }
-            let inserted = self.insert_some(256);
+            let inserted = self.insert_block();
             dirty += inserted;
             let graph = self.graph.read().clone();
             if graph.flat_lag() >= FREEZE_EVERY || (inserted == 0 && graph.flat_lag() > 0) {
                 graph.freeze();
                 release_memory();
             }
-            let caught_up = graph.watermark() >= self.next_iid.load(Ordering::Acquire);
+            let caught_up = pending(graph.watermark(), self.next_iid.load(Ordering::Acquire)) == 0;
             if caught_up && self.failure.lock().is_some() {
                 tracing::info!(collection = %self.name, points = graph.len(), "graph rebuilt after an indexer failure");
                 *self.failure.lock() = None;
@@ -1046,28 +1045,29 @@ impl Shared {
         }
     }
 
-    /// Inserts up to `max` pending ids into the current graph; returns how many it handled.
-    fn insert_some(&self, max: usize) -> u64 {
+    /// Inserts the next block of ids into the current graph, if it is complete; returns how many
+    /// ids it handled.
+    fn insert_block(&self) -> u64 {
         let graph = self.graph.read().clone();
         let from = graph.watermark();
-        let batch: Vec<(u64, Option<Arc<[f32]>>)> = {
+        let end = (from / BLOCK + 1) * BLOCK;
+        let block: Vec<(u64, Option<Arc<[f32]>>)> = {
             let st = self.state.read();
-            let to = (st.slots.len() as u64).min(from + max as u64);
-            (from..to)
+            if (st.slots.len() as u64) < end {
+                return 0;
+            }
+            (from..end)
                 .map(|i| (i, st.slots[i as usize].vector.clone()))
                 .collect()
         };
-        for (iid, v) in &batch {
+        for (iid, _) in &block {
             if self.faults.load(Ordering::Acquire) > 0 {
                 self.faults.fetch_sub(1, Ordering::AcqRel);
                 panic!("injected indexer fault at id {iid}");
             }
-            match v {
-                Some(v) => graph.insert(*iid, v),
-                None => graph.advance(iid + 1),
-            }
         }
-        batch.len() as u64
+        graph.insert_block(&block, end);
+        end - from
     }
 
     fn spawn_builder(self: &Arc<Self>, job: RebuildJob) {
@@ -1079,11 +1079,16 @@ impl Shared {
                 let started = Instant::now();
                 let build = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let g = Graph::new(&s.config, job.base.len(), 0, job.since);
-                    for (n, (iid, v)) in job.base.iter().enumerate() {
-                        if n % 64 == 0 && (s.cancel.load(Ordering::Acquire) || s.ctl.lock().generation != job.generation) {
+                    // The base in blocks of BLOCK points, by position (the base is the same list
+                    // on every node).
+                    for block in job.base.chunks(BLOCK as usize) {
+                        if s.cancel.load(Ordering::Acquire) || s.ctl.lock().generation != job.generation {
                             return None;
                         }
-                        g.insert(*iid, v);
+                        let items: Vec<(u64, Option<Arc<[f32]>>)> =
+                            block.iter().map(|(iid, v)| (*iid, Some(v.clone()))).collect();
+                        let end = block.last().map_or(0, |(iid, _)| iid + 1);
+                        g.insert_block(&items, end);
                     }
                     g.advance(job.since);
                     Some(g)
@@ -1127,18 +1132,15 @@ impl Shared {
             if from >= target {
                 break;
             }
-            let batch: Vec<(u64, Option<Arc<[f32]>>)> = {
+            // Block by block, as the current graph got them (its watermark is a block's end).
+            let end = ((from / BLOCK + 1) * BLOCK).min(target);
+            let block: Vec<(u64, Option<Arc<[f32]>>)> = {
                 let st = self.state.read();
-                (from..target.min(from + 256))
+                (from..end)
                     .map(|i| (i, st.slots[i as usize].vector.clone()))
                     .collect()
             };
-            for (iid, v) in &batch {
-                match v {
-                    Some(v) => new.insert(*iid, v),
-                    None => new.advance(iid + 1),
-                }
-            }
+            new.insert_block(&block, end);
         }
         new.freeze();
         let since = new.epoch_since;
@@ -1159,12 +1161,7 @@ impl Shared {
 
     fn dump(&self) {
         let graph = self.graph.read().clone();
-        let meta = GraphMeta {
-            collection_id: self.id,
-            watermark: graph.watermark(),
-            epoch_since: graph.epoch_since,
-            config: self.config,
-        };
+        let meta = GraphMeta::new(self.id, graph.watermark(), graph.epoch_since, self.config);
         let started = Instant::now();
         let destroyed = self.dump_lock.lock();
         if *destroyed {

@@ -788,7 +788,8 @@ mod tests {
     fn a_snapshot_ships_a_graph_dump_no_newer_than_its_points() {
         let src = tempfile::tempdir().unwrap();
         let a = Engine::open(opts(src.path())).unwrap();
-        fill(&a, "c", 0, 1_000, 1);
+        // Whole blocks of ids (index::BLOCK), so that every point gets into the graph.
+        fill(&a, "c", 0, 1_024, 1);
         let c = a.get("c").unwrap();
         assert!(c.wait_indexed(Duration::from_secs(30)));
         let meta_path = src.path().join(format!("graphs/{}/meta.json", c.id()));
@@ -798,7 +799,7 @@ mod tests {
             meta["watermark"].as_u64().unwrap()
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !meta_path.exists() || watermark(&meta_path) < 1_000 {
+        while !meta_path.exists() || watermark(&meta_path) < 1_024 {
             assert!(std::time::Instant::now() < deadline, "no idle dump");
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -813,7 +814,7 @@ mod tests {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
                 if !self.fired {
                     self.fired = true;
-                    let points = (1_000..2_000)
+                    let points = (1_024..2_048)
                         .map(|i| PointWrite {
                             id: PointId::Num(i),
                             vector: vec![i as f32, 1.0, 0.5, 0.25],
@@ -827,7 +828,7 @@ mod tests {
                     self.engine.apply(&[(3, cmd)]).unwrap();
                     let c = self.engine.get("c").unwrap();
                     assert!(c.wait_indexed(Duration::from_secs(30)));
-                    c.close(); // the final dump: watermark 2,000
+                    c.close(); // the final dump: watermark 2,048
                 }
                 self.out.extend_from_slice(buf);
                 Ok(buf.len())
@@ -844,7 +845,7 @@ mod tests {
         a.snapshot(&mut hook, |_| Ok(())).unwrap();
         assert_eq!(
             watermark(&meta_path),
-            2_000,
+            2_048,
             "the newer dump was written meanwhile"
         );
 
@@ -856,7 +857,7 @@ mod tests {
             .unwrap();
         let shipped = files.join(format!("{}/meta.json", c.id()));
         assert!(shipped.exists(), "no dump shipped");
-        assert_eq!(watermark(&shipped), 1_000);
+        assert_eq!(watermark(&shipped), 1_024);
     }
 
     /// A crash in the middle of an install (marker written, store half-imported) is undone at

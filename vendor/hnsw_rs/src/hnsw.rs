@@ -263,6 +263,15 @@ fn layer_of<'a, 'b, T: Clone + Send + Sync>(
     lists.get(layer as usize).map_or(&[], Vec::as_slice)
 }
 
+/// quiver patch: what `Hnsw::plan_insert` found for one point, for `Hnsw::insert_planned`.
+pub struct InsertPlan<'b, T: Clone + Send + Sync> {
+    data: &'b [T],
+    origin_id: usize,
+    level: u8,
+    /// `layers[l]`: candidates on layer `l` (unordered).
+    layers: Vec<Vec<PointWithOrder<'b, T>>>,
+}
+
 //===========================================================================================
 
 /// A structure to store neighbours for of a point.
@@ -512,6 +521,16 @@ impl<'b, T: Clone + Send + Sync> PointIndexation<'b, T> {
     ) -> (Arc<Point<'b, T>>, usize) {
         // get a write lock at the beginning of the function
         let level = self.layer_g.generate();
+        self.generate_point_at_level(data, origin_id, level)
+    }
+
+    // quiver patch: a new point at a level drawn before (`Hnsw::draw_levels`).
+    fn generate_point_at_level(
+        &self,
+        data: PointData<'b, T>,
+        origin_id: usize,
+        level: usize,
+    ) -> (Arc<Point<'b, T>>, usize) {
         let new_point;
         {
             // open a write lock on points_by_layer
@@ -1254,6 +1273,120 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
     ///
     /// NOTE: Small random deviation from serial insertion can occur due to thread race.
     ///       To control this,if necessary, it can be useful to reduce number of layers (see [modify_level_scale](Self::modify_level_scale)) or to increase max_nb_connection.
+    /// quiver patch: draws the levels of the next `n` points, in order, as `n` inserts would.
+    pub fn draw_levels(&self, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| self.layer_indexed_points.layer_g.generate() as u8)
+            .collect()
+    }
+
+    /// quiver patch: the read-only half of inserting `data` at `level` (from `draw_levels`): the
+    /// layer searches of `insert`, against the graph as it is now, without its writes. Plans of
+    /// one batch may be made in parallel; the graph must not change meanwhile, so each plan is a
+    /// function of the graph and the point only.
+    pub fn plan_insert(&self, data: &'b [T], origin_id: usize, level: u8) -> InsertPlan<'b, T> {
+        let mut layers: Vec<Vec<PointWithOrder<'b, T>>> = vec![Vec::new(); level as usize + 1];
+        let entry = self.layer_indexed_points.entry_point.read().clone();
+        if let Some(mut enter) = entry {
+            let max_level = enter.p_id.0;
+            let mut dist_to_entry = self.dist_f.eval(data, enter.data.get_v());
+            for l in ((level + 1)..(max_level + 1)).rev() {
+                let mut sorted = self.search_layer(data, Arc::clone(&enter), 1, l, None);
+                if let Some(ep) = sorted.pop() {
+                    let d = self.dist_f.eval(data, ep.point_ref.data.get_v());
+                    if d < dist_to_entry {
+                        enter = Arc::clone(&ep.point_ref);
+                        dist_to_entry = d;
+                    }
+                }
+            }
+            for l in (0..level + 1).rev() {
+                let found = self
+                    .search_layer(data, Arc::clone(&enter), self.ef_construction, l, None)
+                    .into_vec();
+                // `insert` enters the next layer at the nearest neighbour it selected, which
+                // is the nearest candidate (the selection always keeps it).
+                if let Some(nearest) = found
+                    .iter()
+                    .min_by(|a, b| a.dist_to_ref.total_cmp(&b.dist_to_ref))
+                {
+                    enter = Arc::clone(&nearest.point_ref);
+                }
+                layers[l as usize] = found;
+            }
+        }
+        InsertPlan {
+            data,
+            origin_id,
+            level,
+            layers,
+        }
+    }
+
+    /// quiver patch: the writing half: inserts planned points in order. A point's candidates on a
+    /// layer are those its plan found plus every point of this batch inserted before it on that
+    /// layer (exact distances), cut to `ef_construction`; then neighbours are selected, linked
+    /// both ways and the entry point updated as `insert` does. Serial, so the graph depends only
+    /// on the batches and their order, never on how many threads made the plans.
+    pub fn insert_planned(&self, plans: Vec<InsertPlan<'b, T>>) {
+        let mut batch: Vec<Arc<Point<'b, T>>> = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let InsertPlan {
+                data,
+                origin_id,
+                level,
+                mut layers,
+            } = plan;
+            let (new_point, _) = self.layer_indexed_points.generate_point_at_level(
+                PointData::new_s(data),
+                origin_id,
+                level as usize,
+            );
+            if self.layer_indexed_points.entry_point.read().is_none() {
+                self.layer_indexed_points.check_entry_point(&new_point);
+                batch.push(new_point);
+                continue;
+            }
+            for l in (0..level as usize + 1).rev() {
+                let mut candidates: BinaryHeap<PointWithOrder<'b, T>> =
+                    std::mem::take(&mut layers[l]).into();
+                for earlier in &batch {
+                    if earlier.p_id.0 as usize >= l {
+                        let d = self.dist_f.eval(data, earlier.data.get_v());
+                        candidates.push(PointWithOrder::new(earlier, d));
+                    }
+                }
+                while candidates.len() > self.ef_construction {
+                    candidates.pop();
+                }
+                if candidates.is_empty() {
+                    continue;
+                }
+                let mut candidates = from_positive_binaryheap_to_negative_binary_heap(&mut candidates);
+                let (nb_conn, extend_c) = if l == 0 {
+                    (2 * self.max_nb_connection, self.extend_candidates)
+                } else {
+                    (self.max_nb_connection, false)
+                };
+                let mut neighbours = Vec::<PointWithOrder<T>>::with_capacity(nb_conn);
+                self.select_neighbours(
+                    data,
+                    &mut candidates,
+                    nb_conn,
+                    extend_c,
+                    l as u8,
+                    self.keep_pruned,
+                    &mut neighbours,
+                );
+                neighbours.sort_unstable();
+                new_point.neighbours.write()[l].clone_from(&neighbours);
+            }
+            self.reverse_update_neighborhood_simple(Arc::clone(&new_point));
+            self.layer_indexed_points.check_entry_point(&new_point);
+            batch.push(new_point);
+        }
+    }
+
     pub fn parallel_insert(&self, datas: &[(&Vec<T>, usize)]) {
         debug!("entering parallel_insert");
         datas
