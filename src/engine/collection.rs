@@ -210,6 +210,18 @@ fn pending(wm: u64, next: u64) -> u64 {
     (next / BLOCK * BLOCK).saturating_sub(wm)
 }
 
+/// How a filtered search that would walk the graph proceeds, given the share `frac` of live points
+/// its filter matches (about `matches` points): `None` when so few match that the walk would starve
+/// and an exact scan of the matches is cheaper, else the search breadth widened by the selectivity
+/// so that the walk still meets `ef` accepted points.
+fn filtered_walk_ef(frac: f64, matches: f64, ef: usize) -> Option<usize> {
+    if frac < 0.05 || matches < (4 * ef) as f64 {
+        None
+    } else {
+        Some(((ef as f64 / frac.min(1.0)) as usize).min(crate::model::MAX_K.max(ef)))
+    }
+}
+
 fn badness(metric: Metric, s: f32) -> f32 {
     if metric.higher_is_better() {
         -s
@@ -710,8 +722,9 @@ impl Collection {
         let wm = (graph.watermark() as usize).min(n);
         let filter = p.filter.as_ref();
         let q = &p.vector[..];
-        let exact_scan = |from: usize, top: &mut TopK| {
-            for iid in from..n {
+        // Scores the accepted points among `iids` exactly.
+        let score_ids = |iids: &mut dyn Iterator<Item = usize>, top: &mut TopK| {
+            for iid in iids {
                 if st.accepts(iid, filter) {
                     if let Some(v) = &st.slots[iid].vector {
                         top.push(Scored(badness(metric, score(metric, q, v)), iid as u64));
@@ -719,55 +732,46 @@ impl Collection {
                 }
             }
         };
+        let exact_scan = |from: usize, top: &mut TopK| score_ids(&mut (from..n), top);
         let mut top = TopK::new(p.k);
         let mut use_exact = p.exact || st.live <= self.shared.opts.exact_below || graph.is_empty();
         let mut ef = p.ef.max(p.k);
-        // A filter the payload index narrows: its candidates are scored exactly when few (or
-        // when the search is exact anyway).
+        // A filter the payload index narrows has its candidates (a superset of its matches).
         let candidates = filter.and_then(|f| st.payloads.candidates(f));
-        if let Some(cands) = &candidates {
-            let frac = cands.len() as f64 / st.live.max(1) as f64;
-            if use_exact || frac < 0.05 || cands.len() < 4 * ef {
-                let mut top = TopK::new(p.k);
-                for &iid in cands {
-                    let iid = iid as usize;
-                    if st.accepts(iid, filter) {
-                        if let Some(v) = &st.slots[iid].vector {
-                            top.push(Scored(badness(metric, score(metric, q, v)), iid as u64));
+        if let (Some(f), false) = (filter, use_exact) {
+            // The share of points the filter matches: counted by the index, or estimated on an
+            // even sample when the index cannot narrow the filter.
+            let frac = match &candidates {
+                Some(cands) => cands.len() as f64 / st.live.max(1) as f64,
+                None => {
+                    let step = (n / 256).max(1);
+                    let (mut seen, mut hit) = (0usize, 0usize);
+                    for iid in (0..n).step_by(step) {
+                        if st.is_live(iid) {
+                            seen += 1;
+                            if f.matches(st.slots[iid].payload.as_deref()) {
+                                hit += 1;
+                            }
                         }
                     }
+                    if seen == 0 {
+                        0.0
+                    } else {
+                        hit as f64 / seen as f64
+                    }
                 }
-                return self.hits(&st, top, p);
+            };
+            match filtered_walk_ef(frac, frac * st.live as f64, ef) {
+                Some(wider) => ef = wider,
+                None => use_exact = true,
             }
-            // Many candidates: the graph walk finds them; widen it by the (upper bound of the)
-            // selectivity.
-            ef = ((ef as f64 / frac.min(1.0)) as usize).min(crate::model::MAX_K.max(ef));
         }
-        if !use_exact && candidates.is_none() {
-            if let Some(f) = filter {
-                // Estimate selectivity on an even sample; a selective filter starves the graph walk.
-                let step = (n / 256).max(1);
-                let (mut seen, mut hit) = (0usize, 0usize);
-                for iid in (0..n).step_by(step) {
-                    if st.is_live(iid) {
-                        seen += 1;
-                        if f.matches(st.slots[iid].payload.as_deref()) {
-                            hit += 1;
-                        }
-                    }
-                }
-                let frac = if seen == 0 {
-                    0.0
-                } else {
-                    hit as f64 / seen as f64
-                };
-                let est = frac * st.live as f64;
-                if frac < 0.05 || est < (4 * ef) as f64 {
-                    use_exact = true;
-                } else {
-                    ef = ((ef as f64 / frac) as usize).min(crate::model::MAX_K.max(ef));
-                }
+        if use_exact {
+            match &candidates {
+                Some(cands) => score_ids(&mut cands.iter().map(|&iid| iid as usize), &mut top),
+                None => exact_scan(0, &mut top),
             }
+            return self.hits(&st, top, p);
         }
         // Merges graph results, then scans exactly what the graph did not cover (`from`).
         // A graph short of k answers (a selective filter, or many dead points: e.g. an old epoch's
@@ -784,9 +788,7 @@ impl Collection {
             }
             exact_scan(from, top);
         };
-        if use_exact {
-            exact_scan(0, &mut top);
-        } else if let Some(flat) = graph
+        if let Some(flat) = graph
             .flat()
             .filter(|f| graph.watermark() - f.watermark() <= FLAT_MAX_LAG)
         {
