@@ -38,9 +38,10 @@ pub async fn render(State(state): State<AppState>) -> Response {
     // Collection info takes each collection's state lock, which a long search or an apply may
     // hold: never on an async worker (review M7).
     let engine = state.engine.clone();
-    let cols = tokio::task::spawn_blocking(move || engine.list_with_index_bytes())
-        .await
-        .unwrap_or_default();
+    let cols =
+        tokio::task::spawn_blocking(move || engine.each(|c| (c.info(), c.payload_index_bytes())))
+            .await
+            .unwrap_or_default();
     type Gauge = fn(&(crate::model::CollectionInfo, usize)) -> usize;
     let gauges: [(&str, &str, Gauge); 4] = [
         (

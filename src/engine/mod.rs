@@ -597,16 +597,13 @@ impl Engine {
 
     /// Every collection's info, by name.
     pub fn list(&self) -> Vec<CollectionInfo> {
-        let cols: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
-        cols.iter().map(|c| c.info()).collect()
+        self.each(Collection::info)
     }
 
-    /// Every collection's info with the bytes its payload index holds, by name.
-    pub fn list_with_index_bytes(&self) -> Vec<(CollectionInfo, usize)> {
+    /// `f` of every collection, by name; the collection map is not held while `f` runs.
+    pub fn each<T>(&self, f: impl Fn(&Collection) -> T) -> Vec<T> {
         let cols: Vec<Arc<Collection>> = self.collections.read().values().cloned().collect();
-        cols.iter()
-            .map(|c| (c.info(), c.payload_index_bytes()))
-            .collect()
+        cols.iter().map(|c| f(c)).collect()
     }
 
     /// Collections whose indexer failed and whose graph is being rebuilt: (name, why).
