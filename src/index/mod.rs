@@ -141,6 +141,14 @@ impl Distance<f32> for GraphDistance {
     }
 }
 
+/// Records `v` as the vector of id `i` in a graph's `vectors`.
+fn keep_in(vectors: &mut Vec<Option<SharedVector>>, i: usize, v: SharedVector) {
+    if vectors.len() <= i {
+        vectors.resize(i + 1, None);
+    }
+    vectors[i] = Some(v);
+}
+
 /// What a dumped graph covers; written beside the hnsw_rs files.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct GraphMeta {
@@ -235,12 +243,7 @@ impl Graph {
     }
 
     fn keep(&self, id: u64, v: &SharedVector) {
-        let mut vs = self.vectors.write();
-        let i = id as usize;
-        if vs.len() <= i {
-            vs.resize(i + 1, None);
-        }
-        vs[i] = Some(v.clone());
+        keep_in(&mut self.vectors.write(), id as usize, v.clone());
     }
 
     /// The next internal id this graph expects.
@@ -258,8 +261,10 @@ impl Graph {
         self.len() == 0
     }
 
-    /// Inserts `id` (which must be ≥ the watermark) and moves the watermark past it.
-    /// Only one thread inserts into a given graph (the collection's indexer).
+    /// Inserts `id` (which must be ≥ the watermark) alone and moves the watermark past it: the
+    /// one-point-at-a-time builder, kept for tests of hnsw_rs' own insert. Collections insert
+    /// blocks ([`Graph::insert_block`]), which build a different graph.
+    #[cfg(test)]
     pub fn insert(&self, id: u64, vector: &SharedVector) {
         self.keep(id, vector);
         self.hnsw
@@ -434,12 +439,8 @@ impl Graph {
             let io: &'static HnswIo = Box::leak(Box::new(HnswIo::new(&dir_owned, BASENAME)));
             let share = |origin: usize| -> Option<&'static [f32]> {
                 let v = vector(origin as u64).filter(|v| v.len() == config.dim)?;
-                let mut kept = kept.write();
-                if kept.len() <= origin {
-                    kept.resize(origin + 1, None);
-                }
                 let borrowed = Self::borrow_for_graph(&v);
-                kept[origin] = Some(v);
+                keep_in(&mut kept.write(), origin, v);
                 Some(borrowed)
             };
             io.load_hnsw_with_dist_shared::<f32, GraphDistance>(GraphDistance(metric), Some(&share))
@@ -479,14 +480,9 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::HnswConfig;
 
     fn cfg(metric: Metric) -> CollectionConfig {
-        CollectionConfig {
-            dim: 4,
-            metric,
-            hnsw: HnswConfig::default(),
-        }
+        CollectionConfig::new(4, metric)
     }
 
     #[test]
@@ -556,11 +552,7 @@ mod tests {
     #[test]
     fn a_reloaded_graph_grows_exactly_like_one_never_dumped() {
         let dir = tempfile::tempdir().unwrap();
-        let c = CollectionConfig {
-            dim: 8,
-            metric: Metric::L2,
-            hnsw: HnswConfig::default(),
-        };
+        let c = CollectionConfig::new(8, Metric::L2);
         let v = |i: u64| -> SharedVector {
             (0..8)
                 .map(|j| ((i * 31 + j * 17) as f32 * 0.173).sin())
@@ -602,11 +594,7 @@ mod tests {
     #[test]
     fn block_graphs_do_not_depend_on_threads_or_reloads() {
         let dir = tempfile::tempdir().unwrap();
-        let c = CollectionConfig {
-            dim: 16,
-            metric: Metric::Cosine,
-            hnsw: HnswConfig::default(),
-        };
+        let c = CollectionConfig::new(16, Metric::Cosine);
         let v = |i: u64| -> SharedVector {
             let mut x: Vec<f32> = (0..16)
                 .map(|j| ((i * 131 + j * 7) as f32 * 0.0173).sin() + (j as f32 * 0.1))
@@ -661,11 +649,7 @@ mod tests {
     /// Blocks keep the graph's quality: recall@10 against exact search on random unit vectors.
     #[test]
     fn block_graphs_find_the_nearest_neighbours() {
-        let c = CollectionConfig {
-            dim: 32,
-            metric: Metric::Cosine,
-            hnsw: HnswConfig::default(),
-        };
+        let c = CollectionConfig::new(32, Metric::Cosine);
         let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
             rng_state ^= rng_state << 13;
