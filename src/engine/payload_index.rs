@@ -316,6 +316,15 @@ fn narrow_to(acc: &mut Option<RoaringBitmap>, set: RoaringBitmap) {
     }
 }
 
+/// Whether an object reachable from `v` through objects (the paths the index and `lookup` walk)
+/// has a key with a dot in it.
+fn has_dotted_key(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.iter().any(|(k, c)| k.contains('.') || has_dotted_key(c)),
+        _ => false,
+    }
+}
+
 /// How many posting lists a range condition may visit, given the candidates so far.
 fn range_budget(acc: Option<&RoaringBitmap>) -> u64 {
     acc.map_or(u64::MAX, |a| {
@@ -334,6 +343,10 @@ pub struct PayloadIndex {
     fields: BTreeMap<Box<str>, Field>,
     /// Ids above `u32::MAX`, which the bitmaps cannot hold: a candidate of every query.
     wide: BTreeSet<u64>,
+    /// Ids whose payload has a key containing a dot (at any object depth): for them the index
+    /// may over-approximate (see the module documentation), so no answer is exact while any is
+    /// held.
+    dotted: BTreeSet<u64>,
     /// Running estimate of the heap held by `fields`.
     bytes: usize,
 }
@@ -368,19 +381,43 @@ impl PayloadIndex {
     /// a range over many values after other conditions have narrowed the set to a few candidates
     /// is skipped rather than scanned (the answer is then a larger superset).
     pub fn candidates(&self, filter: &Filter) -> Option<Vec<u64>> {
-        let set = self.narrow(filter)?;
+        self.candidates_exact(filter).map(|(ids, _)| ids)
+    }
+
+    /// [`PayloadIndex::candidates`], and whether they are exactly the live ids whose payload
+    /// satisfies `filter` (so that the caller need not check them with [`Filter::matches`]).
+    ///
+    /// Exact when every condition was answered by the index (none skipped, none on a long string
+    /// or key), `must_not` is empty, no id above `u32::MAX` is held, and no indexed payload has a
+    /// key with a dot in it; or when the answer is empty.
+    pub fn candidates_exact(&self, filter: &Filter) -> Option<(Vec<u64>, bool)> {
+        let (set, answered) = self.narrow(filter)?;
+        if set.is_empty() && self.wide.is_empty() {
+            return Some((Vec::new(), true));
+        }
+        let exact = answered
+            && filter.must_not.is_empty()
+            && self.wide.is_empty()
+            && self.dotted.is_empty();
         let mut ids = Vec::with_capacity(set.len() as usize + self.wide.len());
         ids.extend(set.iter().map(u64::from));
         ids.extend(self.wide.iter().copied());
-        Some(ids)
+        Some((ids, exact))
     }
 
     /// Rough heap bytes held (posting lists, maps and keys, allocator overhead included).
     pub fn heap_bytes(&self) -> usize {
-        self.bytes + self.wide.len() * entry_bytes::<u64, ()>()
+        self.bytes + (self.wide.len() + self.dotted.len()) * entry_bytes::<u64, ()>()
     }
 
     fn update(&mut self, iid: u64, payload: &Value, add: bool) {
+        if has_dotted_key(payload) {
+            if add {
+                self.dotted.insert(iid);
+            } else {
+                self.dotted.remove(&iid);
+            }
+        }
         let Ok(id) = u32::try_from(iid) else {
             if add {
                 self.wide.insert(iid);
@@ -449,27 +486,35 @@ impl PayloadIndex {
         }
     }
 
-    /// The filter's candidates as a bitmap (without the wide ids).
-    fn narrow(&self, filter: &Filter) -> Option<RoaringBitmap> {
+    /// The filter's candidates as a bitmap (without the wide ids), and whether every condition
+    /// was answered (none skipped).
+    fn narrow(&self, filter: &Filter) -> Option<(RoaringBitmap, bool)> {
         let empty = |acc: &Option<RoaringBitmap>| acc.as_ref().is_some_and(|a| a.is_empty());
         let mut acc = None;
+        let mut answered = true;
         // Match conditions first (a look-up per value, whatever the data); then ranges, whose
         // budget depends on how far the matches narrowed.
         let mut unlimited = u64::MAX; // match conditions spend no budget
         for c in filter.must.iter().filter(|c| !is_range(c)) {
-            if let Some(set) = self.condition(c, &mut unlimited) {
-                narrow_to(&mut acc, set);
-                if empty(&acc) {
-                    return acc;
+            match self.condition(c, &mut unlimited) {
+                Some(set) => {
+                    narrow_to(&mut acc, set);
+                    if empty(&acc) {
+                        return acc.map(|a| (a, true));
+                    }
                 }
+                None => answered = false,
             }
         }
         for c in filter.must.iter().filter(|c| is_range(c)) {
-            if let Some(set) = self.condition(c, &mut range_budget(acc.as_ref())) {
-                narrow_to(&mut acc, set);
-                if empty(&acc) {
-                    return acc;
+            match self.condition(c, &mut range_budget(acc.as_ref())) {
+                Some(set) => {
+                    narrow_to(&mut acc, set);
+                    if empty(&acc) {
+                        return acc.map(|a| (a, true));
+                    }
                 }
+                None => answered = false,
             }
         }
         if !filter.should.is_empty() {
@@ -481,11 +526,12 @@ impl PayloadIndex {
                     u |= self.condition(c, &mut budget)?;
                     Some(u)
                 });
-            if let Some(union) = union {
-                narrow_to(&mut acc, union);
+            match union {
+                Some(union) => narrow_to(&mut acc, union),
+                None => answered = false,
             }
         }
-        acc
+        acc.map(|a| (a, answered))
     }
 
     /// Every id whose payload may satisfy `c`, or `None` when the index cannot tell (or a range
@@ -553,7 +599,7 @@ impl PayloadIndex {
                     + postings(&f.bools, |_| 0)
             })
             .sum();
-        fields + self.wide.len() * entry_bytes::<u64, ()>()
+        fields + (self.wide.len() + self.dotted.len()) * entry_bytes::<u64, ()>()
     }
 }
 
@@ -998,9 +1044,12 @@ mod tests {
                 .filter(|(_, (p, removed))| !removed && filter.matches(Some(p)))
                 .map(|(iid, _)| iid as u64)
                 .collect();
-            let Some(got) = idx.candidates(filter) else {
+            let Some((got, flagged)) = idx.candidates_exact(filter) else {
                 continue;
             };
+            if flagged {
+                prop_assert_eq!(&got, &want, "flagged exact: {:?}", filter);
+            }
             prop_assert!(got.windows(2).all(|w| w[0] < w[1]), "not sorted: {:?}", got);
             for iid in &want {
                 prop_assert!(
@@ -1016,6 +1065,7 @@ mod tests {
             }
             if exact && filter.must_not.is_empty() && !names_long_strings(filter) {
                 prop_assert_eq!(&got, &want, "{:?}", filter);
+                prop_assert!(flagged, "exact but not flagged: {:?}", filter);
             }
         }
         for (iid, (p, removed)) in points.iter().enumerate() {
