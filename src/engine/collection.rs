@@ -51,7 +51,15 @@ pub struct CollectionOptions {
 struct Slot {
     ext: Option<PointId>,
     vector: Option<Arc<[f32]>>,
-    payload: Option<Arc<Value>>,
+    /// The payload as the log carries it (compact JSON text), parsed only when read: a parsed
+    /// `Value` costs at least a map node (about 600 bytes) per point, the text its own length
+    /// (issue 10). Filters that the payload index narrows parse only its candidates.
+    payload: Option<Arc<str>>,
+}
+
+/// A stored payload's value (the text was validated when it was applied).
+fn parsed(text: &str) -> Option<Value> {
+    serde_json::from_str(text).ok()
 }
 
 struct State {
@@ -111,7 +119,7 @@ pub struct Collection {
 }
 
 /// A live point as a snapshot sees it: iid, id, and shared handles to its vector and payload.
-pub type SharedPoint = (u64, PointId, Arc<[f32]>, Option<Arc<Value>>);
+pub type SharedPoint = (u64, PointId, Arc<[f32]>, Option<Arc<str>>);
 
 /// A validated search, ready to run.
 #[derive(Clone, Debug)]
@@ -168,7 +176,9 @@ impl State {
     }
     fn accepts(&self, iid: usize, filter: Option<&Filter>) -> bool {
         match self.slots.get(iid) {
-            Some(s) if s.ext.is_some() => filter.is_none_or(|f| f.matches(s.payload.as_deref())),
+            Some(s) if s.ext.is_some() => {
+                filter.is_none_or(|f| f.matches(s.payload.as_deref().and_then(parsed).as_ref()))
+            }
             _ => false,
         }
     }
@@ -250,19 +260,14 @@ impl Collection {
                     payload: None,
                 });
             }
-            let payload = p
-                .payload
-                .as_deref()
-                .and_then(|s| serde_json::from_str::<Value>(s).ok())
-                .map(Arc::new);
-            if let Some(v) = &payload {
-                payloads.insert(iid, v);
+            if let Some(v) = p.payload.as_deref().and_then(parsed) {
+                payloads.insert(iid, &v);
             }
             by_ext.insert(p.id.clone(), iid);
             slots.push(Slot {
                 ext: Some(p.id),
                 vector: Some(p.vector.into()),
-                payload,
+                payload: p.payload.map(Arc::from),
             });
         }
         while (slots.len() as u64) < meta.next_iid {
@@ -412,10 +417,10 @@ impl Collection {
                 return Err(ApplyError::Invalid(format!("points[{i}].vector: {why}")));
             }
             let payload = match &p.payload {
-                Some(text) => Some(Arc::new(
+                Some(text) => Some(
                     serde_json::from_str::<Value>(text)
                         .map_err(|e| ApplyError::Invalid(format!("points[{i}].payload: {e}")))?,
-                )),
+                ),
                 None => None,
             };
             parsed.push(payload);
@@ -437,7 +442,7 @@ impl Collection {
             st.slots.push(Slot {
                 ext: Some(p.id),
                 vector: Some(p.vector.into()),
-                payload,
+                payload: p.payload.map(Arc::from),
             });
             st.live += 1;
             st.epoch_total += 1;
@@ -458,7 +463,7 @@ impl Collection {
     fn tombstone(st: &mut State, iid: u64) {
         if let Some(slot) = st.slots.get_mut(iid as usize) {
             if slot.ext.take().is_some() {
-                if let Some(v) = slot.payload.take() {
+                if let Some(v) = slot.payload.take().as_deref().and_then(parsed) {
                     st.payloads.remove(iid, &v);
                 }
                 st.live -= 1;
@@ -708,7 +713,7 @@ impl Collection {
                 .as_deref()
                 .map(<[f32]>::to_vec)
                 .unwrap_or_default(),
-            payload: slot.payload.as_deref().cloned(),
+            payload: slot.payload.as_deref().and_then(parsed),
         })
     }
 
@@ -722,10 +727,22 @@ impl Collection {
         let wm = (graph.watermark() as usize).min(n);
         let filter = p.filter.as_ref();
         let q = &p.vector[..];
+        // A filter the payload index narrows has its candidates (a superset of its matches,
+        // sorted): a point outside them is rejected without parsing its payload, and when they
+        // are exactly the matches, a point inside them is accepted without parsing it either.
+        let (candidates, exact) = match filter.and_then(|f| st.payloads.candidates_exact(f)) {
+            Some((c, exact)) => (Some(c), exact),
+            None => (None, false),
+        };
+        let accepts = |iid: usize| match &candidates {
+            Some(c) if c.binary_search(&(iid as u64)).is_err() => false,
+            Some(_) if exact => st.is_live(iid),
+            _ => st.accepts(iid, filter),
+        };
         // Scores the accepted points among `iids` exactly.
         let score_ids = |iids: &mut dyn Iterator<Item = usize>, top: &mut TopK| {
             for iid in iids {
-                if st.accepts(iid, filter) {
+                if accepts(iid) {
                     if let Some(v) = &st.slots[iid].vector {
                         top.push(Scored(badness(metric, score(metric, q, v)), iid as u64));
                     }
@@ -736,8 +753,6 @@ impl Collection {
         let mut top = TopK::new(p.k);
         let mut use_exact = p.exact || st.live <= self.shared.opts.exact_below || graph.is_empty();
         let mut ef = p.ef.max(p.k);
-        // A filter the payload index narrows has its candidates (a superset of its matches).
-        let candidates = filter.and_then(|f| st.payloads.candidates(f));
         if let (Some(f), false) = (filter, use_exact) {
             // The share of points the filter matches: counted by the index, or estimated on an
             // even sample when the index cannot narrow the filter.
@@ -749,7 +764,7 @@ impl Collection {
                     for iid in (0..n).step_by(step) {
                         if st.is_live(iid) {
                             seen += 1;
-                            if f.matches(st.slots[iid].payload.as_deref()) {
+                            if st.accepts(iid, Some(f)) {
                                 hit += 1;
                             }
                         }
@@ -794,13 +809,13 @@ impl Collection {
         {
             // The frozen copy covers ids below its watermark; everything above is scanned exactly.
             let fw = (flat.watermark() as usize).min(n);
-            let keep = |iid: u32| (iid as usize) < fw && st.accepts(iid as usize, filter);
+            let keep = |iid: u32| (iid as usize) < fw && accepts(iid as usize);
             // Always filter: besides the user's filter, the graph may hold dead points (tombstones,
             // or a whole old epoch while a rebuild is pending).
             finish(flat.search(q, p.k, ef, Some(&keep)), fw, &mut top);
         } else {
             // No usable frozen copy (a large graph mid-ingest): search hnsw_rs' graph directly.
-            let keep = |iid: &usize| *iid < wm && st.accepts(*iid, filter);
+            let keep = |iid: &usize| *iid < wm && accepts(*iid);
             // Plain search first, post-filtered (the ef-wide candidate list comes at no extra cost).
             // Only if that leaves fewer than k do we pay for hnsw_rs' filtered walk (which gives up
             // its early exit).
@@ -840,7 +855,7 @@ impl Collection {
                     id: slot.ext.clone()?,
                     score: s,
                     payload: if p.with_payload {
-                        slot.payload.as_deref().cloned()
+                        slot.payload.as_deref().and_then(parsed)
                     } else {
                         None
                     },

@@ -463,7 +463,7 @@ impl Engine {
                 let p = crate::store::StoredPoint {
                     id: id.clone(),
                     vector: vector.to_vec(),
-                    payload: payload.as_ref().map(|v| v.to_string()),
+                    payload: payload.as_deref().map(str::to_owned),
                 };
                 Store::write_point(w, c.id(), *iid, &p)?;
             }
