@@ -1436,15 +1436,23 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                         //   panic!();
                         continue;
                     }
-                    q_point_neighbours[l_n].push(n_to_add);
-                    let nbn_at_l = q_point_neighbours[l_n].len();
-                    //
                     // if l < level, update upward chaining, insert does a sort! t_q has a neighbour not yet in global table of points!
                     let threshold_shrinking = if l_n > 0 {
                         self.max_nb_connection
                     } else {
                         2 * self.max_nb_connection
                     };
+                    // quiver patch: a full list grows by one slot, not by doubling (it is pushed
+                    // to one past the limit and popped back): doubling left every saturated list
+                    // holding twice the memory it uses. Same operations, same graph.
+                    let list = &mut q_point_neighbours[l_n];
+                    if list.len() == list.capacity() {
+                        let want = (2 * list.len()).clamp(4, threshold_shrinking + 1);
+                        list.reserve_exact(want.saturating_sub(list.len()).max(1));
+                    }
+                    q_point_neighbours[l_n].push(n_to_add);
+                    let nbn_at_l = q_point_neighbours[l_n].len();
+                    //
                     let shrink = nbn_at_l > threshold_shrinking;
                     {
                         // sort and shring if necessary
