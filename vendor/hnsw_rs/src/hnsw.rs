@@ -983,8 +983,11 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         let dist_to_entry_point = self.dist_f.eval(point, entry_point.data.get_v());
         trace!("       distance to entry point: {:?} ", dist_to_entry_point);
         // keep a list of id visited
-        let mut visited_point_id = HashMap::<PointId, Arc<Point<T>>>::new();
-        visited_point_id.insert(entry_point.p_id, Arc::clone(&entry_point));
+        // quiver patch: a per-thread stamp array indexed by origin id (which quiver keeps unique
+        // and dense) instead of a map holding an `Arc` per visited point: the same set, so the
+        // same walk, without an allocation, a hash and two atomic counts per visit.
+        let mut visited = Visited::take();
+        visited.insert(entry_point.origin_id);
         //
         let mut candidate_points =
             BinaryHeap::<PointWithOrder<T>>::with_capacity(skiplist_size);
@@ -1042,11 +1045,15 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 c_pid,
                 neighbours_c_l.len()
             );
-            for e in neighbours_c_l {
+            for (j, e) in neighbours_c_l.iter().enumerate() {
+                // quiver patch: start fetching the next neighbour's vector while this one is
+                // scored (as hnswlib does); the walk is unchanged.
+                if let Some(next) = neighbours_c_l.get(j + 1) {
+                    prefetch(next.point_ref.data.get_v());
+                }
                 // HERE WE sEE THAT neighbours should be stored as PointIdWithOrder !!
                 // CAVEAT what if several point_id with same distance to ref point?
-                if !visited_point_id.contains_key(&e.point_ref.p_id) {
-                    visited_point_id.insert(e.point_ref.p_id, Arc::clone(&e.point_ref));
+                if visited.insert(e.point_ref.origin_id) {
                     trace!("             visited insertion {:?}", e.point_ref.p_id);
                     let f_opt = return_points.peek();
                     if f_opt.is_none() {
@@ -2060,3 +2067,87 @@ mod tests {
         }
     }
 } // end of module test
+
+
+/// quiver patch: the visited set of one `search_layer` call, borrowed from a per-thread pool: a
+/// stamp per origin id, so that clearing it is one increment (see `search_layer`).
+struct Visited {
+    stamps: Vec<u32>,
+    current: u32,
+}
+
+thread_local! {
+    static VISITED: std::cell::RefCell<Option<Visited>> = const { std::cell::RefCell::new(None) };
+}
+
+impl Visited {
+    /// This thread's set, emptied (a fresh one if a caller up the stack holds it).
+    fn take() -> Visited {
+        let mut v = VISITED
+            .with(|cell| cell.borrow_mut().take())
+            .unwrap_or(Visited {
+                stamps: Vec::new(),
+                current: 0,
+            });
+        v.current = v.current.wrapping_add(1);
+        if v.current == 0 {
+            v.stamps.iter_mut().for_each(|s| *s = 0);
+            v.current = 1;
+        }
+        v
+    }
+
+    /// Marks `id`; false if it was marked already.
+    #[inline]
+    fn insert(&mut self, id: usize) -> bool {
+        if id >= self.stamps.len() {
+            self.stamps.resize((id + 1).next_power_of_two().max(1024), 0);
+        }
+        let s = &mut self.stamps[id];
+        if *s == self.current {
+            false
+        } else {
+            *s = self.current;
+            true
+        }
+    }
+}
+
+impl Drop for Visited {
+    /// Gives the stamps back to the thread's pool, unless it holds a set already.
+    fn drop(&mut self) {
+        if self.stamps.capacity() == 0 {
+            return;
+        }
+        // The stamps move as a plain Vec: a `Visited` dropped here would come back to this.
+        let stamps = std::mem::take(&mut self.stamps);
+        let current = self.current;
+        let _ = VISITED.try_with(|cell| {
+            if let Ok(mut slot) = cell.try_borrow_mut() {
+                if slot.is_none() {
+                    *slot = Some(Visited { stamps, current });
+                }
+            }
+        });
+    }
+}
+
+/// quiver patch: asks the CPU to start loading the first cache lines of `v` (a hint: it never
+/// faults, whatever the address).
+#[inline(always)]
+fn prefetch<T>(v: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = v.as_ptr() as *const i8;
+        let bytes = std::mem::size_of_val(v);
+        let mut off = 0;
+        while off < bytes.min(256) {
+            // SAFETY: a prefetch is only a hint; it reads nothing and cannot fault.
+            unsafe { _mm_prefetch(p.wrapping_add(off), _MM_HINT_T0) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
