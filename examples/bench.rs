@@ -67,6 +67,9 @@ struct Args {
     /// Skip the restart measurements.
     #[arg(long)]
     no_restart: bool,
+    /// The server's snapshot interval in log entries (`--snapshot-logs`; default: the server's).
+    #[arg(long)]
+    snapshot_logs: Option<u64>,
 }
 
 const K: usize = 10;
@@ -132,6 +135,7 @@ fn search_params(
         with_payload: false,
         with_vector: false,
         exact,
+        sized_ef: false,
     }
 }
 
@@ -268,6 +272,9 @@ fn main() -> anyhow::Result<()> {
     let mut config = Config::for_test(dir.path());
     config.log = "warn".into();
     config.max_unindexed = args.max_unindexed;
+    if let Some(n) = args.snapshot_logs {
+        config.snapshot_logs = n;
+    }
     let node = server_rt.block_on(Node::start(config.clone()))?;
     let url = node.url();
 

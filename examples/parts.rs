@@ -103,6 +103,7 @@ fn main() -> anyhow::Result<()> {
                     with_payload: false,
                     with_vector: false,
                     exact: false,
+                    sized_ef: false,
                 };
                 hits.extend(c.search(&params));
             }

@@ -215,6 +215,7 @@ fn params(
         with_payload: true,
         with_vector: false,
         exact,
+        sized_ef: false,
     })
 }
 

@@ -86,6 +86,7 @@ fn minilm_recall_at_10_is_at_least_0_95_at_the_default_ef() {
             with_payload: false,
             with_vector: false,
             exact: false,
+            sized_ef: false,
         };
         let hits = engine.search("minilm", &p).unwrap();
         let ids: Vec<u64> = hits

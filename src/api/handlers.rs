@@ -619,6 +619,7 @@ fn prepare_search(
         with_payload: req.with_payload,
         with_vector: req.with_vector,
         exact: req.exact,
+        sized_ef: req.ef.is_none(),
     })
 }
 
