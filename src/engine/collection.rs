@@ -226,7 +226,7 @@ fn pending(wm: u64, next: u64) -> u64 {
 /// Collections up to this many live points search at the configured default ef...
 const SIZED_EF_FROM: f64 = 200_000.0;
 /// ... larger ones at that ef times (points / SIZED_EF_FROM) to this power.
-const SIZED_EF_POWER: f64 = 0.7;
+const SIZED_EF_POWER: f64 = 0.8;
 
 /// The search breadth of a request that gives no `ef`, on a collection of `live` points: `base`
 /// (`--default-ef`) up to [`SIZED_EF_FROM`] points, then growing with the size, because recall at
@@ -1229,7 +1229,7 @@ mod tests {
         let at = |n| sized_ef(64, n);
         assert!(at(400_000) > 64);
         assert!(at(1_000_000) > at(400_000));
-        assert_eq!(at(1_000_000), 197);
+        assert_eq!(at(1_000_000), 232);
         // Never below the configured default, never past the largest ef a request may give.
         assert_eq!(sized_ef(5_000, 10), 5_000);
         assert_eq!(sized_ef(64, usize::MAX), crate::model::MAX_K);
