@@ -189,11 +189,18 @@ impl State {
         self.epoch_total.saturating_sub(self.live as u64)
     }
 
-    /// Every live point the filter accepts, in id order: the payload index's candidates checked
-    /// one by one, or every point when the index cannot narrow the filter.
+    /// Every live point the filter accepts, in id order: the payload index's candidates (checked
+    /// one by one unless they are exactly the matches), or every point checked when the index
+    /// cannot narrow the filter.
     fn matching(&self, filter: &Filter) -> Vec<usize> {
-        match self.payloads.candidates(filter) {
-            Some(cands) => cands
+        match self.payloads.candidates_exact(filter) {
+            // Exactly the matches: no payload to parse.
+            Some((cands, true)) => cands
+                .into_iter()
+                .map(|i| i as usize)
+                .filter(|&i| self.is_live(i))
+                .collect(),
+            Some((cands, false)) => cands
                 .into_iter()
                 .map(|i| i as usize)
                 .filter(|&i| self.accepts(i, Some(filter)))
