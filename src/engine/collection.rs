@@ -193,7 +193,7 @@ impl State {
     /// one by one unless they are exactly the matches), or every point checked when the index
     /// cannot narrow the filter.
     fn matching(&self, filter: &Filter) -> Vec<usize> {
-        match self.payloads.candidates_exact(filter) {
+        match self.payloads.candidates(filter) {
             // Exactly the matches: no payload to parse.
             Some((cands, true)) => cands
                 .into_iter()
@@ -755,7 +755,7 @@ impl Collection {
         // A filter the payload index narrows has its candidates (a superset of its matches,
         // sorted): a point outside them is rejected without parsing its payload, and when they
         // are exactly the matches, a point inside them is accepted without parsing it either.
-        let (candidates, exact) = match filter.and_then(|f| st.payloads.candidates_exact(f)) {
+        let (candidates, exact) = match filter.and_then(|f| st.payloads.candidates(f)) {
             Some((c, exact)) => (Some(c), exact),
             None => (None, false),
         };

@@ -371,26 +371,20 @@ impl PayloadIndex {
     }
 
     /// A superset of the live ids whose payload satisfies `filter`, sorted ascending without
-    /// duplicates, or `None` when the index cannot narrow the filter: it has no `must` condition
-    /// the index can answer and its `should` list is empty or names a condition the index cannot
-    /// answer (a string longer than [`MAX_INDEXED_STRING`] bytes, or a key longer than
-    /// [`MAX_KEY_LEN`] characters). `must_not` never narrows. The caller checks each candidate
-    /// with [`Filter::matches`].
+    /// duplicates, and whether it is exactly those ids; or `None` when the index cannot narrow the
+    /// filter: it has no `must` condition the index can answer and its `should` list is empty or
+    /// names a condition the index cannot answer (a string longer than [`MAX_INDEXED_STRING`]
+    /// bytes, or a key longer than [`MAX_KEY_LEN`] characters). `must_not` never narrows.
+    ///
+    /// Exact (the caller need not check the candidates with [`Filter::matches`]) when every
+    /// condition was answered by the index (none skipped, none on a long string or key),
+    /// `must_not` is empty, no id above `u32::MAX` is held, and no indexed payload has a key with a
+    /// dot in it; or when the answer is empty. Otherwise the caller checks each candidate.
     ///
     /// Cost: a few map look-ups per `match` value, one step per distinct value a `range` covers;
     /// a range over many values after other conditions have narrowed the set to a few candidates
     /// is skipped rather than scanned (the answer is then a larger superset).
-    pub fn candidates(&self, filter: &Filter) -> Option<Vec<u64>> {
-        self.candidates_exact(filter).map(|(ids, _)| ids)
-    }
-
-    /// [`PayloadIndex::candidates`], and whether they are exactly the live ids whose payload
-    /// satisfies `filter` (so that the caller need not check them with [`Filter::matches`]).
-    ///
-    /// Exact when every condition was answered by the index (none skipped, none on a long string
-    /// or key), `must_not` is empty, no id above `u32::MAX` is held, and no indexed payload has a
-    /// key with a dot in it; or when the answer is empty.
-    pub fn candidates_exact(&self, filter: &Filter) -> Option<(Vec<u64>, bool)> {
+    pub fn candidates(&self, filter: &Filter) -> Option<(Vec<u64>, bool)> {
         let (set, answered) = self.narrow(filter)?;
         if set.is_empty() && self.wide.is_empty() {
             return Some((Vec::new(), true));
@@ -623,7 +617,7 @@ mod tests {
 
     /// The candidates of a filter given as JSON.
     fn cands(idx: &PayloadIndex, filter: Value) -> Option<Vec<u64>> {
-        idx.candidates(&f(filter))
+        idx.candidates(&f(filter)).map(|(ids, _)| ids)
     }
 
     fn must(cond: Value) -> Value {
@@ -747,7 +741,7 @@ mod tests {
             }],
             ..Filter::default()
         };
-        assert_eq!(idx.candidates(&nan), Some(vec![]));
+        assert_eq!(idx.candidates(&nan), Some((vec![], true)));
     }
 
     #[test]
@@ -1044,7 +1038,7 @@ mod tests {
                 .filter(|(_, (p, removed))| !removed && filter.matches(Some(p)))
                 .map(|(iid, _)| iid as u64)
                 .collect();
-            let Some((got, flagged)) = idx.candidates_exact(filter) else {
+            let Some((got, flagged)) = idx.candidates(filter) else {
                 continue;
             };
             if flagged {
