@@ -185,6 +185,15 @@ impl State {
             _ => false,
         }
     }
+    /// Whether a candidate of the payload index passes `filter`: when the candidates are
+    /// `exact`ly its matches, liveness decides (no payload parsed); otherwise the filter does.
+    fn admits(&self, iid: usize, filter: Option<&Filter>, exact: bool) -> bool {
+        if exact {
+            self.is_live(iid)
+        } else {
+            self.accepts(iid, filter)
+        }
+    }
     fn tombstones(&self) -> u64 {
         self.epoch_total.saturating_sub(self.live as u64)
     }
@@ -194,16 +203,10 @@ impl State {
     /// cannot narrow the filter.
     fn matching(&self, filter: &Filter) -> Vec<usize> {
         match self.payloads.candidates(filter) {
-            // Exactly the matches: no payload to parse.
-            Some((cands, true)) => cands
+            Some((cands, exact)) => cands
                 .into_iter()
                 .map(|i| i as usize)
-                .filter(|&i| self.is_live(i))
-                .collect(),
-            Some((cands, false)) => cands
-                .into_iter()
-                .map(|i| i as usize)
-                .filter(|&i| self.accepts(i, Some(filter)))
+                .filter(|&i| self.admits(i, Some(filter), exact))
                 .collect(),
             None => (0..self.slots.len())
                 .filter(|&i| self.accepts(i, Some(filter)))
@@ -759,22 +762,25 @@ impl Collection {
             Some((c, exact)) => (Some(c), exact),
             None => (None, false),
         };
-        let accepts = |iid: usize| match &candidates {
-            Some(c) if c.binary_search(&(iid as u64)).is_err() => false,
-            Some(_) if exact => st.is_live(iid),
-            _ => st.accepts(iid, filter),
+        let accepts = |iid: usize| {
+            candidates
+                .as_ref()
+                .is_none_or(|c| c.binary_search(&(iid as u64)).is_ok())
+                && st.admits(iid, filter, exact)
         };
-        // Scores the accepted points among `iids` exactly.
-        let score_ids = |iids: &mut dyn Iterator<Item = usize>, top: &mut TopK| {
+        // Scores the points among `iids` that `keep` accepts, exactly.
+        let score_ids = |iids: &mut dyn Iterator<Item = usize>,
+                         keep: &dyn Fn(usize) -> bool,
+                         top: &mut TopK| {
             for iid in iids {
-                if accepts(iid) {
+                if keep(iid) {
                     if let Some(v) = &st.slots[iid].vector {
                         top.push(Scored(badness(metric, score(metric, q, v)), iid as u64));
                     }
                 }
             }
         };
-        let exact_scan = |from: usize, top: &mut TopK| score_ids(&mut (from..n), top);
+        let exact_scan = |from: usize, top: &mut TopK| score_ids(&mut (from..n), &accepts, top);
         let mut top = TopK::new(p.k);
         let mut use_exact = p.exact || st.live <= self.shared.opts.exact_below || graph.is_empty();
         let mut ef = if p.sized_ef {
@@ -813,7 +819,12 @@ impl Collection {
         }
         if use_exact {
             match &candidates {
-                Some(cands) => score_ids(&mut cands.iter().map(|&iid| iid as usize), &mut top),
+                // Iterating the candidates themselves: no membership test needed.
+                Some(cands) => score_ids(
+                    &mut cands.iter().map(|&iid| iid as usize),
+                    &|iid| st.admits(iid, filter, exact),
+                    &mut top,
+                ),
                 None => exact_scan(0, &mut top),
             }
             return self.hits(&st, top, p);
