@@ -119,6 +119,14 @@ fn filtered_search(coll: &quiver::engine::Collection, queries: &[Vec<f32>], n: u
     );
 }
 
+/// Waits (up to 10 minutes) until the collection's frozen search copy covers its whole graph.
+fn wait_for_search_copy(coll: &quiver::engine::Collection) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while coll.search_copy_lag() != Some(0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A search for `q`'s top K, without payloads or vectors.
 fn search_params(
     q: &[f32],
@@ -320,10 +328,7 @@ fn main() -> anyhow::Result<()> {
     // then the points it lacks are scanned exactly (or, more than 8,192 behind, hnsw_rs' own
     // graph is walked), which moved recall at ef 64 between 0.966 and 0.986 from run to run.
     let coll = node.engine.get(COLLECTION)?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while coll.search_copy_lag() != Some(0) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_search_copy(&coll);
     let mut rows = Vec::new();
     for q in queries.iter().take(200) {
         let p = search_params(q, 64, None, false);
@@ -391,10 +396,7 @@ fn main() -> anyhow::Result<()> {
         );
         // Search speed after the restart: the frozen search copy must be back (not hnsw_rs').
         let coll = node.engine.get(COLLECTION)?;
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while coll.search_copy_lag() != Some(0) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_search_copy(&coll);
         let copy_secs = started.elapsed().as_secs_f64();
         let timed = Instant::now();
         for q in queries.iter().take(200) {
