@@ -119,6 +119,35 @@ impl FlatGraph {
         }
     }
 
+    /// A digest of the links (every layer) and the entry point: equal digests, same graph.
+    #[cfg(test)]
+    pub fn links_digest(&self) -> u64 {
+        // FNV-1a over the links in id order: stable across runs and releases.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |x: u64| {
+            for b in x.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for w in self.offsets.windows(2) {
+            eat(w[1] as u64 - w[0] as u64);
+            self.links[w[0]..w[1]].iter().for_each(|&l| eat(l as u64));
+        }
+        let mut upper: Vec<_> = self.upper.iter().collect();
+        upper.sort_by_key(|(iid, _)| **iid);
+        for (iid, layers) in upper {
+            eat(*iid as u64);
+            for l in layers {
+                eat(l.len() as u64);
+                l.iter().for_each(|&x| eat(x as u64));
+            }
+        }
+        let (ep, top) = self.entry.unwrap_or((u32::MAX, 0));
+        eat(ep as u64);
+        eat(top as u64);
+        h
+    }
+
     /// Ids below this are covered.
     pub fn watermark(&self) -> u64 {
         self.watermark

@@ -289,25 +289,24 @@ impl Graph {
         pool: &rayon::ThreadPool,
     ) {
         use rayon::prelude::*;
-        let points: Vec<(u64, &SharedVector)> = items
+        let points: Vec<(&'static [f32], usize)> = items
             .iter()
-            .filter_map(|(id, v)| v.as_ref().map(|v| (*id, v)))
+            .filter_map(|(id, v)| v.as_ref().map(|v| (id, v)))
+            .map(|(id, v)| {
+                self.keep(*id, v);
+                (Self::borrow_for_graph(v), *id as usize)
+            })
             .collect();
-        for (id, v) in &points {
-            self.keep(*id, v);
-        }
         let levels = self.hnsw.draw_levels(points.len());
+        let block = self.hnsw.open_block(&points, &levels);
         let hnsw = &self.hnsw;
         let plans: Vec<_> = pool.install(|| {
-            points
-                .par_iter()
-                .zip(levels)
-                .map(|((id, v), level)| {
-                    hnsw.plan_insert(Self::borrow_for_graph(v), *id as usize, level)
-                })
+            (0..block.len())
+                .into_par_iter()
+                .map(|i| hnsw.plan_block_point(&block, i))
                 .collect()
         });
-        self.hnsw.insert_planned(plans);
+        self.hnsw.link_block(block, plans);
         self.points
             .fetch_add(points.len() as u64, Ordering::Relaxed);
         self.advance(end);
@@ -644,6 +643,41 @@ mod tests {
         old.as_object_mut().unwrap().remove("builder");
         std::fs::write(dir.path().join("meta.json"), old.to_string()).unwrap();
         assert!(Graph::load(dir.path(), &c, &|i| Some(v(i))).is_none());
+    }
+
+    /// The graph that blocks build is pinned: a change to how blocks are inserted that changes
+    /// any link must change [`BUILDER`] (so that no node loads a dump of the other graph) and
+    /// this digest. Distances are bit-for-bit the same on every CPU (kernels.rs), and so is the
+    /// graph.
+    #[test]
+    fn the_block_graph_is_pinned() {
+        let c = CollectionConfig::new(24, Metric::Cosine);
+        let v = |i: u64| -> SharedVector {
+            let mut x: Vec<f32> = (0..24)
+                .map(|j| ((i * 97 + j * 13) as f32 * 0.0191).sin() + (j as f32 * 0.05))
+                .collect();
+            normalize(&mut x);
+            x.into()
+        };
+        let pool = |n| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .unwrap()
+        };
+        for threads in [1, 3] {
+            let g = Graph::new(&c, 3_000, 0, 0);
+            let p = pool(threads);
+            for b in 0..10 {
+                let items: Vec<_> = (b * BLOCK..(b + 1) * BLOCK)
+                    .map(|i| (i, (i % 11 != 5).then(|| v(i))))
+                    .collect();
+                g.insert_block_in(&items, (b + 1) * BLOCK, &p);
+            }
+            g.freeze();
+            let digest = g.flat().unwrap().links_digest();
+            assert_eq!(digest, 4396635819136234451, "{threads} threads");
+        }
     }
 
     /// Blocks keep the graph's quality: recall@10 against exact search on random unit vectors.

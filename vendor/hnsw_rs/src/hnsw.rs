@@ -263,13 +263,29 @@ fn layer_of<'a, 'b, T: Clone + Send + Sync>(
     lists.get(layer as usize).map_or(&[], Vec::as_slice)
 }
 
-/// quiver patch: what `Hnsw::plan_insert` found for one point, for `Hnsw::insert_planned`.
-pub struct InsertPlan<'b, T: Clone + Send + Sync> {
-    data: &'b [T],
-    origin_id: usize,
-    level: u8,
-    /// `layers[l]`: candidates on layer `l` (unordered).
-    layers: Vec<Vec<PointWithOrder<'b, T>>>,
+/// quiver patch: points being inserted together (`Hnsw::open_block`).
+pub struct Block<'b, T: Clone + Send + Sync> {
+    points: Vec<Arc<Point<'b, T>>>,
+    /// The graph had no point when the block opened.
+    fresh: bool,
+}
+
+impl<T: Clone + Send + Sync> Block<'_, T> {
+    /// Number of points in the block.
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    /// True when the block holds no point.
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+}
+
+/// quiver patch: the neighbours `Hnsw::plan_block_point` chose for one point of a block, per
+/// layer (`None`: the graph's first point, which links to nothing).
+pub struct BlockPlan<'b, T: Clone + Send + Sync> {
+    layers: Option<Vec<Vec<PointWithOrder<'b, T>>>>,
 }
 
 //===========================================================================================
@@ -1291,7 +1307,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
     /// layer searches of `insert`, against the graph as it is now, without its writes. Plans of
     /// one batch may be made in parallel; the graph must not change meanwhile, so each plan is a
     /// function of the graph and the point only.
-    pub fn plan_insert(&self, data: &'b [T], origin_id: usize, level: u8) -> InsertPlan<'b, T> {
+    fn plan_insert(&self, data: &[T], level: u8) -> Vec<Vec<PointWithOrder<'b, T>>> {
         let mut layers: Vec<Vec<PointWithOrder<'b, T>>> = vec![Vec::new(); level as usize + 1];
         let entry = self.layer_indexed_points.entry_point.read().clone();
         if let Some(mut enter) = entry {
@@ -1322,75 +1338,103 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 layers[l as usize] = found;
             }
         }
-        InsertPlan {
-            data,
-            origin_id,
-            level,
-            layers,
+        layers
+    }
+
+    /// quiver patch: opens a block of points inserted together: makes their points, in order,
+    /// at the levels drawn for them (`draw_levels`), without links, so that nothing reaches them
+    /// yet. Then `plan_block_point` chooses each point's neighbours (any number of threads at
+    /// once, the graph unchanged meanwhile) and `link_block` links them in order.
+    pub fn open_block(&self, items: &[(&'b [T], usize)], levels: &[u8]) -> Block<'b, T> {
+        let fresh = self.layer_indexed_points.entry_point.read().is_none();
+        let points = items
+            .iter()
+            .zip(levels)
+            .map(|(&(data, origin_id), &level)| {
+                self.layer_indexed_points
+                    .generate_point_at_level(PointData::new_s(data), origin_id, level as usize)
+                    .0
+            })
+            .collect();
+        Block { points, fresh }
+    }
+
+    /// quiver patch: the neighbours of the `i`-th point of `block`, read-only. A point's
+    /// candidates on a layer are those its layer searches find in the graph as it was before the
+    /// block, plus every earlier point of the block on that layer (exact distances), cut to
+    /// `ef_construction`; the neighbours are selected from them as `insert` selects. Everything
+    /// it reads is fixed before the block is linked, so the plans, and the graph, depend only on
+    /// the blocks, never on how many threads made the plans (the batches of ParlayANN).
+    pub fn plan_block_point(&self, block: &Block<'b, T>, i: usize) -> BlockPlan<'b, T> {
+        let point = &block.points[i];
+        if block.fresh && i == 0 {
+            // The graph's first point: it has nothing to link to and becomes the entry point.
+            return BlockPlan { layers: None };
+        }
+        let data = point.data.get_v();
+        let level = point.p_id.0;
+        let mut found = self.plan_insert(data, level);
+        let mut chosen = vec![Vec::new(); level as usize + 1];
+        for l in (0..level as usize + 1).rev() {
+            let mut candidates: BinaryHeap<PointWithOrder<'b, T>> =
+                std::mem::take(&mut found[l]).into();
+            for earlier in &block.points[..i] {
+                if earlier.p_id.0 as usize >= l {
+                    let d = self.dist_f.eval(data, earlier.data.get_v());
+                    candidates.push(PointWithOrder::new(earlier, d));
+                }
+            }
+            while candidates.len() > self.ef_construction {
+                candidates.pop();
+            }
+            if candidates.is_empty() {
+                continue;
+            }
+            let mut candidates = from_positive_binaryheap_to_negative_binary_heap(&mut candidates);
+            let (nb_conn, extend_c) = if l == 0 {
+                (2 * self.max_nb_connection, self.extend_candidates)
+            } else {
+                (self.max_nb_connection, false)
+            };
+            // Extending the candidates reads the neighbours of candidates, which linking the
+            // block changes: only the default (no extension) may be planned ahead.
+            assert!(!extend_c, "blocks are planned without extended candidates");
+            let mut neighbours = Vec::<PointWithOrder<T>>::with_capacity(nb_conn);
+            self.select_neighbours(
+                data,
+                &mut candidates,
+                nb_conn,
+                extend_c,
+                l as u8,
+                self.keep_pruned,
+                &mut neighbours,
+            );
+            neighbours.sort_unstable();
+            chosen[l] = neighbours;
+        }
+        BlockPlan {
+            layers: Some(chosen),
         }
     }
 
-    /// quiver patch: the writing half: inserts planned points in order. A point's candidates on a
-    /// layer are those its plan found plus every point of this batch inserted before it on that
-    /// layer (exact distances), cut to `ef_construction`; then neighbours are selected, linked
-    /// both ways and the entry point updated as `insert` does. Serial, so the graph depends only
-    /// on the batches and their order, never on how many threads made the plans.
-    pub fn insert_planned(&self, plans: Vec<InsertPlan<'b, T>>) {
-        let mut batch: Vec<Arc<Point<'b, T>>> = Vec::with_capacity(plans.len());
-        for plan in plans {
-            let InsertPlan {
-                data,
-                origin_id,
-                level,
-                mut layers,
-            } = plan;
-            let (new_point, _) = self.layer_indexed_points.generate_point_at_level(
-                PointData::new_s(data),
-                origin_id,
-                level as usize,
-            );
-            if self.layer_indexed_points.entry_point.read().is_none() {
-                self.layer_indexed_points.check_entry_point(&new_point);
-                batch.push(new_point);
-                continue;
-            }
-            for l in (0..level as usize + 1).rev() {
-                let mut candidates: BinaryHeap<PointWithOrder<'b, T>> =
-                    std::mem::take(&mut layers[l]).into();
-                for earlier in &batch {
-                    if earlier.p_id.0 as usize >= l {
-                        let d = self.dist_f.eval(data, earlier.data.get_v());
-                        candidates.push(PointWithOrder::new(earlier, d));
+    /// quiver patch: links the points of `block` in order, each to the neighbours its plan
+    /// chose and back (as `insert` does), and moves the entry point. Serial and cheap: no
+    /// distance is computed here.
+    pub fn link_block(&self, block: Block<'b, T>, plans: Vec<BlockPlan<'b, T>>) {
+        assert_eq!(block.points.len(), plans.len(), "one plan per point");
+        for (point, plan) in block.points.iter().zip(plans) {
+            if let Some(layers) = plan.layers {
+                {
+                    let mut lists = point.neighbours.write();
+                    for (l, chosen) in layers.iter().enumerate() {
+                        if !chosen.is_empty() {
+                            lists[l].clone_from(chosen);
+                        }
                     }
                 }
-                while candidates.len() > self.ef_construction {
-                    candidates.pop();
-                }
-                if candidates.is_empty() {
-                    continue;
-                }
-                let mut candidates = from_positive_binaryheap_to_negative_binary_heap(&mut candidates);
-                let (nb_conn, extend_c) = if l == 0 {
-                    (2 * self.max_nb_connection, self.extend_candidates)
-                } else {
-                    (self.max_nb_connection, false)
-                };
-                let mut neighbours = Vec::<PointWithOrder<T>>::with_capacity(nb_conn);
-                self.select_neighbours(
-                    data,
-                    &mut candidates,
-                    nb_conn,
-                    extend_c,
-                    l as u8,
-                    self.keep_pruned,
-                    &mut neighbours,
-                );
-                neighbours.sort_unstable();
-                new_point.neighbours.write()[l].clone_from(&neighbours);
+                self.reverse_update_neighborhood_simple(Arc::clone(point));
             }
-            self.reverse_update_neighborhood_simple(Arc::clone(&new_point));
-            self.layer_indexed_points.check_entry_point(&new_point);
-            batch.push(new_point);
+            self.layer_indexed_points.check_entry_point(point);
         }
     }
 

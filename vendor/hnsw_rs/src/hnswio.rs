@@ -506,7 +506,10 @@ impl HnswIo {
         let hnsw: Hnsw<T, D> = Hnsw {
             max_nb_connection: description.max_nb_connection as usize,
             ef_construction: description.ef,
-            extend_candidates: true,
+            // quiver patch: a reloaded graph inserts as a new one does (`Hnsw::new`: no
+            // extended candidates); it extended them, so a node that reloaded a small graph
+            // could link later points differently from one that never did.
+            extend_candidates: false,
             keep_pruned: false,
             max_layer: description.nb_layer as usize,
             layer_indexed_points: layer_point_indexation,
@@ -612,7 +615,10 @@ impl HnswIo {
         let hnsw: Hnsw<T, D> = Hnsw {
             max_nb_connection: description.max_nb_connection as usize,
             ef_construction: description.ef,
-            extend_candidates: true,
+            // quiver patch: a reloaded graph inserts as a new one does (`Hnsw::new`: no
+            // extended candidates); it extended them, so a node that reloaded a small graph
+            // could link later points differently from one that never did.
+            extend_candidates: false,
             keep_pruned: false,
             max_layer: description.nb_layer as usize,
             layer_indexed_points: layer_point_indexation,
