@@ -1061,56 +1061,64 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 c_pid,
                 neighbours_c_l.len()
             );
+            // quiver patch: the walk waited on each neighbour's point (its id and the address of
+            // its vector) before it could ask for the vector. Ask for every neighbour's point at
+            // once, then mark the unvisited ones in list order and ask for their vectors, then
+            // score them in list order: the same set in the same order, so the same walk.
+            for e in neighbours_c_l.iter() {
+                prefetch_one(Arc::as_ptr(&e.point_ref));
+            }
+            let mut fresh = std::mem::take(&mut visited.fresh);
+            fresh.clear();
             for (j, e) in neighbours_c_l.iter().enumerate() {
-                // quiver patch: start fetching the next neighbour's vector while this one is
-                // scored (as hnswlib does); the walk is unchanged.
-                if let Some(next) = neighbours_c_l.get(j + 1) {
-                    prefetch(next.point_ref.data.get_v());
-                }
-                // HERE WE sEE THAT neighbours should be stored as PointIdWithOrder !!
-                // CAVEAT what if several point_id with same distance to ref point?
                 if visited.insert(e.point_ref.origin_id) {
-                    trace!("             visited insertion {:?}", e.point_ref.p_id);
-                    let f_opt = return_points.peek();
-                    if f_opt.is_none() {
-                        // do some debug info, dumped distance is from e to c! as e is in c neighbours
-                        debug!("return points empty when inserting {:?}", e.point_ref.p_id);
-                        return return_points;
-                    }
-                    let f = f_opt.unwrap();
-                    let e_dist_to_p = self.dist_f.eval(point, e.point_ref.data.get_v());
-                    let f_dist_to_p = f.dist_to_ref;
-                    if e_dist_to_p < f_dist_to_p || return_points.len() < ef {
-                        let e_prime = PointWithOrder::new(&e.point_ref, e_dist_to_p);
-                        // a neighbour of neighbour is better, we insert it into candidate with the distance to point
-                        trace!(
-                            "                inserting new candidate {:?}",
-                            e_prime.point_ref.p_id
-                        );
-                        candidate_points
-                            .push(PointWithOrder::new(&e.point_ref, -e_dist_to_p));
-                        //
-                        if let Some(f) = filter {
-                            let id: &usize = &e_prime.point_ref.get_origin_id();
-                            if f.hnsw_filter(id) {
-                                if return_points.len() == 1 {
-                                    let only_id = return_points.peek().unwrap().point_ref.origin_id;
-                                    if !f.hnsw_filter(&only_id) {
-                                        return_points.clear()
-                                    }
-                                }
-                                return_points.push(e_prime.clone())
-                            }
-                        } else {
-                            return_points.push(e_prime.clone());
-                        }
-
-                        if return_points.len() > ef {
-                            return_points.pop();
-                        }
-                    } // end if e.dist_to_ref < f.dist_to_ref
+                    prefetch(e.point_ref.data.get_v());
+                    fresh.push(j);
                 }
+            }
+            for &j in &fresh {
+                let e = &neighbours_c_l[j];
+                trace!("             visited insertion {:?}", e.point_ref.p_id);
+                let f_opt = return_points.peek();
+                if f_opt.is_none() {
+                    // do some debug info, dumped distance is from e to c! as e is in c neighbours
+                    debug!("return points empty when inserting {:?}", e.point_ref.p_id);
+                    return return_points;
+                }
+                let f = f_opt.unwrap();
+                let e_dist_to_p = self.dist_f.eval(point, e.point_ref.data.get_v());
+                let f_dist_to_p = f.dist_to_ref;
+                if e_dist_to_p < f_dist_to_p || return_points.len() < ef {
+                    let e_prime = PointWithOrder::new(&e.point_ref, e_dist_to_p);
+                    // a neighbour of neighbour is better, we insert it into candidate with the distance to point
+                    trace!(
+                        "                inserting new candidate {:?}",
+                        e_prime.point_ref.p_id
+                    );
+                    candidate_points
+                        .push(PointWithOrder::new(&e.point_ref, -e_dist_to_p));
+                    //
+                    if let Some(f) = filter {
+                        let id: &usize = &e_prime.point_ref.get_origin_id();
+                        if f.hnsw_filter(id) {
+                            if return_points.len() == 1 {
+                                let only_id = return_points.peek().unwrap().point_ref.origin_id;
+                                if !f.hnsw_filter(&only_id) {
+                                    return_points.clear()
+                                }
+                            }
+                            return_points.push(e_prime)
+                        }
+                    } else {
+                        return_points.push(e_prime);
+                    }
+
+                    if return_points.len() > ef {
+                        return_points.pop();
+                    }
+                } // end if e.dist_to_ref < f.dist_to_ref
             } // end of for on neighbours_c
+            visited.fresh = fresh;
         } // end of while in candidates
         //
         trace!(
@@ -2118,6 +2126,8 @@ mod tests {
 struct Visited {
     stamps: Vec<u32>,
     current: u32,
+    /// Scratch: the positions of a neighbour list's unvisited points.
+    fresh: Vec<usize>,
 }
 
 thread_local! {
@@ -2132,6 +2142,7 @@ impl Visited {
             .unwrap_or(Visited {
                 stamps: Vec::new(),
                 current: 0,
+                fresh: Vec::new(),
             });
         v.current = v.current.wrapping_add(1);
         if v.current == 0 {
@@ -2165,33 +2176,43 @@ impl Drop for Visited {
         }
         // The stamps move as a plain Vec: a `Visited` dropped here would come back to this.
         let stamps = std::mem::take(&mut self.stamps);
+        let fresh = std::mem::take(&mut self.fresh);
         let current = self.current;
         let _ = VISITED.try_with(|cell| {
             if let Ok(mut slot) = cell.try_borrow_mut() {
                 if slot.is_none() {
-                    *slot = Some(Visited { stamps, current });
+                    *slot = Some(Visited {
+                        stamps,
+                        current,
+                        fresh,
+                    });
                 }
             }
         });
     }
 }
 
+/// quiver patch: asks the CPU for the cache line at `p` (a hint: it reads nothing).
+#[inline(always)]
+fn prefetch_one<P>(p: *const P) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it reads nothing and cannot fault.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// quiver patch: asks the CPU to start loading the first cache lines of `v` (a hint: it never
 /// faults, whatever the address).
 #[inline(always)]
 fn prefetch<T>(v: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let p = v.as_ptr() as *const i8;
-        let bytes = std::mem::size_of_val(v);
-        let mut off = 0;
-        while off < bytes.min(256) {
-            // SAFETY: a prefetch is only a hint; it reads nothing and cannot fault.
-            unsafe { _mm_prefetch(p.wrapping_add(off), _MM_HINT_T0) };
-            off += 64;
-        }
+    let p = v.as_ptr() as *const u8;
+    let bytes = std::mem::size_of_val(v);
+    let mut off = 0;
+    while off < bytes.min(256) {
+        prefetch_one(p.wrapping_add(off));
+        off += 64;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = v;
 }
