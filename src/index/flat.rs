@@ -43,70 +43,66 @@ thread_local! {
 
 impl FlatGraph {
     /// Copies the links of `hnsw`, which holds every inserted id below `watermark`; `shared[iid]`
-    /// is the vector of `iid` when the caller has it (else the point's own data is copied). Must
-    /// not run concurrently with inserts into `hnsw` (the indexer calls it between inserts).
+    /// is the vector of `iid` when the caller has it (else the point's own data is copied);
+    /// `links_hint` is room to reserve for the links ([`FlatGraph::links_hint`]). Must not run
+    /// concurrently with inserts into `hnsw` (the indexer calls it between inserts).
     pub fn freeze<D2: Distance<f32> + Send + Sync>(
         hnsw: &Hnsw<'_, f32, D2>,
         mut shared: Vec<Option<SharedVector>>,
         metric: Metric,
         dim: usize,
         watermark: u64,
+        links_hint: usize,
     ) -> FlatGraph {
         let n = watermark as usize;
         let empty: SharedVector = Arc::from(Vec::new());
         shared.resize(n, None);
-        let mut rows: Vec<SharedVector> = Vec::with_capacity(n);
-        let mut adjacency: Vec<Vec<u32>> = vec![Vec::new(); n];
+        // The points in id order, so that the links are written in place. The lists hold their
+        // neighbours' ids: a point's lists are read without loading its neighbours.
+        let mut points: Vec<_> = hnsw
+            .get_point_indexation()
+            .into_iter()
+            .filter(|p| p.get_origin_id() < n)
+            .collect();
+        points.sort_unstable_by_key(|p| p.get_origin_id());
+        let mut offsets = Vec::with_capacity(n + 1);
+        let mut links: Vec<u32> = Vec::with_capacity(links_hint);
         let mut upper = HashMap::new();
-        let mut entry: Option<(u32, usize)> = None;
-        let mut points = 0;
-        for point in hnsw.get_point_indexation() {
+        // hnsw_rs' entry point: the first point inserted on the top level.
+        let mut entry: Option<(u32, usize, i32)> = None;
+        for point in &points {
             let iid = point.get_origin_id();
-            if iid >= n {
-                continue;
-            }
-            points += 1;
             if shared[iid].as_ref().is_none_or(|v| v.len() != dim) {
                 shared[iid] = Some(Arc::from(point.get_v()));
             }
-            let mut layers = point.get_neighborhood_id();
-            let level = point.get_point_id().0 as usize;
-            let ids = |l: &Vec<hnsw_rs::prelude::Neighbour>| -> Vec<u32> {
-                l.iter()
-                    .map(|nb| nb.d_id)
-                    .filter(|&d| d < n)
-                    .map(|d| d as u32)
-                    .collect()
-            };
-            if !layers.is_empty() {
-                adjacency[iid] = ids(&layers[0]);
+            while offsets.len() <= iid {
+                offsets.push(links.len());
             }
-            if level > 0 {
-                let ups: Vec<Vec<u32>> = layers.drain(1..).take(level).map(|l| ids(&l)).collect();
-                upper.insert(iid as u32, ups);
-                // hnsw_rs' entry point is the first point to reach the top level.
-                if entry.is_none_or(|(_, l)| level > l) {
-                    entry = Some((iid as u32, level));
+            let (level, rank) = (point.get_point_id().0 as usize, point.get_point_id().1);
+            let mut ups: Vec<Vec<u32>> = Vec::new();
+            point.for_each_layer_ids(|l, ids| {
+                let ids = ids.filter(|&d| d < n).map(|d| d as u32);
+                if l == 0 {
+                    links.extend(ids);
+                } else if l <= level {
+                    ups.push(ids.collect());
                 }
-            } else if entry.is_none() {
-                entry = Some((iid as u32, 0));
+            });
+            if level > 0 {
+                upper.insert(iid as u32, ups);
+            }
+            if entry.is_none_or(|(_, l, r)| level > l || (level == l && rank < r)) {
+                entry = Some((iid as u32, level, rank));
             }
         }
-        // Points sit in the layer of their level, layers are walked bottom-up and each in
-        // insertion order, so the first point met on the top level is hnsw_rs' entry point.
-        rows.extend(
-            shared
-                .into_iter()
-                .take(n)
-                .map(|v| v.unwrap_or_else(|| empty.clone())),
-        );
-        let mut offsets = Vec::with_capacity(n + 1);
-        let mut links = Vec::with_capacity(adjacency.iter().map(Vec::len).sum());
-        offsets.push(0usize);
-        for a in adjacency {
-            links.extend_from_slice(&a);
-            offsets.push(links.len());
-        }
+        offsets.resize(n + 1, links.len());
+        let entry = entry.map(|(iid, level, _)| (iid, level));
+        let points = points.len();
+        let rows: Vec<SharedVector> = shared
+            .into_iter()
+            .take(n)
+            .map(|v| v.unwrap_or_else(|| empty.clone()))
+            .collect();
         FlatGraph {
             metric,
             watermark,
@@ -146,6 +142,13 @@ impl FlatGraph {
         eat(ep as u64);
         eat(top as u64);
         h
+    }
+
+    /// Room for the links of a copy up to `watermark`, from this copy's links per point: the
+    /// next copy allocates its links once instead of growing them by doubling.
+    pub fn links_hint(&self, watermark: u64) -> usize {
+        let per_point = self.links.len() / self.points.max(1) + 1;
+        self.links.len() + watermark.saturating_sub(self.watermark) as usize * per_point
     }
 
     /// Ids below this are covered.
@@ -312,7 +315,7 @@ mod tests {
         for (i, v) in data.iter().enumerate() {
             hnsw.insert_slice((v, i));
         }
-        let flat = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 1000);
+        let flat = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 1000, 0);
         assert_eq!(flat.len(), 1000);
         let mut hits = 0;
         for (i, q) in data.iter().enumerate().step_by(50) {
@@ -325,7 +328,7 @@ mod tests {
         assert_eq!(r.len(), 5);
         assert!(r.iter().all(|(i, _)| i % 2 == 1));
         // A watermark below the graph's size leaves later ids out.
-        let part = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 500);
+        let part = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 500, 0);
         assert!(part
             .search(&data[900], 10, 64, None)
             .iter()

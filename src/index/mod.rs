@@ -355,7 +355,8 @@ impl Graph {
             return;
         }
         let rows = self.vectors.read().clone();
-        let flat = FlatGraph::freeze(&self.hnsw, rows, self.metric, self.dim, wm);
+        let hint = self.flat.read().as_ref().map_or(0, |f| f.links_hint(wm));
+        let flat = FlatGraph::freeze(&self.hnsw, rows, self.metric, self.dim, wm, hint);
         *self.flat.write() = Some(Arc::new(flat));
     }
 

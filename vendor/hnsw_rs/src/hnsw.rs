@@ -213,6 +213,15 @@ impl<'b, T: Clone + Send + Sync> Point<'b, T> {
         self.origin_id
     }
 
+    /// quiver patch: calls `f(layer, origin ids)` for each of the point's layers, in order,
+    /// without allocating or loading the neighbours themselves (their ids are in the lists).
+    pub fn for_each_layer_ids(&self, mut f: impl FnMut(usize, &mut dyn Iterator<Item = usize>)) {
+        let lists = self.neighbours.read();
+        for (l, list) in lists.iter().enumerate() {
+            f(l, &mut list.iter().map(|n| n.origin_id()));
+        }
+    }
+
     /// returns for each layer, a vector Neighbour of a point, one vector by layer
     /// useful for extern crate only as it reallocates vectors
     pub fn get_neighborhood_id(&self) -> Vec<Vec<Neighbour>> {
@@ -298,6 +307,9 @@ pub(crate) struct PointWithOrder<'b, T: Clone + Send + Sync> {
     point_ref: Arc<Point<'b, T>>,
     /// The distance to a point_ref to the request point (not represented in the structure)
     dist_to_ref: f32,
+    /// quiver patch: the point's origin id when it is below `u32::MAX` (else `u32::MAX`), kept
+    /// in what was padding, so that a list is read without loading each point it holds.
+    origin: u32,
 }
 
 impl<T: Clone + Send + Sync> PartialEq for PointWithOrder<'_, T> {
@@ -331,6 +343,18 @@ impl<'b, T: Clone + Send + Sync> PointWithOrder<'b, T> {
         PointWithOrder {
             point_ref: Arc::clone(point_ref),
             dist_to_ref,
+            origin: u32::try_from(point_ref.origin_id).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// quiver patch: the point's origin id, read from the entry when it fits (no load of the
+    /// point itself).
+    #[inline]
+    fn origin_id(&self) -> usize {
+        if self.origin != u32::MAX {
+            self.origin as usize
+        } else {
+            self.point_ref.origin_id
         }
     }
 } // end of impl block
@@ -1062,19 +1086,20 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 neighbours_c_l.len()
             );
             // quiver patch: the walk waited on each neighbour's point (its id and the address of
-            // its vector) before it could ask for the vector. Ask for every neighbour's point at
-            // once, then mark the unvisited ones in list order and ask for their vectors, then
-            // score them in list order: the same set in the same order, so the same walk.
-            for e in neighbours_c_l.iter() {
-                prefetch_one(Arc::as_ptr(&e.point_ref));
-            }
+            // its vector) before it could ask for the vector. Mark the unvisited ones in list
+            // order (their ids are in the list) and ask for their points, then for their
+            // vectors, then score them in list order: the same set in the same order, so the
+            // same walk.
             let mut fresh = std::mem::take(&mut visited.fresh);
             fresh.clear();
             for (j, e) in neighbours_c_l.iter().enumerate() {
-                if visited.insert(e.point_ref.origin_id) {
-                    prefetch(e.point_ref.data.get_v());
+                if visited.insert(e.origin_id()) {
+                    prefetch_one(Arc::as_ptr(&e.point_ref));
                     fresh.push(j);
                 }
+            }
+            for &j in &fresh {
+                prefetch(neighbours_c_l[j].point_ref.data.get_v());
             }
             for &j in &fresh {
                 let e = &neighbours_c_l[j];
