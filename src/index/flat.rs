@@ -13,6 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
+use hnsw_rs::hnsw::Point;
 use hnsw_rs::prelude::{Distance, Hnsw};
 
 use super::kernels::{dot, l2_squared};
@@ -32,7 +33,8 @@ pub struct FlatGraph {
     links: Vec<u32>,
     /// Upper-layer neighbours of the few nodes above layer 0; `upper[&iid][l - 1]` is layer `l`.
     upper: HashMap<u32, Vec<Vec<u32>>>,
-    entry: Option<(u32, usize)>,
+    /// The entry point: its id, its level and its rank on that level (insertion order).
+    entry: Option<(u32, usize, i32)>,
     points: usize,
 }
 
@@ -43,40 +45,62 @@ thread_local! {
 
 impl FlatGraph {
     /// Copies the links of `hnsw`, which holds every inserted id below `watermark`; `shared[iid]`
-    /// is the vector of `iid` when the caller has it (else the point's own data is copied);
-    /// `links_hint` is room to reserve for the links ([`FlatGraph::links_hint`]). Must not run
-    /// concurrently with inserts into `hnsw` (the indexer calls it between inserts).
-    pub fn freeze<D2: Distance<f32> + Send + Sync>(
-        hnsw: &Hnsw<'_, f32, D2>,
+    /// is the vector of `iid` when the caller has it (else the point's own data is copied). With
+    /// `prev`, a copy of the same graph at an earlier watermark, only the points in `touched`
+    /// (every point whose lists changed since `prev`, as `Hnsw::link_block` reports them) are
+    /// read from `hnsw` and the rest is copied from `prev`: at a million points a whole copy read
+    /// every point's lists, every 4,096 inserts. Must not run concurrently with inserts into
+    /// `hnsw` (the indexer calls it between inserts).
+    pub fn freeze<'b, D2: Distance<f32> + Send + Sync>(
+        hnsw: &Hnsw<'b, f32, D2>,
         mut shared: Vec<Option<SharedVector>>,
         metric: Metric,
         dim: usize,
         watermark: u64,
-        links_hint: usize,
+        prev: Option<&FlatGraph>,
+        touched: Vec<Arc<Point<'b, f32>>>,
     ) -> FlatGraph {
         let n = watermark as usize;
         let empty: SharedVector = Arc::from(Vec::new());
         shared.resize(n, None);
-        // The points in id order, so that the links are written in place. The lists hold their
-        // neighbours' ids: a point's lists are read without loading its neighbours.
-        let mut points: Vec<_> = hnsw
-            .get_point_indexation()
+        let prev = prev.filter(|p| p.watermark <= watermark);
+        // The points to read, in id order, so that the links are written in place. The lists
+        // hold their neighbours' ids: a point's lists are read without loading its neighbours.
+        // Each point's id is read once: sorting by a key read through the pointer loaded two
+        // points per comparison.
+        let listed: Vec<_> = match prev {
+            Some(_) => touched,
+            None => hnsw.get_point_indexation().into_iter().collect(),
+        };
+        let mut points: Vec<(usize, Arc<Point<'b, f32>>)> = listed
             .into_iter()
-            .filter(|p| p.get_origin_id() < n)
+            .map(|p| (p.get_origin_id(), p))
+            .filter(|(iid, _)| *iid < n)
             .collect();
-        points.sort_unstable_by_key(|p| p.get_origin_id());
+        points.sort_unstable_by_key(|(iid, _)| *iid);
+        points.dedup_by_key(|(iid, _)| *iid);
+        let prev_wm = prev.map_or(0, |p| p.watermark as usize);
         let mut offsets = Vec::with_capacity(n + 1);
-        let mut links: Vec<u32> = Vec::with_capacity(links_hint);
-        let mut upper = HashMap::new();
+        let mut links: Vec<u32> = Vec::with_capacity(prev.map_or(0, |p| p.links_hint(watermark)));
+        let mut upper = prev.map_or_else(HashMap::new, |p| p.upper.clone());
         // hnsw_rs' entry point: the first point inserted on the top level.
-        let mut entry: Option<(u32, usize, i32)> = None;
-        for point in &points {
-            let iid = point.get_origin_id();
-            if shared[iid].as_ref().is_none_or(|v| v.len() != dim) {
-                shared[iid] = Some(Arc::from(point.get_v()));
+        let mut entry = prev.and_then(|p| p.entry);
+        let mut count = prev.map_or(0, |p| p.points);
+        let mut next = points.iter().peekable();
+        shared.truncate(n);
+        for (iid, row) in shared.iter_mut().enumerate() {
+            offsets.push(links.len());
+            let Some((_, point)) = next.next_if(|(id, _)| *id == iid) else {
+                if let Some(p) = prev.filter(|_| iid < prev_wm) {
+                    links.extend_from_slice(p.neighbours(iid as u32));
+                }
+                continue;
+            };
+            if iid >= prev_wm {
+                count += 1;
             }
-            while offsets.len() <= iid {
-                offsets.push(links.len());
+            if row.as_ref().is_none_or(|v| v.len() != dim) {
+                *row = Some(Arc::from(point.get_v()));
             }
             let (level, rank) = (point.get_point_id().0 as usize, point.get_point_id().1);
             let mut ups: Vec<Vec<u32>> = Vec::new();
@@ -95,9 +119,7 @@ impl FlatGraph {
                 entry = Some((iid as u32, level, rank));
             }
         }
-        offsets.resize(n + 1, links.len());
-        let entry = entry.map(|(iid, level, _)| (iid, level));
-        let points = points.len();
+        offsets.push(links.len());
         let rows: Vec<SharedVector> = shared
             .into_iter()
             .take(n)
@@ -111,8 +133,15 @@ impl FlatGraph {
             links,
             upper,
             entry,
-            points,
+            points: count,
         }
+    }
+
+    /// The layer-0 neighbours of `iid`.
+    #[inline]
+    fn neighbours(&self, iid: u32) -> &[u32] {
+        let i = iid as usize;
+        &self.links[self.offsets[i]..self.offsets[i + 1]]
     }
 
     /// A digest of the links (every layer) and the entry point: equal digests, same graph.
@@ -138,7 +167,7 @@ impl FlatGraph {
                 l.iter().for_each(|&x| eat(x as u64));
             }
         }
-        let (ep, top) = self.entry.unwrap_or((u32::MAX, 0));
+        let (ep, top, _) = self.entry.unwrap_or((u32::MAX, 0, 0));
         eat(ep as u64);
         eat(top as u64);
         h
@@ -209,7 +238,7 @@ impl FlatGraph {
         ef: usize,
         keep: Option<&dyn Fn(u32) -> bool>,
     ) -> Vec<(u64, f32)> {
-        let Some((mut ep, top_level)) = self.entry else {
+        let Some((mut ep, top_level, _)) = self.entry else {
             return Vec::new();
         };
         let ef = ef.max(k);
@@ -261,11 +290,10 @@ impl FlatGraph {
                 if dc > bound && top.len() >= ef {
                     break;
                 }
-                let (s, e) = (self.offsets[c as usize], self.offsets[c as usize + 1]);
                 // Mark the unvisited neighbours first and prefetch their vectors, so that the
                 // memory fetches overlap with the distance computations (as hnswlib does).
                 fresh.clear();
-                for &nb in &self.links[s..e] {
+                for &nb in self.neighbours(c) {
                     let m = &mut marks[nb as usize];
                     if *m != g {
                         *m = g;
@@ -315,7 +343,7 @@ mod tests {
         for (i, v) in data.iter().enumerate() {
             hnsw.insert_slice((v, i));
         }
-        let flat = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 1000, 0);
+        let flat = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 1000, None, Vec::new());
         assert_eq!(flat.len(), 1000);
         let mut hits = 0;
         for (i, q) in data.iter().enumerate().step_by(50) {
@@ -328,7 +356,7 @@ mod tests {
         assert_eq!(r.len(), 5);
         assert!(r.iter().all(|(i, _)| i % 2 == 1));
         // A watermark below the graph's size leaves later ids out.
-        let part = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 500, 0);
+        let part = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 500, None, Vec::new());
         assert!(part
             .search(&data[900], 10, 64, None)
             .iter()

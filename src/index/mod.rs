@@ -8,12 +8,13 @@
 //! Synchronous and CPU-bound: callers run it off the async runtime.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use hnsw_rs::api::AnnT;
+use hnsw_rs::hnsw::Point;
 use hnsw_rs::hnswio::HnswIo;
 use hnsw_rs::prelude::{Distance, Hnsw};
 use serde::{Deserialize, Serialize};
@@ -194,6 +195,11 @@ pub type SharedVector = Arc<[f32]>;
 pub struct Graph {
     // Declared before `vectors`, so dropped before them: hnsw_rs' points borrow their data.
     hnsw: Hnsw<'static, f32, GraphDistance>,
+    /// The points whose lists changed since the last frozen copy (the next copy reads only
+    /// them); declared before `vectors` too.
+    touched: Mutex<Vec<Arc<Point<'static, f32>>>>,
+    /// Points were inserted one at a time (tests), unreported: the next copy reads them all.
+    untracked: AtomicBool,
     /// `vectors[iid]`: the vector of every inserted id (what hnsw_rs' points refer to).
     vectors: RwLock<Vec<Option<SharedVector>>>,
     metric: Metric,
@@ -229,6 +235,8 @@ impl Graph {
             dim: config.dim,
             flat: RwLock::new(None),
             vectors: RwLock::new(Vec::new()),
+            touched: Mutex::new(Vec::new()),
+            untracked: AtomicBool::new(false),
         }
     }
 
@@ -269,6 +277,7 @@ impl Graph {
         self.keep(id, vector);
         self.hnsw
             .insert_borrowed(Self::borrow_for_graph(vector), id as usize);
+        self.untracked.store(true, Ordering::Release);
         self.points.fetch_add(1, Ordering::Relaxed);
         self.advance(id + 1);
     }
@@ -306,7 +315,8 @@ impl Graph {
                 .map(|i| hnsw.plan_block_point(&block, i))
                 .collect()
         });
-        self.hnsw.link_block(block, plans);
+        let touched = self.hnsw.link_block(block, plans);
+        self.touched.lock().extend(touched);
         self.points
             .fetch_add(points.len() as u64, Ordering::Relaxed);
         self.advance(end);
@@ -355,8 +365,20 @@ impl Graph {
             return;
         }
         let rows = self.vectors.read().clone();
-        let hint = self.flat.read().as_ref().map_or(0, |f| f.links_hint(wm));
-        let flat = FlatGraph::freeze(&self.hnsw, rows, self.metric, self.dim, wm, hint);
+        let touched = std::mem::take(&mut *self.touched.lock());
+        let prev = match self.untracked.swap(false, Ordering::AcqRel) {
+            true => None,
+            false => self.flat(),
+        };
+        let flat = FlatGraph::freeze(
+            &self.hnsw,
+            rows,
+            self.metric,
+            self.dim,
+            wm,
+            prev.as_deref(),
+            touched,
+        );
         *self.flat.write() = Some(Arc::new(flat));
     }
 
@@ -462,6 +484,8 @@ impl Graph {
                     dim: config.dim,
                     flat: RwLock::new(None),
                     vectors: kept,
+                    touched: Mutex::new(Vec::new()),
+                    untracked: AtomicBool::new(false),
                 };
                 Some((g, meta))
             }
@@ -666,7 +690,9 @@ mod tests {
                 .build()
                 .unwrap()
         };
-        for threads in [1, 3] {
+        // One thread, a copy made once; three threads, a copy after every third block (each
+        // later copy reads only the points whose lists changed): the same graph, the same copy.
+        for (threads, freeze_every) in [(1, 100), (3, 3)] {
             let g = Graph::new(&c, 3_000, 0, 0);
             let p = pool(threads);
             for b in 0..10 {
@@ -674,10 +700,18 @@ mod tests {
                     .map(|i| (i, (i % 11 != 5).then(|| v(i))))
                     .collect();
                 g.insert_block_in(&items, (b + 1) * BLOCK, &p);
+                if b % freeze_every == freeze_every - 1 {
+                    g.freeze();
+                }
             }
             g.freeze();
-            let digest = g.flat().unwrap().links_digest();
-            assert_eq!(digest, 4396635819136234451, "{threads} threads");
+            let flat = g.flat().unwrap();
+            assert_eq!(flat.len() as u64, g.len());
+            assert_eq!(
+                flat.links_digest(),
+                4396635819136234451,
+                "{threads} threads"
+            );
         }
     }
 

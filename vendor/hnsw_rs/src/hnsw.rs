@@ -1315,7 +1315,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         // new_point has been inserted at the beginning in table
         // so that we can call reverse_update_neighborhoodwe consitently
         // now reverse update of neighbours.
-        self.reverse_update_neighborhood_simple(Arc::clone(&new_point));
+        self.reverse_update_neighborhood_simple(Arc::clone(&new_point), None);
         //
         self.layer_indexed_points.check_entry_point(&new_point);
         //
@@ -1452,9 +1452,15 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
 
     /// quiver patch: links the points of `block` in order, each to the neighbours its plan
     /// chose and back (as `insert` does), and moves the entry point. Serial and cheap: no
-    /// distance is computed here.
-    pub fn link_block(&self, block: Block<'b, T>, plans: Vec<BlockPlan<'b, T>>) {
+    /// distance is computed here. Returns every point whose lists it changed (the block's own
+    /// and those given a link back; some more than once), for copies that follow the graph.
+    pub fn link_block(
+        &self,
+        block: Block<'b, T>,
+        plans: Vec<BlockPlan<'b, T>>,
+    ) -> Vec<Arc<Point<'b, T>>> {
         assert_eq!(block.points.len(), plans.len(), "one plan per point");
+        let mut touched = block.points.clone();
         for (point, plan) in block.points.iter().zip(plans) {
             if let Some(layers) = plan.layers {
                 {
@@ -1465,10 +1471,11 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                         }
                     }
                 }
-                self.reverse_update_neighborhood_simple(Arc::clone(point));
+                self.reverse_update_neighborhood_simple(Arc::clone(point), Some(&mut touched));
             }
             self.layer_indexed_points.check_entry_point(point);
         }
+        touched
     }
 
     pub fn parallel_insert(&self, datas: &[(&Vec<T>, usize)]) {
@@ -1488,7 +1495,12 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
     } // end of parallel_insert
 
     /// insert new_point in neighbourhood info of point
-    fn reverse_update_neighborhood_simple(&self, new_point: Arc<Point<T>>) {
+    /// (quiver patch: `touched`, when given, receives each point whose list it changes.)
+    fn reverse_update_neighborhood_simple(
+        &self,
+        new_point: Arc<Point<'b, T>>,
+        mut touched: Option<&mut Vec<Arc<Point<'b, T>>>>,
+    ) {
         //  println!("reverse update neighbourhood for  new point {:?} ", new_point.p_id);
         trace!(
             "reverse update neighbourhood for  new point {:?} ",
@@ -1535,6 +1547,9 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                         list.reserve_exact(want.saturating_sub(list.len()).max(1));
                     }
                     q_point_neighbours[l_n].push(n_to_add);
+                    if let Some(touched) = touched.as_deref_mut() {
+                        touched.push(Arc::clone(q_point));
+                    }
                     let nbn_at_l = q_point_neighbours[l_n].len();
                     //
                     let shrink = nbn_at_l > threshold_shrinking;
