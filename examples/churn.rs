@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release --example churn -- --points 20000 --secs 240 --clients 3
+//! cargo run --release --example churn -- --points 20000 --secs 120 --clients 3 --rate 1500
 //! ```
 //!
 //! Each client loops: replace 50 random live ids with new vectors (derived from the real set,
@@ -44,6 +45,10 @@ struct Args {
     /// How long to watch after the churn stops, in seconds.
     #[arg(long, default_value_t = 60)]
     after: u64,
+    /// Points written or deleted per second, all clients together (0: as fast as the
+    /// backpressure lets them).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
 }
 
 const NAME: &str = "churn";
@@ -134,10 +139,23 @@ fn main() -> anyhow::Result<()> {
         for c in 0..args.clients {
             let (client, stop, rewritten) = (client.clone(), stop.clone(), rewritten.clone());
             let (n, base) = (args.points, base.clone());
+            // Each round writes or deletes 3 × PER_REQUEST points.
+            let pace = (args.rate > 0).then(|| {
+                let round = Duration::from_secs_f64(
+                    (3 * PER_REQUEST) as f64 * args.clients as f64 / args.rate as f64,
+                );
+                let mut ticks = tokio::time::interval(round);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticks
+            });
             tasks.push(tokio::spawn(async move {
+                let mut pace = pace;
                 // A per-client stream of fresh vectors and ids to touch.
                 let mut round: u64 = 0;
                 while !stop.load(Ordering::Relaxed) {
+                    if let Some(ticks) = pace.as_mut() {
+                        ticks.tick().await;
+                    }
                     round += 1;
                     let seed = 1_000 + c * 1_000_000 + round;
                     let pick = |k: u64| (seed.wrapping_mul(0x9E37_79B9) + k * 7_919) % n;
