@@ -300,7 +300,9 @@ impl Engine {
     }
 
     /// Applies entries in order as one atomic store batch; returns one reply per entry.
-    /// Entries at or below `last_applied` are skipped (replayed logs are harmless).
+    /// Entries at or below `last_applied` are skipped (replayed logs are harmless). Readers see
+    /// an entry's changes as it is applied, and `last_applied` moves once the batch is committed
+    /// to the store: a reader may see a change a moment before the index covers it, never after.
     /// An `Err` is a storage failure: the caller must stop taking writes.
     pub fn apply(&self, entries: &[(u64, Command)]) -> Result<Vec<Reply>> {
         self.apply_with(entries, Vec::new())
