@@ -93,6 +93,11 @@ impl FlatGraph {
             let Some((_, point)) = next.next_if(|(id, _)| *id == iid) else {
                 if let Some(p) = prev.filter(|_| iid < prev_wm) {
                     links.extend_from_slice(p.neighbours(iid as u32));
+                    // A vector the caller lacks (a reloaded point the collection no longer has)
+                    // was copied from the graph into the previous copy: keep it.
+                    if row.as_ref().is_none_or(|v| v.len() != dim) && p.rows[iid].len() == dim {
+                        *row = Some(p.rows[iid].clone());
+                    }
                 }
                 continue;
             };
@@ -142,6 +147,14 @@ impl FlatGraph {
     fn neighbours(&self, iid: u32) -> &[u32] {
         let i = iid as usize;
         &self.links[self.offsets[i]..self.offsets[i + 1]]
+    }
+
+    /// How many points of the copy have no vector of `dim` floats (must be none).
+    #[cfg(test)]
+    pub fn rows_missing(&self, dim: usize) -> usize {
+        (0..self.rows.len())
+            .filter(|&i| self.offsets[i + 1] > self.offsets[i] && self.rows[i].len() != dim)
+            .count()
     }
 
     /// A digest of the links (every layer) and the entry point: equal digests, same graph.

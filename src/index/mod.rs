@@ -651,6 +651,13 @@ mod tests {
         parallel.dump(dir.path(), &meta).unwrap();
         let (reloaded, m) = Graph::load(dir.path(), &c, &|i| Some(v(i))).unwrap();
         assert_eq!(m.builder, BUILDER);
+        // A reload whose caller lacks some vectors (points deleted since the dump): the graph
+        // keeps its own copies, and so must every later search copy, not only the first.
+        let (partial, _) = Graph::load(dir.path(), &c, &|i| (i % 2 == 0).then(|| v(i))).unwrap();
+        partial.freeze();
+        blocks(&partial, 4 * BLOCK, 5 * BLOCK, &four);
+        partial.freeze();
+        assert_eq!(partial.flat().unwrap().rows_missing(16), 0);
         blocks(&serial, 4 * BLOCK, 10 * BLOCK, &one);
         blocks(&reloaded, 4 * BLOCK, 10 * BLOCK, &four);
         assert_eq!(serial.len(), reloaded.len());
