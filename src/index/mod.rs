@@ -613,25 +613,30 @@ mod tests {
         }
     }
 
+    /// A unit vector of `dim` floats: `sin((offset + j * step) * scale) + j * tilt`, normalised.
+    fn wave(dim: u64, offset: u64, step: u64, scale: f32, tilt: f32) -> SharedVector {
+        let mut x: Vec<f32> = (0..dim)
+            .map(|j| ((offset + j * step) as f32 * scale).sin() + (j as f32 * tilt))
+            .collect();
+        normalize(&mut x);
+        x.into()
+    }
+
+    /// A pool of `n` threads for planning blocks.
+    fn pool(n: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .unwrap()
+    }
+
     /// Issue 10: blocks are planned in parallel, yet the graph is the same whatever the number of
     /// threads, and a graph reloaded from a dump grows exactly like one never dumped.
     #[test]
     fn block_graphs_do_not_depend_on_threads_or_reloads() {
         let dir = tempfile::tempdir().unwrap();
         let c = CollectionConfig::new(16, Metric::Cosine);
-        let v = |i: u64| -> SharedVector {
-            let mut x: Vec<f32> = (0..16)
-                .map(|j| ((i * 131 + j * 7) as f32 * 0.0173).sin() + (j as f32 * 0.1))
-                .collect();
-            normalize(&mut x);
-            x.into()
-        };
-        let pool = |n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .unwrap()
-        };
+        let v = |i: u64| wave(16, i * 131, 7, 0.0173, 0.1);
         let (one, four) = (pool(1), pool(4));
         let blocks = |g: &Graph, from: u64, to: u64, p: &rayon::ThreadPool| {
             let mut at = from;
@@ -684,19 +689,7 @@ mod tests {
     #[test]
     fn the_block_graph_is_pinned() {
         let c = CollectionConfig::new(24, Metric::Cosine);
-        let v = |i: u64| -> SharedVector {
-            let mut x: Vec<f32> = (0..24)
-                .map(|j| ((i * 97 + j * 13) as f32 * 0.0191).sin() + (j as f32 * 0.05))
-                .collect();
-            normalize(&mut x);
-            x.into()
-        };
-        let pool = |n| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .unwrap()
-        };
+        let v = |i: u64| wave(24, i * 97, 13, 0.0191, 0.05);
         // One thread, a copy made once; three threads, a copy after every third block (each
         // later copy reads only the points whose lists changed): the same graph, the same copy.
         for (threads, freeze_every) in [(1, 100), (3, 3)] {
