@@ -30,7 +30,6 @@ use std::path::{Path, PathBuf};
 use parking_lot::RwLock;
 use std::sync::Arc;
 
-use std::collections::HashMap;
 
 use anyhow::*;
 use std::any::type_name;
@@ -662,7 +661,6 @@ impl HnswIo {
         //
         let mut points_by_layer: Vec<Vec<Arc<Point<T>>>> =
             Vec::with_capacity(NB_LAYER_MAX as usize);
-        let mut neighbourhood_map: HashMap<PointId, Vec<Vec<Neighbour>>> = HashMap::new();
         // load max layer
         let mut it_slice = [0u8; ::std::mem::size_of::<u8>()];
         graph_in.read_exact(&mut it_slice)?;
@@ -720,8 +718,7 @@ impl HnswIo {
                     return Err(anyhow!(other));
                 }
 
-                let load_point_res = load_point_res.unwrap();
-                let point = load_point_res.0;
+                let point = load_point_res.unwrap();
                 let p_id = point.get_point_id();
                 // some checks
                 assert_eq!(l, p_id.0 as usize);
@@ -730,8 +727,6 @@ impl HnswIo {
                     debug!("Storing at l {:?}, r {:?}", l, r);
                 }
                 assert_eq!(r, p_id.1 as usize);
-                // store neoghbour info of this point
-                neighbourhood_map.insert(p_id, load_point_res.1);
                 vlayer.push(point);
                 nb_points_loaded += 1;
                 nb_still_to_load -= 1;
@@ -739,37 +734,57 @@ impl HnswIo {
             }
             points_by_layer.push(vlayer);
         }
-        // at this step all points are loaded , but without their neighbours fileds are not yet initialized
-        let mut nbp: usize = 0;
-        for (p_id, neighbours) in &neighbourhood_map {
-            let point = &points_by_layer[p_id.0 as usize][p_id.1 as usize];
-            // quiver patch: a point has lists up to its own level, and above it only where it
-            // has neighbours there (see `Point::empty_layers`).
-            for (l, neighbours) in neighbours.iter().enumerate() {
-                if neighbours.is_empty() {
-                    continue;
-                }
-                {
-                    let mut lists = point.neighbours.write();
-                    if lists.len() <= l {
-                        lists.resize_with(l + 1, Vec::new);
-                    }
-                }
-                for n in neighbours {
-                    let n_point = &points_by_layer[n.p_id.0 as usize][n.p_id.1 as usize];
-                    // now n_point is the Arc<Point> corresponding to neighbour n of point,
-                    // construct a corresponding PointWithOrder
-                    let n_pwo = PointWithOrder::<T>::new(n_point, n.distance);
-                    point.neighbours.write()[l].push(n_pwo);
-                } // end of for n
-                //  must sort
-                point.neighbours.write()[l].sort_unstable();
-            } // end of for l
-            nbp += 1;
-            if nbp.is_multiple_of(500_000) {
-                debug!("reloading nb_points neighbourhood completed : {}", nbp);
+        // quiver patch: all points are loaded, without their lists. The lists are read in a
+        // second pass over the graph file, straight into each point's lists at their exact
+        // length: the reload used to collect every list first (as 24-byte `Neighbour`s in a map,
+        // each point with 16 list headers), then grow the point's lists by pushes, which at a
+        // million points held about 1.1 GB for lists that take 0.4 GB (and left the heap
+        // fragmented at that size). The lists and their order are the same.
+        let mut again = self.init()?;
+        let lists_in: &mut dyn Read = &mut again.graphfile;
+        let mut it_slice = [0u8; ::std::mem::size_of::<u8>()];
+        lists_in.read_exact(&mut it_slice)?;
+        if it_slice[0] != nb_layer {
+            return Err(anyhow!("graph file changed during the reload"));
+        }
+        for layer_points in points_by_layer.iter() {
+            let mut it_slice = [0u8; ::std::mem::size_of::<u32>()];
+            lists_in.read_exact(&mut it_slice)?;
+            if u32::from_ne_bytes(it_slice) != MAGICLAYER {
+                return Err(anyhow!("bad magic at layer beginning"));
             }
-        } // end loop in neighbourhood_map
+            let mut it_slice = [0u8; ::std::mem::size_of::<usize>()];
+            lists_in.read_exact(&mut it_slice)?;
+            if usize::from_ne_bytes(it_slice) != layer_points.len() {
+                return Err(anyhow!("graph file changed during the reload"));
+            }
+            for point in layer_points.iter() {
+                let mut list: Vec<PointWithOrder<T>> = Vec::new();
+                let mut bad = false;
+                let (_, p_id) = read_point_graph(lists_in, descr, |l, nb, j, n, dist| {
+                    if j == 0 {
+                        list = Vec::with_capacity(nb);
+                    }
+                    match points_by_layer.get(n.0 as usize).and_then(|v| v.get(n.1 as usize)) {
+                        Some(n_point) => list.push(PointWithOrder::<T>::new(n_point, dist)),
+                        None => bad = true,
+                    }
+                    if j + 1 == nb {
+                        // A point has lists up to its own level, and above it only where it
+                        // has neighbours there (see `Point::empty_layers`).
+                        list.sort_unstable();
+                        let mut lists = point.neighbours.write();
+                        if lists.len() <= l {
+                            lists.resize_with(l + 1, Vec::new);
+                        }
+                        lists[l] = std::mem::take(&mut list);
+                    }
+                })?;
+                if bad || p_id != point.get_point_id() {
+                    return Err(anyhow!("graph file changed during the reload"));
+                }
+            }
+        }
         //
         // get id of entry_point
         // load entry point
@@ -835,7 +850,7 @@ impl HnswIo {
         data_in: &mut dyn Read,
         point_use_mmap: bool,
         shared: Option<&dyn Fn(usize) -> Option<&'b [T]>>,
-    ) -> Result<(Arc<Point<'b, T>>, Vec<Vec<Neighbour>>)>
+    ) -> Result<Arc<Point<'b, T>>>
     where
         T: 'static + DeserializeOwned + Clone + Sized + Send + Sync + std::fmt::Debug,
         'a: 'b,
@@ -843,12 +858,13 @@ impl HnswIo {
         //
         //    debug!(" point load {:?} {:?}  ", p_id, origin_id);
         // Now  for each layer , read neighbours
-        let load_res = load_point_graph(graph_in, descr);
+        // quiver patch: the lists are skipped here and read in a second pass.
+        let load_res = read_point_graph(graph_in, descr, |_, _, _, _, _| {});
         if load_res.is_err() {
             error!("load_point error reading graph data for point p_id");
             return Err(anyhow!("error reading graph data for point"));
         }
-        let (origin_id, p_id, neighborhood) = load_res.unwrap();
+        let (origin_id, p_id) = load_res.unwrap();
         //
         let borrowed = shared.and_then(|f| f(origin_id));
         let point = match (borrowed, point_use_mmap) {
@@ -879,7 +895,7 @@ impl HnswIo {
             descr.dimension
         );
         //
-        Ok((Arc::new(point), neighborhood))
+        Ok(Arc::new(point))
     } // end of load_point
 } // end of Hnswio
 
@@ -1263,79 +1279,60 @@ fn skip_point_data(origin_id: usize, data_in: &mut dyn Read, _descr: &Descriptio
 //==================================================================================
 
 /// This structure gathers info loaded in dumped graph file for a point.
-type PointGraphInfo = (usize, PointId, Vec<Vec<Neighbour>>);
 
 // This function reads neighbourhood info and returns neighbourhood info.
 // It suppose and requires that the file graph_in is just at beginning of info related to origin_id
-fn load_point_graph(graph_in: &mut dyn Read, descr: &Description) -> Result<PointGraphInfo> {
-    //
-    trace!("in load_point_graph");
-    // read and check magic
+/// quiver patch: reads one point's record from the graph file and returns its origin id and
+/// point id, giving each neighbour to `each` as `(layer, neighbours in that layer, index in
+/// that layer, neighbour's point id, distance)` instead of collecting them (see
+/// `load_point_indexation`).
+fn read_point_graph(
+    graph_in: &mut dyn Read,
+    descr: &Description,
+    mut each: impl FnMut(usize, usize, usize, PointId, f32),
+) -> Result<(DataId, PointId)> {
     let mut it_slice = [0u8; std::mem::size_of::<u32>()];
-    graph_in.read_exact(&mut it_slice).unwrap();
+    graph_in.read_exact(&mut it_slice)?;
     let magic = u32::from_ne_bytes(it_slice);
     if magic != MAGICPOINT {
         error!("got instead of MAGICPOINT {:x}", magic);
         return Err(anyhow!("bad magic at point beginning"));
     }
     let mut it_slice = [0u8; std::mem::size_of::<DataId>()];
-    graph_in.read_exact(&mut it_slice).unwrap();
+    graph_in.read_exact(&mut it_slice)?;
     let origin_id = DataId::from_ne_bytes(it_slice);
-    //
-    // read point_id
     let mut it_slice = [0u8; std::mem::size_of::<u8>()];
-    graph_in.read_exact(&mut it_slice).unwrap();
+    graph_in.read_exact(&mut it_slice)?;
     let layer = u8::from_ne_bytes(it_slice);
-    //
     let mut it_slice = [0u8; std::mem::size_of::<i32>()];
-    graph_in.read_exact(&mut it_slice).unwrap();
+    graph_in.read_exact(&mut it_slice)?;
     let rank_in_l = i32::from_ne_bytes(it_slice);
     let p_id = PointId(layer, rank_in_l);
-    debug!(
-        "in load_point_graph, got origin_id : {}, p_id : {:?}",
-        origin_id, p_id
-    );
-    //
-    // Now  for each layer , read neighbours
-    let nb_layer = descr.nb_layer;
-    let mut neighborhood = Vec::<Vec<Neighbour>>::with_capacity(NB_LAYER_MAX as usize);
-    for _l in 0..nb_layer {
-        let mut neighbour: Neighbour = Default::default();
-        // read nb_neighbour as usize!!! CAUTION, then nb_neighbours times identity(depends on Full or Light) distance : f32
+    for l in 0..descr.nb_layer as usize {
+        // the count is a usize, then per neighbour its origin id, its point id (full dumps
+        // only) and the distance.
         let mut it_slice = [0u8; std::mem::size_of::<usize>()];
-        graph_in.read_exact(&mut it_slice).unwrap();
+        graph_in.read_exact(&mut it_slice)?;
         let nb_neighbours = usize::from_ne_bytes(it_slice);
-        let mut neighborhood_l: Vec<Neighbour> = Vec::with_capacity(nb_neighbours);
-        for _j in 0..nb_neighbours {
+        for j in 0..nb_neighbours {
             let mut it_slice = [0u8; std::mem::size_of::<DataId>()];
-            graph_in.read_exact(&mut it_slice).unwrap();
-            neighbour.d_id = DataId::from_ne_bytes(it_slice);
+            graph_in.read_exact(&mut it_slice)?;
+            let mut n_id = PointId(0, 0);
             if descr.dumpmode == 1 {
                 let mut it_slice = [0u8; std::mem::size_of::<u8>()];
-                graph_in.read_exact(&mut it_slice).unwrap();
-                neighbour.p_id.0 = u8::from_ne_bytes(it_slice);
-                //
+                graph_in.read_exact(&mut it_slice)?;
+                n_id.0 = u8::from_ne_bytes(it_slice);
                 let mut it_slice = [0u8; std::mem::size_of::<i32>()];
-                graph_in.read_exact(&mut it_slice).unwrap();
-                neighbour.p_id.1 = i32::from_ne_bytes(it_slice);
+                graph_in.read_exact(&mut it_slice)?;
+                n_id.1 = i32::from_ne_bytes(it_slice);
             }
             let mut it_slice = [0u8; std::mem::size_of::<f32>()];
-            graph_in.read_exact(&mut it_slice).unwrap();
-            neighbour.distance = f32::from_ne_bytes(it_slice);
-            //  debug!("        voisins  load {:?} {:?} {:?} ", neighbour.p_id, neighbour.d_id , neighbour.distance);
-            // now we have a new neighbour, we must really fill neighbourhood info, so it means going from Neighbour to PointWithOrder
-            neighborhood_l.push(neighbour);
+            graph_in.read_exact(&mut it_slice)?;
+            each(l, nb_neighbours, j, n_id, f32::from_ne_bytes(it_slice));
         }
-        neighborhood.push(neighborhood_l);
     }
-    for _l in nb_layer..NB_LAYER_MAX {
-        neighborhood.push(Vec::<Neighbour>::new());
-    }
-    //
-    let point_grap_info = (origin_id, p_id, neighborhood);
-    //
-    Ok(point_grap_info)
-} // end of load_point_graph
+    Ok((origin_id, p_id))
+} // end of read_point_graph
 
 //
 // dump and load of PointIndexation<T>
