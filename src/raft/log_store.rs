@@ -23,6 +23,11 @@ pub struct LogStore {
     meta: sled::Tree,
 }
 
+/// The log index a key holds (big-endian), or `None` for a key that is not 8 bytes.
+fn index_of(key: &[u8]) -> Option<u64> {
+    key.try_into().ok().map(u64::from_be_bytes)
+}
+
 fn read_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::read_logs(&e).into()
 }
@@ -60,16 +65,6 @@ impl LogStore {
         Ok(())
     }
 
-    /// The index of the entry `first()` or `last()` found.
-    fn edge(
-        &self,
-        found: sled::Result<Option<(sled::IVec, sled::IVec)>>,
-    ) -> Result<Option<u64>, StorageError<NodeId>> {
-        Ok(found
-            .map_err(read_err)?
-            .and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes)))
-    }
-
     /// Removes the entries `from..=to` by key (the log's indexes are contiguous), a few per
     /// batch. sled reads a leaf, values and all, to remove a key from it, and an entry holds up
     /// to 4,096 points: one batch removing the 1,000 entries a snapshot purges (half a million
@@ -77,20 +72,21 @@ impl LogStore {
     /// batches let the page cache drop each leaf before the next is read (issue 10).
     fn remove_indexes(&self, from: u64, to: u64) -> Result<(), StorageError<NodeId>> {
         const PER_BATCH: u64 = 8;
-        let mut at = from;
-        while at <= to {
-            let end = to.min(at.saturating_add(PER_BATCH - 1));
+        for at in (from..=to).step_by(PER_BATCH as usize) {
             let mut batch = sled::Batch::default();
-            for i in at..=end {
+            for i in at..=to.min(at.saturating_add(PER_BATCH - 1)) {
                 batch.remove(&i.to_be_bytes());
             }
             self.log.apply_batch(batch).map_err(write_err)?;
-            at = match end.checked_add(1) {
-                Some(next) => next,
-                None => break,
-            };
         }
         Ok(())
+    }
+
+    /// The index of the entry `first()` or `last()` found.
+    fn edge(
+        found: sled::Result<Option<(sled::IVec, sled::IVec)>>,
+    ) -> Result<Option<u64>, StorageError<NodeId>> {
+        Ok(found.map_err(read_err)?.and_then(|(k, _)| index_of(&k)))
     }
 
     /// True when this node has never voted nor logged anything (a fresh data dir).
@@ -112,7 +108,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         for kv in self.log.range(start.to_be_bytes()..) {
             let (k, v) = kv.map_err(read_err)?;
-            let idx = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0xff; 8]));
+            let idx = index_of(&k).unwrap_or(u64::MAX);
             if !range.contains(&idx) {
                 break;
             }
@@ -190,7 +186,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError<NodeId>> {
-        if let Some(last) = self.edge(self.log.last())? {
+        if let Some(last) = Self::edge(self.log.last())? {
             self.remove_indexes(log_id.index, last)?;
         }
         self.db.flush_async().await.map_err(write_err)?;
@@ -201,7 +197,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta
             .insert(PURGED, encode(&log_id))
             .map_err(write_err)?;
-        if let Some(first) = self.edge(self.log.first())? {
+        if let Some(first) = Self::edge(self.log.first())? {
             self.remove_indexes(first, log_id.index)?;
         }
         self.db.flush_async().await.map_err(write_err)?;

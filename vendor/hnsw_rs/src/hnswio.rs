@@ -30,7 +30,6 @@ use std::path::{Path, PathBuf};
 use parking_lot::RwLock;
 use std::sync::Arc;
 
-
 use anyhow::*;
 use std::any::type_name;
 
@@ -671,21 +670,15 @@ impl HnswIo {
         }
         //
         let mut nb_points_loaded: usize = 0;
+        // quiver patch: one buffer for every point's neighbours as `read_point_graph` reads them.
+        let mut scratch: Vec<(PointId, f32)> = Vec::new();
         let mut nb_still_to_load = descr.nb_point as i64;
         let (use_mmap, max_nbpoint_in_memory) = self.options.use_mmap();
         //
         for l in 0..nb_layer as usize {
             // read and check magic
             debug!("loading layer {:?}", l);
-            let mut it_slice = [0u8; ::std::mem::size_of::<u32>()];
-            graph_in.read_exact(&mut it_slice)?;
-            let magic = u32::from_ne_bytes(it_slice);
-            if magic != MAGICLAYER {
-                return Err(anyhow!("bad magic at layer beginning"));
-            }
-            let mut it_slice = [0u8; ::std::mem::size_of::<usize>()];
-            graph_in.read_exact(&mut it_slice)?;
-            let nbpoints = usize::from_ne_bytes(it_slice);
+            let nbpoints = read_layer_header(graph_in)?;
             debug!(" layer {:?} , nb points {:?}", l, nbpoints);
             let mut vlayer: Vec<Arc<Point<T>>> = Vec::with_capacity(nbpoints);
             // load graph and data part of point. Points are dumped in the same order.
@@ -711,8 +704,14 @@ impl HnswIo {
                         }
                     }
                 };
-                let load_point_res =
-                    self.load_point(graph_in, descr, data_in, point_use_mmap, shared);
+                let load_point_res = self.load_point(
+                    graph_in,
+                    descr,
+                    data_in,
+                    point_use_mmap,
+                    shared,
+                    &mut scratch,
+                );
                 if let Err(other) = load_point_res {
                     error!("in load_point_indexation, loading of point {} failed", r);
                     return Err(anyhow!(other));
@@ -748,37 +747,30 @@ impl HnswIo {
             return Err(anyhow!("graph file changed during the reload"));
         }
         for layer_points in points_by_layer.iter() {
-            let mut it_slice = [0u8; ::std::mem::size_of::<u32>()];
-            lists_in.read_exact(&mut it_slice)?;
-            if u32::from_ne_bytes(it_slice) != MAGICLAYER {
-                return Err(anyhow!("bad magic at layer beginning"));
-            }
-            let mut it_slice = [0u8; ::std::mem::size_of::<usize>()];
-            lists_in.read_exact(&mut it_slice)?;
-            if usize::from_ne_bytes(it_slice) != layer_points.len() {
+            if read_layer_header(lists_in)? != layer_points.len() {
                 return Err(anyhow!("graph file changed during the reload"));
             }
             for point in layer_points.iter() {
-                let mut list: Vec<PointWithOrder<T>> = Vec::new();
                 let mut bad = false;
-                let (_, p_id) = read_point_graph(lists_in, descr, |l, nb, j, n, dist| {
-                    if j == 0 {
-                        list = Vec::with_capacity(nb);
+                let (_, p_id) = read_point_graph(lists_in, descr, &mut scratch, |l, neighbours| {
+                    // A point has lists up to its own level, and above it only where it has
+                    // neighbours there (see `Point::empty_layers`).
+                    if neighbours.is_empty() {
+                        return;
                     }
-                    match points_by_layer.get(n.0 as usize).and_then(|v| v.get(n.1 as usize)) {
-                        Some(n_point) => list.push(PointWithOrder::<T>::new(n_point, dist)),
-                        None => bad = true,
-                    }
-                    if j + 1 == nb {
-                        // A point has lists up to its own level, and above it only where it
-                        // has neighbours there (see `Point::empty_layers`).
-                        list.sort_unstable();
-                        let mut lists = point.neighbours.write();
-                        if lists.len() <= l {
-                            lists.resize_with(l + 1, Vec::new);
+                    let mut list = Vec::with_capacity(neighbours.len());
+                    for &(n, dist) in neighbours {
+                        match points_by_layer.get(n.0 as usize).and_then(|v| v.get(n.1 as usize)) {
+                            Some(n_point) => list.push(PointWithOrder::<T>::new(n_point, dist)),
+                            None => bad = true,
                         }
-                        lists[l] = std::mem::take(&mut list);
                     }
+                    list.sort_unstable();
+                    let mut lists = point.neighbours.write();
+                    if lists.len() <= l {
+                        lists.resize_with(l + 1, Vec::new);
+                    }
+                    lists[l] = list;
                 })?;
                 if bad || p_id != point.get_point_id() {
                     return Err(anyhow!("graph file changed during the reload"));
@@ -850,6 +842,7 @@ impl HnswIo {
         data_in: &mut dyn Read,
         point_use_mmap: bool,
         shared: Option<&dyn Fn(usize) -> Option<&'b [T]>>,
+        scratch: &mut Vec<(PointId, f32)>,
     ) -> Result<Arc<Point<'b, T>>>
     where
         T: 'static + DeserializeOwned + Clone + Sized + Send + Sync + std::fmt::Debug,
@@ -859,7 +852,7 @@ impl HnswIo {
         //    debug!(" point load {:?} {:?}  ", p_id, origin_id);
         // Now  for each layer , read neighbours
         // quiver patch: the lists are skipped here and read in a second pass.
-        let load_res = read_point_graph(graph_in, descr, |_, _, _, _, _| {});
+        let load_res = read_point_graph(graph_in, descr, scratch, |_, _| {});
         if load_res.is_err() {
             error!("load_point error reading graph data for point p_id");
             return Err(anyhow!("error reading graph data for point"));
@@ -1278,18 +1271,28 @@ fn skip_point_data(origin_id: usize, data_in: &mut dyn Read, _descr: &Descriptio
 
 //==================================================================================
 
-/// This structure gathers info loaded in dumped graph file for a point.
+/// quiver patch: reads a layer's header (its magic and its number of points) and returns the
+/// number of points.
+fn read_layer_header(graph_in: &mut dyn Read) -> Result<usize> {
+    let mut it_slice = [0u8; ::std::mem::size_of::<u32>()];
+    graph_in.read_exact(&mut it_slice)?;
+    if u32::from_ne_bytes(it_slice) != MAGICLAYER {
+        return Err(anyhow!("bad magic at layer beginning"));
+    }
+    let mut it_slice = [0u8; ::std::mem::size_of::<usize>()];
+    graph_in.read_exact(&mut it_slice)?;
+    Ok(usize::from_ne_bytes(it_slice))
+}
 
-// This function reads neighbourhood info and returns neighbourhood info.
-// It suppose and requires that the file graph_in is just at beginning of info related to origin_id
-/// quiver patch: reads one point's record from the graph file and returns its origin id and
-/// point id, giving each neighbour to `each` as `(layer, neighbours in that layer, index in
-/// that layer, neighbour's point id, distance)` instead of collecting them (see
-/// `load_point_indexation`).
+/// quiver patch: reads one point's record from the graph file (which must be at its start) and
+/// returns its origin id and point id, giving each layer's neighbours to `each_layer` as
+/// `(layer, [(neighbour's point id, distance)])` read into `scratch`, instead of collecting them
+/// (see `load_point_indexation`).
 fn read_point_graph(
     graph_in: &mut dyn Read,
     descr: &Description,
-    mut each: impl FnMut(usize, usize, usize, PointId, f32),
+    scratch: &mut Vec<(PointId, f32)>,
+    mut each_layer: impl FnMut(usize, &[(PointId, f32)]),
 ) -> Result<(DataId, PointId)> {
     let mut it_slice = [0u8; std::mem::size_of::<u32>()];
     graph_in.read_exact(&mut it_slice)?;
@@ -1314,7 +1317,8 @@ fn read_point_graph(
         let mut it_slice = [0u8; std::mem::size_of::<usize>()];
         graph_in.read_exact(&mut it_slice)?;
         let nb_neighbours = usize::from_ne_bytes(it_slice);
-        for j in 0..nb_neighbours {
+        scratch.clear();
+        for _ in 0..nb_neighbours {
             let mut it_slice = [0u8; std::mem::size_of::<DataId>()];
             graph_in.read_exact(&mut it_slice)?;
             let mut n_id = PointId(0, 0);
@@ -1328,8 +1332,9 @@ fn read_point_graph(
             }
             let mut it_slice = [0u8; std::mem::size_of::<f32>()];
             graph_in.read_exact(&mut it_slice)?;
-            each(l, nb_neighbours, j, n_id, f32::from_ne_bytes(it_slice));
+            scratch.push((n_id, f32::from_ne_bytes(it_slice)));
         }
+        each_layer(l, scratch);
     }
     Ok((origin_id, p_id))
 } // end of read_point_graph
