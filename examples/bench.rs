@@ -17,7 +17,13 @@ use clap::Parser;
 use quiver::config::Config;
 use quiver::dataset::{percentile, read_fvecs, read_ivecs, recall_at};
 use quiver::engine::SearchParams;
-use quiver::model::{CollectionConfig, HnswConfig, Metric, PointId, PointInput, SearchRequest};
+use quiver::model::{
+    CollectionConfig, HnswConfig, Metric, PointId, PointInput, Quantization, SearchRequest,
+};
+
+fn parse_quantization(s: &str) -> Result<Quantization, String> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|e| e.to_string())
+}
 use quiver::node::Node;
 use quiver_client::Client;
 
@@ -52,6 +58,9 @@ struct Args {
     /// HNSW m.
     #[arg(long, default_value_t = HnswConfig::default().m)]
     m: usize,
+    /// The collection's quantisation (`none` or `int8`).
+    #[arg(long, default_value = "none", value_parser = parse_quantization)]
+    quantization: Quantization,
     /// The server's backpressure bound (points outside the graph before writes wait).
     #[arg(long, default_value_t = 20_000)]
     max_unindexed: u64,
@@ -294,6 +303,7 @@ fn main() -> anyhow::Result<()> {
             m: args.m,
             ef_construction: args.ef_construction,
         },
+        quantization: args.quantization,
     };
     let n = base.len();
     let (ingest_secs, build_secs) = client_rt.block_on(async {
@@ -555,6 +565,7 @@ fn replication(
             m: args.m,
             ef_construction: args.ef_construction,
         },
+        quantization: args.quantization,
     };
     client_rt.block_on(Client::new(&leader.url(), None)?.create_collection(COLLECTION, &ccfg))?;
     let (secs, last) = client_rt.block_on(ingest_all(

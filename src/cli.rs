@@ -8,7 +8,9 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use quiver_client::Client;
 
-use crate::model::{CollectionConfig, Consistency, Metric, PointId, PointInput, SearchRequest};
+use crate::model::{
+    CollectionConfig, Consistency, Metric, PointId, PointInput, Quantization, SearchRequest,
+};
 
 #[derive(Parser)]
 pub struct DeriveArgs {
@@ -64,6 +66,9 @@ pub struct ImportArgs {
     /// Create the collection first (idempotent) with this metric; the dimension comes from the file.
     #[arg(long, value_enum)]
     create: Option<MetricArg>,
+    /// With `--create`: keep int8 codes in memory and the full vectors on disk.
+    #[arg(long, value_enum, default_value = "none")]
+    quantization: QuantizationArg,
     /// Points per request.
     #[arg(long, default_value_t = 500)]
     batch: usize,
@@ -83,6 +88,21 @@ enum MetricArg {
     Cosine,
     L2,
     Dot,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QuantizationArg {
+    None,
+    Int8,
+}
+
+impl From<QuantizationArg> for Quantization {
+    fn from(q: QuantizationArg) -> Quantization {
+        match q {
+            QuantizationArg::None => Quantization::None,
+            QuantizationArg::Int8 => Quantization::Int8,
+        }
+    }
 }
 
 impl From<MetricArg> for Metric {
@@ -213,7 +233,10 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.target.url, args.target.api_key.clone())?;
     let name = args.target.collection.clone();
     if let Some(metric) = args.create {
-        let config = CollectionConfig::new(points[0].vector.len(), metric.into());
+        let config = CollectionConfig {
+            quantization: args.quantization.into(),
+            ..CollectionConfig::new(points[0].vector.len(), metric.into())
+        };
         client.create_collection(&name, &config).await?;
     }
     let bar = ProgressBar::new(points.len() as u64);

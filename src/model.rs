@@ -188,6 +188,53 @@ pub enum ApplyError {
 mod tests {
     use super::*;
 
+    /// A config written before `quantization` existed (its bincode layout then) still decodes,
+    /// unquantised; a quantised one round-trips in bincode and in JSON, where the field is left
+    /// out at its default.
+    #[test]
+    fn configs_keep_their_bincode_layout_and_round_trip() {
+        #[derive(Serialize)]
+        struct Before {
+            dim: usize,
+            metric: Metric,
+            hnsw: HnswConfig,
+        }
+        let old = bincode::serialize(&Before {
+            dim: 384,
+            metric: Metric::Dot,
+            hnsw: HnswConfig::default(),
+        })
+        .unwrap();
+        let plain = CollectionConfig::new(384, Metric::Dot);
+        assert_eq!(bincode::serialize(&plain).unwrap(), old);
+        assert_eq!(
+            bincode::deserialize::<CollectionConfig>(&old).unwrap(),
+            plain
+        );
+        for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
+            let q = CollectionConfig {
+                quantization: Quantization::Int8,
+                ..CollectionConfig::new(7, metric)
+            };
+            let bytes = bincode::serialize(&q).unwrap();
+            assert_eq!(bytes.len(), old.len());
+            assert_eq!(bincode::deserialize::<CollectionConfig>(&bytes).unwrap(), q);
+            let json = serde_json::to_value(q).unwrap();
+            assert_eq!(json["quantization"], "int8");
+            assert_eq!(serde_json::from_value::<CollectionConfig>(json).unwrap(), q);
+        }
+        let json = serde_json::to_value(plain).unwrap();
+        assert!(json.get("quantization").is_none());
+        // An unknown kind or metric tag is an error, not a silent default.
+        let mut bad = old.clone();
+        bad[8..12].copy_from_slice(&(2u32 + 256 * 9).to_le_bytes());
+        assert!(bincode::deserialize::<CollectionConfig>(&bad).is_err());
+        let e = serde_json::from_value::<CollectionConfig>(
+            serde_json::json!({"dim": 3, "metric": "l2", "quantization": "int4"}),
+        );
+        assert!(e.is_err());
+    }
+
     fn point(i: u64, dim: usize) -> PointWrite {
         PointWrite {
             id: PointId::Num(i),

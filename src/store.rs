@@ -51,17 +51,15 @@ pub struct CollectionMeta {
 /// bytes), with the vector validated and normalised for cosine and the payload as JSON text.
 pub type StoredPoint = crate::model::PointWrite;
 
-/// A collection as loaded: its id, metadata and points in internal-id order.
-pub type LoadedCollection = (u64, CollectionMeta, Vec<(u64, StoredPoint)>);
-
-/// Everything persisted, as read at start-up.
+/// Everything persisted but the points, as read at start-up (points are read per collection,
+/// one at a time, with [`Store::points`]).
 pub struct Loaded {
     /// Last applied log index.
     pub applied: u64,
     /// Next collection id.
     pub next_cid: u64,
-    /// Collections with their points in internal-id order.
-    pub collections: Vec<LoadedCollection>,
+    /// Collections: id and metadata.
+    pub collections: Vec<(u64, CollectionMeta)>,
 }
 
 /// Handle to the sled database (cheap to clone).
@@ -194,7 +192,7 @@ impl Store {
         Ok(())
     }
 
-    /// Reads the whole state at start-up.
+    /// Reads the state at start-up, but for the points.
     pub fn load(&self) -> Result<Loaded> {
         let applied = match self.state.get(APPLIED)? {
             Some(v) => be_u64(&v)?,
@@ -209,20 +207,25 @@ impl Store {
             let (k, v) = kv?;
             let cid = be_u64(&k[2..])?;
             let meta: CollectionMeta = decode(&v)?;
-            let mut points = Vec::new();
-            let mut prefix = [0u8; 10];
-            prefix[..2].copy_from_slice(b"p:");
-            prefix[2..].copy_from_slice(&cid.to_be_bytes());
-            for kv in self.state.scan_prefix(prefix) {
-                let (k, v) = kv?;
-                points.push((be_u64(&k[10..])?, decode::<StoredPoint>(&v)?));
-            }
-            collections.push((cid, meta, points));
+            collections.push((cid, meta));
         }
         Ok(Loaded {
             applied,
             next_cid,
             collections,
+        })
+    }
+
+    /// The points of collection `cid` in internal-id order, read one at a time: a start-up never
+    /// holds all of them at once beside what the collection keeps (a quantised collection keeps a
+    /// quarter of each vector).
+    pub fn points(&self, cid: u64) -> impl Iterator<Item = Result<(u64, StoredPoint)>> + '_ {
+        let mut prefix = [0u8; 10];
+        prefix[..2].copy_from_slice(b"p:");
+        prefix[2..].copy_from_slice(&cid.to_be_bytes());
+        self.state.scan_prefix(prefix).map(|kv| {
+            let (k, v) = kv?;
+            Ok((be_u64(&k[10..])?, decode::<StoredPoint>(&v)?))
         })
     }
 
@@ -473,6 +476,7 @@ mod tests {
             dim: 2,
             metric: Metric::L2,
             hnsw: HnswConfig::default(),
+            quantization: Default::default(),
         };
         let meta = CollectionMeta {
             name: "a".into(),
@@ -502,9 +506,10 @@ mod tests {
         assert_eq!(l.applied, 7);
         assert_eq!(l.next_cid, 2);
         assert_eq!(l.collections.len(), 1);
-        assert_eq!(l.collections[0].1, meta);
-        assert_eq!(l.collections[0].2.len(), 2);
-        assert_eq!(l.collections[0].2[1].1.vector, vec![1.0, 1.0]);
+        assert_eq!(l.collections[0], (1, meta));
+        let points: Vec<_> = s.points(1).collect::<Result<_>>().unwrap();
+        assert_eq!(points.len(), 2);
+        assert_eq!(points[1].1.vector, vec![1.0, 1.0]);
     }
 
     /// Counts what is written and keeps the first bytes.

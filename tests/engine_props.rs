@@ -1,8 +1,8 @@
 //! Property tests of the engine against a brute-force model:
 //! - random create / upsert / delete / drop / search sequences: every reply and every exact
-//!   search equals the model's;
+//!   search equals the model's (one of the two collections is quantised);
 //! - two engines fed the same commands return identical (HNSW) results;
-//! - HNSW recall@10 ≥ 0.9 on random data;
+//! - HNSW recall@10 ≥ 0.9 on random data, with and without int8 quantisation;
 //! - a reopened engine holds the same data.
 
 use std::collections::BTreeMap;
@@ -12,12 +12,16 @@ use proptest::prelude::*;
 use quiver::engine::{Engine, EngineOptions, SearchParams};
 use quiver::index::{dot, l2_squared, normalize};
 use quiver::model::{
-    CollectionConfig, Command, DeleteSelector, HnswConfig, Metric, PointId, PointWrite, Reply,
+    CollectionConfig, Command, DeleteSelector, HnswConfig, Metric, PointId, PointWrite,
+    Quantization, Reply,
 };
 use quiver_client::filter::Filter;
 
 const DIM: usize = 4;
 const NAMES: [&str; 2] = ["a", "b"];
+/// How each collection stores its vectors: "b" is quantised, so that every property holds for
+/// int8 codes with their full vectors on disk as well.
+const QUANTIZED: [Quantization; 2] = [Quantization::None, Quantization::Int8];
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -83,6 +87,7 @@ fn command(op: &Op, model: &Model) -> Option<Command> {
                     m: 8,
                     ef_construction: 32,
                 },
+                quantization: QUANTIZED[*c],
             },
         },
         Op::Drop(c) => Command::DeleteCollection {
@@ -309,33 +314,89 @@ fn random_vectors(seed: u64, n: usize, dim: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
+fn recall_at_10_is_at_least_0_9(
+    seed: u64,
+    metric: Metric,
+    quantization: Quantization,
+) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(opts(dir.path())).unwrap();
+    let (n, dim) = (2_000, 16);
+    let config = CollectionConfig {
+        quantization,
+        ..CollectionConfig::new(dim, metric)
+    };
+    e.apply(&[(
+        1,
+        Command::CreateCollection {
+            name: "r".into(),
+            config,
+        },
+    )])
+    .unwrap();
+    let mut data = random_vectors(seed, n + 50, dim);
+    if metric == Metric::Cosine {
+        data.iter_mut().for_each(|v| {
+            normalize(v);
+        });
+    }
+    let points = data[..n]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| PointWrite {
+            id: PointId::Num(i as u64),
+            vector: v.clone(),
+            payload: None,
+        })
+        .collect();
+    e.apply(&[(
+        2,
+        Command::Upsert {
+            collection: "r".into(),
+            points,
+        },
+    )])
+    .unwrap();
+    prop_assert!(e.wait_indexed(Duration::from_secs(60)));
+    let mut total = 0.0;
+    for q in &data[n..] {
+        let approx = e
+            .search("r", &params(q, 10, None, metric, false).unwrap())
+            .unwrap();
+        let exact = e
+            .search("r", &params(q, 10, None, metric, true).unwrap())
+            .unwrap();
+        let want: std::collections::HashSet<_> = exact.iter().map(|h| h.id.clone()).collect();
+        total += approx.iter().filter(|h| want.contains(&h.id)).count() as f64 / 10.0;
+    }
+    let recall = total / 50.0;
+    prop_assert!(
+        recall >= 0.9,
+        "recall@10 {recall} for {metric:?}, {quantization:?}"
+    );
+    // Scores are exact whatever the graph holds: the same ids score the same either way.
+    if quantization == Quantization::Int8 {
+        let q = &data[n];
+        let mut p = params(q, 10, None, metric, false).unwrap();
+        p.with_vector = true;
+        for h in e.search("r", &p).unwrap() {
+            let PointId::Num(i) = h.id else {
+                unreachable!()
+            };
+            prop_assert_eq!(h.vector.as_deref(), Some(&data[i as usize][..]));
+            prop_assert_eq!(h.score, model_score(metric, &p.vector, &data[i as usize]));
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
 
     #[test]
     fn hnsw_recall_at_10_is_at_least_0_9(seed in 1u64..u64::MAX, metric in metric()) {
-        let dir = tempfile::tempdir().unwrap();
-        let e = Engine::open(opts(dir.path())).unwrap();
-        let (n, dim) = (2_000, 16);
-        let config = CollectionConfig::new(dim, metric);
-        e.apply(&[(1, Command::CreateCollection { name: "r".into(), config })]).unwrap();
-        let mut data = random_vectors(seed, n + 50, dim);
-        if metric == Metric::Cosine {
-            data.iter_mut().for_each(|v| { normalize(v); });
+        for quantization in [Quantization::None, Quantization::Int8] {
+            recall_at_10_is_at_least_0_9(seed, metric, quantization)?;
         }
-        let points = data[..n].iter().enumerate()
-            .map(|(i, v)| PointWrite { id: PointId::Num(i as u64), vector: v.clone(), payload: None })
-            .collect();
-        e.apply(&[(2, Command::Upsert { collection: "r".into(), points })]).unwrap();
-        prop_assert!(e.wait_indexed(Duration::from_secs(60)));
-        let mut total = 0.0;
-        for q in &data[n..] {
-            let approx = e.search("r", &params(q, 10, None, metric, false).unwrap()).unwrap();
-            let exact = e.search("r", &params(q, 10, None, metric, true).unwrap()).unwrap();
-            let want: std::collections::HashSet<_> = exact.iter().map(|h| h.id.clone()).collect();
-            total += approx.iter().filter(|h| want.contains(&h.id)).count() as f64 / 10.0;
-        }
-        let recall = total / 50.0;
-        prop_assert!(recall >= 0.9, "recall@10 {recall} for {metric:?}");
     }
 }

@@ -1274,3 +1274,89 @@ async fn raft_rpc_for_another_node_id_is_refused() {
     // Addressed to this node, the (undecodable) request reaches Raft's decoder.
     assert_eq!(send(me).await.unwrap().status(), 400);
 }
+
+/// A JSON array of numbers as the f32s they were written from.
+fn floats(v: &Value) -> Vec<f32> {
+    serde_json::from_value(v.clone()).unwrap()
+}
+
+/// Issue 10: an int8 collection keeps codes in memory and its vectors on disk; what a client sees
+/// is unchanged: the vectors it wrote, exact scores, and its config with `quantization`.
+#[tokio::test]
+async fn int8_collections_answer_with_the_exact_vectors_and_scores() {
+    let h = Harness::start().await;
+    let config = json!({"dim": 8, "metric": "l2", "quantization": "int8"});
+    let (s, b) = h.call("PUT", "/collections/q", Some(config.clone())).await;
+    assert_eq!((s, &b["created"]), (StatusCode::OK, &json!(true)), "{b}");
+    let (s, b) = h.call("PUT", "/collections/q", Some(config)).await;
+    assert_eq!((s, &b["created"]), (StatusCode::OK, &json!(false)), "{b}");
+    // The same collection unquantised is another config.
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/collections/q",
+            Some(json!({"dim": 8, "metric": "l2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_field_error(
+        h.call(
+            "PUT",
+            "/collections/r",
+            Some(json!({"dim": 8, "metric": "l2", "quantization": "int4"})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "quantization",
+    );
+    let (s, b) = h.call("GET", "/collections/q", None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["config"]["quantization"], "int8", "{b}");
+
+    let vector = |i: usize| -> Vec<f32> {
+        (0..8)
+            .map(|j| ((i * 31 + j * 7) as f32 * 0.173).sin() * (1.0 + i as f32 / 100.0))
+            .collect()
+    };
+    let points: Vec<Value> = (0..600)
+        .map(|i| json!({"id": i, "vector": vector(i), "payload": {"i": i}}))
+        .collect();
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/collections/q/points",
+            Some(json!({ "points": points })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let q: Vec<f32> = vector(1_000);
+    for exact in [false, true] {
+        let (s, b) = h
+            .call(
+                "POST",
+                "/collections/q/points/search",
+                Some(json!({"vector": q, "k": 5, "with_vector": true, "exact": exact})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let hits = b["hits"].as_array().unwrap();
+        assert_eq!(hits.len(), 5, "{b}");
+        for hit in hits {
+            let i = hit["id"].as_u64().unwrap() as usize;
+            let v = vector(i);
+            let want = quiver::index::l2_squared(&q, &v).sqrt();
+            assert_eq!(hit["score"].as_f64().unwrap() as f32, want, "{hit}");
+            assert_eq!(floats(&hit["vector"]), v, "{hit}");
+        }
+    }
+    let (s, b) = h
+        .call(
+            "POST",
+            "/collections/q/points/get",
+            Some(json!({"ids": [599, 0]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(floats(&b["points"][0]["vector"]), vector(599));
+    assert_eq!(floats(&b["points"][1]["vector"]), vector(0));
+}

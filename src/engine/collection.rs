@@ -20,8 +20,9 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use serde_json::Value;
 
 use super::payload_index::PayloadIndex;
+use super::vectors::VectorFile;
 use crate::filter::Filter;
-use crate::index::{lower_priority, score, Graph, GraphMeta, Scored, BLOCK};
+use crate::index::{lower_priority, score, AnyGraph, GraphMeta, Scored, Stored, BLOCK};
 use crate::model::{
     ApplyError, CollectionConfig, CollectionInfo, Hit, Metric, PointId, PointRecord, PointWrite,
 };
@@ -45,12 +46,15 @@ pub struct CollectionOptions {
     pub dump_after_inserts: u64,
     /// Collections with at most this many live points are always searched exactly.
     pub exact_below: usize,
+    /// Where quantised collections keep their full vectors (one file per collection id).
+    pub vector_dir: PathBuf,
 }
 
 /// A point held in memory. A tombstone keeps `vector` (the graph may still need it) but no id.
 struct Slot {
     ext: Option<PointId>,
-    vector: Option<Arc<[f32]>>,
+    /// The vector, or in a quantised collection its code (the vector is in [`VectorFile`]).
+    vector: Option<Stored>,
     /// The payload as the log carries it (compact JSON text), parsed only when read: a parsed
     /// `Value` costs at least a map node (about 600 bytes) per point, the text its own length
     /// (issue 10). Filters that the payload index narrows parse only its candidates.
@@ -74,7 +78,7 @@ struct State {
 
 struct RebuildJob {
     generation: u64,
-    base: Vec<(u64, Arc<[f32]>)>,
+    base: Vec<(u64, Stored)>,
     since: u64,
 }
 
@@ -83,7 +87,7 @@ struct Control {
     stop: bool,
     generation: u64,
     job: Option<RebuildJob>,
-    built: Option<(u64, Graph)>,
+    built: Option<(u64, AnyGraph)>,
     rebuilding: bool,
     /// With `stop`: exit without the final dump (the collection is being destroyed).
     discard: bool,
@@ -95,7 +99,9 @@ struct Shared {
     config: CollectionConfig,
     opts: CollectionOptions,
     state: RwLock<State>,
-    graph: RwLock<Arc<Graph>>,
+    graph: RwLock<Arc<AnyGraph>>,
+    /// The full vectors of a quantised collection.
+    full: Option<VectorFile>,
     next_iid: AtomicU64,
     ctl: Mutex<Control>,
     wake: Condvar,
@@ -118,8 +124,9 @@ pub struct Collection {
     indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// A live point as a snapshot sees it: iid, id, and shared handles to its vector and payload.
-pub type SharedPoint = (u64, PointId, Arc<[f32]>, Option<Arc<str>>);
+/// A live point as a snapshot sees it: iid, id, and shared handles to its vector (or code: see
+/// [`Collection::vector`]) and payload.
+pub type SharedPoint = (u64, PointId, Stored, Option<Arc<str>>);
 
 /// A validated search, ready to run.
 #[derive(Clone, Debug)]
@@ -274,13 +281,15 @@ impl Collection {
     pub fn open(
         id: u64,
         meta: &CollectionMeta,
-        points: Vec<(u64, StoredPoint)>,
+        points: impl Iterator<Item = crate::error::Result<(u64, StoredPoint)>>,
         opts: CollectionOptions,
-    ) -> Collection {
+    ) -> crate::error::Result<Collection> {
         let mut slots: Vec<Slot> = Vec::with_capacity(meta.next_iid as usize);
-        let mut by_ext = HashMap::with_capacity(points.len());
+        let mut by_ext = HashMap::new();
+        let full = VectorFile::of(id, &meta.config, &opts.vector_dir);
         let mut payloads = PayloadIndex::new();
-        for (iid, p) in points {
+        for point in points {
+            let (iid, p) = point?;
             while (slots.len() as u64) < iid {
                 slots.push(Slot {
                     ext: None,
@@ -294,7 +303,7 @@ impl Collection {
             by_ext.insert(p.id.clone(), iid);
             slots.push(Slot {
                 ext: Some(p.id),
-                vector: Some(p.vector.into()),
+                vector: Some(keep_vector(full.as_ref(), &meta.config, iid, p.vector)),
                 payload: p.payload.map(Arc::from),
             });
         }
@@ -308,18 +317,18 @@ impl Collection {
         let live = by_ext.len();
         let dir = opts.graph_dir.join(id.to_string());
         let vector_of = |iid: u64| slots.get(iid as usize).and_then(|s| s.vector.clone());
-        let graph = match Graph::load(&dir, &meta.config, &vector_of) {
+        let graph = match AnyGraph::load(&dir, &meta.config, &vector_of) {
             Some((g, m)) if m.collection_id == id && m.watermark <= meta.next_iid => {
                 tracing::info!(collection = %meta.name, watermark = m.watermark, points = g.len(), "graph dump loaded");
                 g
             }
             Some((_, m)) => {
                 tracing::info!(collection = %meta.name, dump = m.watermark, applied = meta.next_iid, "graph dump does not match the store; rebuilding");
-                Graph::new(&meta.config, live, 0, meta.epoch_since)
+                AnyGraph::new(&meta.config, live, 0, meta.epoch_since)
             }
-            None => Graph::new(&meta.config, live, 0, meta.epoch_since),
+            None => AnyGraph::new(&meta.config, live, 0, meta.epoch_since),
         };
-        let pending_rebuild = graph.epoch_since < meta.epoch_since;
+        let pending_rebuild = graph.epoch_since() < meta.epoch_since;
         let state = State {
             slots,
             by_ext,
@@ -328,14 +337,14 @@ impl Collection {
             epoch_since: meta.epoch_since,
             epoch_total: meta.epoch_total,
         };
-        let c = Collection::start(id, meta, state, graph, opts);
+        let c = Collection::start(id, meta, state, graph, full, opts);
         if pending_rebuild {
             let st = c.shared.state.read();
             let job = c.shared.rebuild_job(&st, meta.epoch_since);
             drop(st);
             c.shared.submit_rebuild(job);
         }
-        c
+        Ok(c)
     }
 
     /// A new, empty collection.
@@ -361,15 +370,17 @@ impl Collection {
             epoch_since: 0,
             epoch_total: 0,
         };
-        let graph = Graph::new(&config, 0, 0, 0);
-        Collection::start(id, &meta, state, graph, opts)
+        let graph = AnyGraph::new(&config, 0, 0, 0);
+        let full = VectorFile::of(id, &config, &opts.vector_dir);
+        Collection::start(id, &meta, state, graph, full, opts)
     }
 
     fn start(
         id: u64,
         meta: &CollectionMeta,
         state: State,
-        graph: Graph,
+        graph: AnyGraph,
+        full: Option<VectorFile>,
         opts: CollectionOptions,
     ) -> Collection {
         let shared = Arc::new(Shared {
@@ -380,6 +391,7 @@ impl Collection {
             next_iid: AtomicU64::new(state.slots.len() as u64),
             state: RwLock::new(state),
             graph: RwLock::new(Arc::new(graph)),
+            full,
             ctl: Mutex::new(Control::default()),
             wake: Condvar::new(),
             progress: Condvar::new(),
@@ -467,9 +479,15 @@ impl Collection {
                 st.payloads.insert(iid, v);
             }
             st.by_ext.insert(p.id.clone(), iid);
+            let vector = keep_vector(
+                self.shared.full.as_ref(),
+                &self.shared.config,
+                iid,
+                p.vector,
+            );
             st.slots.push(Slot {
                 ext: Some(p.id),
-                vector: Some(p.vector.into()),
+                vector: Some(vector),
                 payload: p.payload.map(Arc::from),
             });
             st.live += 1;
@@ -691,6 +709,15 @@ impl Collection {
         let mut destroyed = self.shared.dump_lock.lock();
         *destroyed = true;
         let _ = std::fs::remove_dir_all(self.shared.graph_path());
+        if let Some(f) = &self.shared.full {
+            f.remove();
+        }
+    }
+
+    /// The full vector of a point whose stored form is `stored`: itself, or in a quantised
+    /// collection the vector read from disk.
+    pub fn vector(&self, iid: u64, stored: &Stored) -> Option<Vec<f32>> {
+        self.shared.vector(iid, stored)
     }
 
     /// How many graph points the frozen search copy lacks (`None`: no copy yet). Searches walk
@@ -738,8 +765,8 @@ impl Collection {
             id: id.clone(),
             vector: slot
                 .vector
-                .as_deref()
-                .map(<[f32]>::to_vec)
+                .as_ref()
+                .and_then(|v| self.shared.vector(iid, v))
                 .unwrap_or_default(),
             payload: slot.payload.as_deref().and_then(parsed),
         })
@@ -768,14 +795,27 @@ impl Collection {
                 .is_none_or(|c| c.binary_search(&(iid as u64)).is_ok())
                 && st.admits(iid, filter, exact)
         };
+        // The exact score of a point (a quantised collection reads its vector from disk).
+        let buf = std::cell::RefCell::new((Vec::new(), Vec::new()));
+        let exact_score = |iid: usize| -> Option<f32> {
+            match st.slots[iid].vector.as_ref()? {
+                Stored::Full(v) => Some(score(metric, q, v)),
+                Stored::Codes(_) => {
+                    let full = self.shared.full.as_ref()?;
+                    let (bytes, v) = &mut *buf.borrow_mut();
+                    full.get_into(iid as u64, bytes, v)
+                        .then(|| score(metric, q, v))
+                }
+            }
+        };
         // Scores the points among `iids` that `keep` accepts, exactly.
         let score_ids = |iids: &mut dyn Iterator<Item = usize>,
                          keep: &dyn Fn(usize) -> bool,
                          top: &mut TopK| {
             for iid in iids {
                 if keep(iid) {
-                    if let Some(v) = &st.slots[iid].vector {
-                        top.push(Scored(badness(metric, score(metric, q, v)), iid as u64));
+                    if let Some(s) = exact_score(iid) {
+                        top.push(Scored(badness(metric, s), iid as u64));
                     }
                 }
             }
@@ -829,17 +869,20 @@ impl Collection {
             }
             return self.hits(&st, top, p);
         }
-        // Merges graph results, then scans exactly what the graph did not cover (`from`).
-        // A graph short of k answers (a selective filter, or many dead points: e.g. an old epoch's
-        // graph serving while its rebuild is pending) falls back to the exact answer.
+        // Merges graph results, rescored exactly, then scans exactly what the graph did not
+        // cover (`from`). A graph short of k answers (a selective filter, or many dead points:
+        // e.g. an old epoch's graph serving while its rebuild is pending) falls back to the exact
+        // answer. A quantised graph's distances are approximate: all `ef` of its candidates are
+        // rescored with the full vectors, not only its best k.
+        let wanted = if graph.quantized() { ef } else { p.k };
         let finish = |found: Vec<(u64, f32)>, from: usize, top: &mut TopK| {
             if found.len() < p.k.min(st.live) {
                 exact_scan(0, top);
                 return;
             }
             for (iid, _) in found {
-                if let Some(v) = &st.slots[iid as usize].vector {
-                    top.push(Scored(badness(metric, score(metric, q, v)), iid));
+                if let Some(s) = exact_score(iid as usize) {
+                    top.push(Scored(badness(metric, s), iid));
                 }
             }
             exact_scan(from, top);
@@ -853,7 +896,7 @@ impl Collection {
             let keep = |iid: u32| (iid as usize) < fw && accepts(iid as usize);
             // Always filter: besides the user's filter, the graph may hold dead points (tombstones,
             // or a whole old epoch while a rebuild is pending).
-            finish(flat.search(q, p.k, ef, Some(&keep)), fw, &mut top);
+            finish(flat.search(q, wanted, ef, Some(&keep)), fw, &mut top);
         } else {
             // No usable frozen copy (a large graph mid-ingest): search hnsw_rs' graph directly.
             let keep = |iid: &usize| *iid < wm && accepts(*iid);
@@ -864,10 +907,10 @@ impl Collection {
                 .search(q, ef, ef, None)
                 .into_iter()
                 .filter(|(iid, _)| keep(&(*iid as usize)))
-                .take(p.k)
+                .take(wanted)
                 .collect();
             if found.len() < p.k && found.len() < st.live {
-                found = graph.search(q, p.k, ef, Some(&keep));
+                found = graph.search(q, wanted, ef, Some(&keep));
             }
             finish(found, wm, &mut top);
         }
@@ -901,7 +944,9 @@ impl Collection {
                         None
                     },
                     vector: if p.with_vector {
-                        slot.vector.as_deref().map(<[f32]>::to_vec)
+                        slot.vector
+                            .as_ref()
+                            .and_then(|v| self.shared.vector(iid, v))
                     } else {
                         None
                     },
@@ -941,9 +986,30 @@ fn release_memory() {
     }
 }
 
+/// What a collection holds for a point's vector `v`: the vector, or (quantised) its code, the
+/// vector going to the collection's vector file.
+fn keep_vector(
+    full: Option<&VectorFile>,
+    config: &CollectionConfig,
+    iid: u64,
+    v: Vec<f32>,
+) -> Stored {
+    if let Some(f) = full {
+        f.put(iid, &v);
+    }
+    Stored::of(v, config.quantization)
+}
+
 impl Shared {
     fn graph_path(&self) -> PathBuf {
         self.opts.graph_dir.join(self.id.to_string())
+    }
+
+    fn vector(&self, iid: u64, stored: &Stored) -> Option<Vec<f32>> {
+        match stored {
+            Stored::Full(v) => Some(v.to_vec()),
+            Stored::Codes(_) => self.full.as_ref()?.get(iid),
+        }
     }
 
     fn notify_indexer(&self) {
@@ -1013,7 +1079,7 @@ impl Shared {
     /// it lacks are searched exactly, so answers stay complete.
     fn reset_graph(&self) {
         let st = self.state.read();
-        let graph = Graph::new(&self.config, st.live, 0, st.epoch_since);
+        let graph = AnyGraph::new(&self.config, st.live, 0, st.epoch_since);
         *self.graph.write() = Arc::new(graph);
         drop(st);
         let mut ctl = self.ctl.lock();
@@ -1109,7 +1175,7 @@ impl Shared {
         let graph = self.graph.read().clone();
         let from = graph.watermark();
         let end = (from / BLOCK + 1) * BLOCK;
-        let block: Vec<(u64, Option<Arc<[f32]>>)> = {
+        let block: Vec<(u64, Option<Stored>)> = {
             let st = self.state.read();
             if (st.slots.len() as u64) < end {
                 return 0;
@@ -1136,14 +1202,14 @@ impl Shared {
                 lower_priority();
                 let started = Instant::now();
                 let build = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let g = Graph::new(&s.config, job.base.len(), 0, job.since);
+                    let g = AnyGraph::new(&s.config, job.base.len(), 0, job.since);
                     // The base in blocks of BLOCK points, by position (the base is the same list
                     // on every node).
                     for block in job.base.chunks(BLOCK as usize) {
                         if s.cancel.load(Ordering::Acquire) || s.ctl.lock().generation != job.generation {
                             return None;
                         }
-                        let items: Vec<(u64, Option<Arc<[f32]>>)> =
+                        let items: Vec<(u64, Option<Stored>)> =
                             block.iter().map(|(iid, v)| (*iid, Some(v.clone()))).collect();
                         let end = block.last().map_or(0, |(iid, _)| iid + 1);
                         g.insert_block(&items, end);
@@ -1183,7 +1249,7 @@ impl Shared {
     }
 
     /// Brings a rebuilt graph up to the current one's watermark, swaps it in, frees dead vectors.
-    fn swap_in(&self, new: Graph) {
+    fn swap_in(&self, new: AnyGraph) {
         loop {
             let target = self.graph.read().watermark();
             let from = new.watermark();
@@ -1192,7 +1258,7 @@ impl Shared {
             }
             // Block by block, as the current graph got them (its watermark is a block's end).
             let end = ((from / BLOCK + 1) * BLOCK).min(target);
-            let block: Vec<(u64, Option<Arc<[f32]>>)> = {
+            let block: Vec<(u64, Option<Stored>)> = {
                 let st = self.state.read();
                 (from..end)
                     .map(|i| (i, st.slots[i as usize].vector.clone()))
@@ -1201,7 +1267,7 @@ impl Shared {
             new.insert_block(&block, end);
         }
         new.freeze();
-        let since = new.epoch_since;
+        let since = new.epoch_since();
         let old = std::mem::replace(&mut *self.graph.write(), Arc::new(new));
         drop(old);
         let mut st = self.state.write();
@@ -1219,7 +1285,7 @@ impl Shared {
 
     fn dump(&self) {
         let graph = self.graph.read().clone();
-        let meta = GraphMeta::new(self.id, graph.watermark(), graph.epoch_since, self.config);
+        let meta = GraphMeta::new(self.id, graph.watermark(), graph.epoch_since(), self.config);
         let started = Instant::now();
         let destroyed = self.dump_lock.lock();
         if *destroyed {

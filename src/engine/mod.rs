@@ -27,6 +27,7 @@
 
 mod collection;
 pub(crate) mod payload_index;
+mod vectors;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -189,12 +190,21 @@ impl Engine {
         let loaded = store.load()?;
         let mut collections = BTreeMap::new();
         let mut known = std::collections::HashSet::new();
-        for (cid, meta, points) in loaded.collections {
+        for (cid, meta) in loaded.collections {
             known.insert(cid.to_string());
-            let c = Collection::open(cid, &meta, points, copts.clone());
+            let c = Collection::open(cid, &meta, store.points(cid), copts.clone())?;
             collections.insert(meta.name.clone(), Arc::new(c));
         }
-        // Dumps of collections that no longer exist (dropped before a crash) are garbage.
+        // Dumps and vector files of collections that no longer exist (dropped before a crash)
+        // are garbage.
+        if let Ok(entries) = std::fs::read_dir(&copts.vector_dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if !known.contains(name.trim_end_matches(".f32")) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         if let Ok(entries) = std::fs::read_dir(&copts.graph_dir) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
@@ -280,6 +290,7 @@ impl Engine {
     fn collection_options(opts: &EngineOptions) -> CollectionOptions {
         CollectionOptions {
             graph_dir: opts.data_dir.join("graphs"),
+            vector_dir: opts.data_dir.join("vectors"),
             rebuild_ratio: opts.rebuild_ratio,
             rebuild_min_points: opts.rebuild_min_points,
             dump_after_inserts: opts.dump_after_inserts,
@@ -464,10 +475,16 @@ impl Engine {
         }
         for (c, (cmeta, points)) in &views {
             Store::write_collection(w, c.id(), cmeta)?;
-            for (iid, id, vector, payload) in points {
+            for (iid, id, stored, payload) in points {
+                let vector = c.vector(*iid, stored).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "cannot read the vector of point {iid} of {}",
+                        c.id()
+                    ))
+                })?;
                 let p = crate::store::StoredPoint {
                     id: id.clone(),
-                    vector: vector.to_vec(),
+                    vector,
                     payload: payload.as_deref().map(str::to_owned),
                 };
                 Store::write_point(w, c.id(), *iid, &p)?;
@@ -574,10 +591,11 @@ impl Engine {
         self.store.import(r, &copts.graph_dir, &mut pause)?;
         let loaded = self.store.load()?;
         let mut cols = BTreeMap::new();
-        for (cid, meta, points) in loaded.collections {
+        for (cid, meta) in loaded.collections {
+            let points = self.store.points(cid);
             cols.insert(
                 meta.name.clone(),
-                Arc::new(Collection::open(cid, &meta, points, copts.clone())),
+                Arc::new(Collection::open(cid, &meta, points, copts.clone())?),
             );
         }
         *self.collections.write() = cols;

@@ -16,17 +16,17 @@ use std::sync::Arc;
 use hnsw_rs::hnsw::Point;
 use hnsw_rs::prelude::{Distance, Hnsw};
 
-use super::kernels::{dot, l2_squared};
-use super::{Scored, SharedVector};
+use super::quant::Element;
+use super::Scored;
 use crate::model::Metric;
 
-/// The frozen graph.
-pub struct FlatGraph {
+/// The frozen graph over rows of `E` (the vectors, or their int8 codes).
+pub struct FlatGraph<E: Element = f32> {
     metric: Metric,
     watermark: u64,
     /// `rows[iid]`: the vector of internal id `iid`, shared with the collection's point table
     /// (an empty slice for ids absent from the graph, which no link leads to).
-    rows: Vec<SharedVector>,
+    rows: Vec<Arc<[E]>>,
     /// Layer-0 neighbours of `iid`: `links[offsets[iid]..offsets[iid + 1]]`. `usize`, since the
     /// link count passes u32 at about 17M points with m = 128 (review L6).
     offsets: Vec<usize>,
@@ -43,7 +43,7 @@ thread_local! {
     static VISITED: RefCell<(Vec<u32>, u32)> = const { RefCell::new((Vec::new(), 0)) };
 }
 
-impl FlatGraph {
+impl<E: Element> FlatGraph<E> {
     /// Copies the links of `hnsw`, which holds every inserted id below `watermark`; `shared[iid]`
     /// is the vector of `iid` when the caller has it (else the point's own data is copied). With
     /// `prev`, a copy of the same graph at an earlier watermark, only the points in `touched`
@@ -51,17 +51,17 @@ impl FlatGraph {
     /// read from `hnsw` and the rest is copied from `prev`: at a million points a whole copy read
     /// every point's lists, every 4,096 inserts. Must not run concurrently with inserts into
     /// `hnsw` (the indexer calls it between inserts).
-    pub fn freeze<'b, D2: Distance<f32> + Send + Sync>(
-        hnsw: &Hnsw<'b, f32, D2>,
-        mut shared: Vec<Option<SharedVector>>,
+    pub fn freeze<'b, D2: Distance<E> + Send + Sync>(
+        hnsw: &Hnsw<'b, E, D2>,
+        mut shared: Vec<Option<Arc<[E]>>>,
         metric: Metric,
         dim: usize,
         watermark: u64,
-        prev: Option<&FlatGraph>,
-        touched: Vec<Arc<Point<'b, f32>>>,
-    ) -> FlatGraph {
+        prev: Option<&FlatGraph<E>>,
+        touched: Vec<Arc<Point<'b, E>>>,
+    ) -> FlatGraph<E> {
         let n = watermark as usize;
-        let empty: SharedVector = Arc::from(Vec::new());
+        let empty: Arc<[E]> = Arc::from(Vec::new());
         shared.resize(n, None);
         let prev = prev.filter(|p| p.watermark <= watermark);
         // The points to read, in id order, so that the links are written in place. The lists
@@ -72,7 +72,7 @@ impl FlatGraph {
             Some(_) => touched,
             None => hnsw.get_point_indexation().into_iter().collect(),
         };
-        let mut points: Vec<(usize, Arc<Point<'b, f32>>)> = listed
+        let mut points: Vec<(usize, Arc<Point<'b, E>>)> = listed
             .into_iter()
             .map(|p| (p.get_origin_id(), p))
             .filter(|(iid, _)| *iid < n)
@@ -125,7 +125,7 @@ impl FlatGraph {
             }
         }
         offsets.push(links.len());
-        let rows: Vec<SharedVector> = shared
+        let rows: Vec<Arc<[E]>> = shared
             .into_iter()
             .take(n)
             .map(|v| v.unwrap_or_else(|| empty.clone()))
@@ -209,7 +209,7 @@ impl FlatGraph {
     }
 
     #[inline]
-    fn row(&self, iid: u32) -> &[f32] {
+    fn row(&self, iid: u32) -> &[E] {
         &self.rows[iid as usize]
     }
 
@@ -236,17 +236,14 @@ impl FlatGraph {
 
     /// Smaller is closer; same order as the graph's distance.
     #[inline]
-    fn dist(&self, q: &[f32], iid: u32) -> f32 {
-        match self.metric {
-            Metric::Cosine | Metric::Dot => -dot(q, self.row(iid)),
-            Metric::L2 => l2_squared(q, self.row(iid)),
-        }
+    fn dist(&self, q: &[E], iid: u32) -> f32 {
+        E::search_distance(self.metric, q, self.row(iid))
     }
 
     /// The `k` nearest accepted ids, best first, as (iid, distance in this graph's order).
     pub fn search(
         &self,
-        q: &[f32],
+        q: &[E],
         k: usize,
         ef: usize,
         keep: Option<&dyn Fn(u32) -> bool>,

@@ -87,6 +87,27 @@ fn l2_wide(a: &[f32], b: &[f32]) -> f32 {
     s + l2_generic(ra, rb)
 }
 
+/// Dot product of two int8 code arrays (stored as bytes), exact in i32 for any length up to
+/// 2^17 (127² · 2^17 < 2^31): integer sums are the same in every order and on every CPU.
+#[inline(always)]
+fn dot_i8_wide(a: &[u8], b: &[u8]) -> i32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0i32; 32];
+    let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..32 {
+            acc[j] += i32::from(x[j] as i8 as i16 * y[j] as i8 as i16);
+        }
+    }
+    let mut s: i32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += i32::from(*x as i8 as i16 * *y as i8 as i16);
+    }
+    s
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     #[target_feature(enable = "avx512f,avx2,fma")]
@@ -108,6 +129,10 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub fn l2(a: &[f32], b: &[f32]) -> f32 {
         super::l2_wide(a, b)
+    }
+    #[target_feature(enable = "avx2")]
+    pub fn dot_i8(a: &[u8], b: &[u8]) -> i32 {
+        super::dot_i8_wide(a, b)
     }
 }
 
@@ -158,6 +183,17 @@ pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
     l2_wide(a, b)
 }
 
+/// Dot product of the common prefix of two int8 code arrays (bytes read as `i8`).
+#[inline]
+pub fn dot_i8(a: &[u8], b: &[u8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if level() >= 1 {
+        // SAFETY: the CPU supports AVX2 (`level`).
+        return unsafe { avx2::dot_i8(a, b) };
+    }
+    dot_i8_wide(a, b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +220,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn int8_dot_is_exact() {
+        for n in [0usize, 1, 31, 32, 33, 384, 1_000] {
+            let a: Vec<u8> = (0..n).map(|i| ((i * 37) % 255) as u8).collect();
+            let b: Vec<u8> = (0..n).map(|i| ((i * 11 + 3) % 256) as u8).collect();
+            let want: i32 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| *x as i8 as i32 * *y as i8 as i32)
+                .sum();
+            assert_eq!(dot_i8(&a, &b), want, "n = {n}");
+            assert_eq!(dot_i8_wide(&a, &b), want, "n = {n}");
+        }
+        // The extreme: every product is 127 · 127 or (-128) · (-128) at the largest dimension.
+        let a = vec![0x80u8; 65_536];
+        assert_eq!(dot_i8(&a, &a), 1 << 30);
     }
 
     #[test]

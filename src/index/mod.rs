@@ -21,11 +21,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{CollectionConfig, Metric};
 
+mod any;
 mod flat;
 mod kernels;
+mod quant;
 
+pub use any::{AnyFlat, AnyGraph, Stored};
 pub use flat::FlatGraph;
 pub use kernels::{dot, l2_squared};
+pub use quant::{decode, encode, CodeDistance, Element, CODE_HEADER};
 
 /// hnsw_rs' layer cap.
 const MAX_LAYER: usize = 16;
@@ -143,7 +147,7 @@ impl Distance<f32> for GraphDistance {
 }
 
 /// Records `v` as the vector of id `i` in a graph's `vectors`.
-fn keep_in(vectors: &mut Vec<Option<SharedVector>>, i: usize, v: SharedVector) {
+fn keep_in<E>(vectors: &mut Vec<Option<Arc<[E]>>>, i: usize, v: Arc<[E]>) {
     if vectors.len() <= i {
         vectors.resize(i + 1, None);
     }
@@ -187,44 +191,46 @@ impl GraphMeta {
 /// A vector shared by the collection's point table, the graph and its search copy.
 pub type SharedVector = Arc<[f32]>;
 
-/// An HNSW graph with its insertion watermark.
+/// An HNSW graph over rows of `E` (the vectors themselves, or their int8 codes) with its
+/// insertion watermark.
 ///
-/// The graph holds no copy of a vector: hnsw_rs' points refer to the collection's own
-/// `Arc<[f32]>` (vendor/hnsw_rs/PATCHES.md, `insert_borrowed`), which `vectors` keeps alive, and
-/// the frozen search copy shares them too. Each vector was held three times (issue 10).
-pub struct Graph {
+/// The graph holds no copy of a row: hnsw_rs' points refer to the collection's own `Arc<[E]>`
+/// (vendor/hnsw_rs/PATCHES.md, `insert_borrowed`), which `vectors` keeps alive, and the frozen
+/// search copy shares them too. Each vector was held three times (issue 10).
+pub struct Graph<E: Element = f32> {
     // Declared before `vectors`, so dropped before them: hnsw_rs' points borrow their data.
-    hnsw: Hnsw<'static, f32, GraphDistance>,
+    hnsw: Hnsw<'static, E, E::Dist>,
     /// The points whose lists changed since the last frozen copy (the next copy reads only
     /// them); declared before `vectors` too.
-    touched: Mutex<Vec<Arc<Point<'static, f32>>>>,
+    touched: Mutex<Vec<Arc<Point<'static, E>>>>,
     /// Points were inserted one at a time (tests), unreported: the next copy reads them all.
     untracked: AtomicBool,
-    /// `vectors[iid]`: the vector of every inserted id (what hnsw_rs' points refer to).
-    vectors: RwLock<Vec<Option<SharedVector>>>,
+    /// `vectors[iid]`: the row of every inserted id (what hnsw_rs' points refer to).
+    vectors: RwLock<Vec<Option<Arc<[E]>>>>,
     metric: Metric,
     watermark: AtomicU64,
     /// First internal id of this graph's epoch.
     pub epoch_since: u64,
     points: AtomicU64,
+    /// The length of a row.
     dim: usize,
-    flat: RwLock<Option<Arc<FlatGraph>>>,
+    flat: RwLock<Option<Arc<FlatGraph<E>>>>,
 }
 
-impl Graph {
+impl<E: Element> Graph<E> {
     /// An empty graph for a collection, starting at `watermark`.
     pub fn new(
         config: &CollectionConfig,
         capacity: usize,
         watermark: u64,
         epoch_since: u64,
-    ) -> Graph {
+    ) -> Graph<E> {
         let hnsw = Hnsw::new(
             config.hnsw.m,
             capacity.max(1_000),
             MAX_LAYER,
             config.hnsw.ef_construction.max(config.hnsw.m),
-            GraphDistance(config.metric),
+            E::distance(config.metric),
         );
         Graph {
             hnsw,
@@ -232,7 +238,7 @@ impl Graph {
             watermark: AtomicU64::new(watermark),
             epoch_since,
             points: AtomicU64::new(0),
-            dim: config.dim,
+            dim: E::row_len(config.dim),
             flat: RwLock::new(None),
             vectors: RwLock::new(Vec::new()),
             touched: Mutex::new(Vec::new()),
@@ -241,16 +247,16 @@ impl Graph {
     }
 
     /// Extends a borrow of a vector this graph keeps alive to the graph's own lifetime.
-    fn borrow_for_graph(v: &SharedVector) -> &'static [f32] {
-        // SAFETY: the slice lives in the heap allocation of an `Arc<[f32]>` of which `vectors`
+    fn borrow_for_graph(v: &Arc<[E]>) -> &'static [E] {
+        // SAFETY: the slice lives in the heap allocation of an `Arc<[E]>` of which `vectors`
         // holds a clone for as long as the graph lives. The allocation never moves, is never
-        // mutated (`[f32]` behind an `Arc`), and `hnsw` (the only holder of the extended borrow)
+        // mutated (`[E]` behind an `Arc`), and `hnsw` (the only holder of the extended borrow)
         // is dropped before `vectors` (field order). No borrow escapes the graph: searches return
         // ids and distances.
         unsafe { &*Arc::as_ptr(v) }
     }
 
-    fn keep(&self, id: u64, v: &SharedVector) {
+    fn keep(&self, id: u64, v: &Arc<[E]>) {
         keep_in(&mut self.vectors.write(), id as usize, v.clone());
     }
 
@@ -273,7 +279,7 @@ impl Graph {
     /// one-point-at-a-time builder, kept for tests of hnsw_rs' own insert. Collections insert
     /// blocks ([`Graph::insert_block`]), which build a different graph.
     #[cfg(test)]
-    pub fn insert(&self, id: u64, vector: &SharedVector) {
+    pub fn insert(&self, id: u64, vector: &Arc<[E]>) {
         self.keep(id, vector);
         self.hnsw
             .insert_borrowed(Self::borrow_for_graph(vector), id as usize);
@@ -287,18 +293,18 @@ impl Graph {
     /// parallel against the graph as it was before the block; then the points are linked in id
     /// order, each also considering the block's earlier points (vendor/hnsw_rs/PATCHES.md). Only
     /// one thread inserts into a given graph.
-    pub fn insert_block(&self, items: &[(u64, Option<SharedVector>)], end: u64) {
+    pub fn insert_block(&self, items: &[(u64, Option<Arc<[E]>>)], end: u64) {
         self.insert_block_in(items, end, planners())
     }
 
     fn insert_block_in(
         &self,
-        items: &[(u64, Option<SharedVector>)],
+        items: &[(u64, Option<Arc<[E]>>)],
         end: u64,
         pool: &rayon::ThreadPool,
     ) {
         use rayon::prelude::*;
-        let points: Vec<(&'static [f32], usize)> = items
+        let points: Vec<(&'static [E], usize)> = items
             .iter()
             .filter_map(|(id, v)| v.as_ref().map(|v| (id, v)))
             .map(|(id, v)| {
@@ -334,7 +340,7 @@ impl Graph {
     /// search could not supply k accepted points.
     pub fn search(
         &self,
-        q: &[f32],
+        q: &[E],
         k: usize,
         ef: usize,
         keep: Option<&dyn Fn(&usize) -> bool>,
@@ -383,7 +389,7 @@ impl Graph {
     }
 
     /// The frozen search copy, if one was made; it covers ids below its own watermark.
-    pub fn flat(&self) -> Option<Arc<FlatGraph>> {
+    pub fn flat(&self) -> Option<Arc<FlatGraph<E>>> {
         self.flat.read().clone()
     }
 
@@ -440,8 +446,8 @@ impl Graph {
     pub fn load(
         dir: &Path,
         config: &CollectionConfig,
-        vector: &dyn Fn(u64) -> Option<SharedVector>,
-    ) -> Option<(Graph, GraphMeta)> {
+        vector: &dyn Fn(u64) -> Option<Arc<[E]>>,
+    ) -> Option<(Graph<E>, GraphMeta)> {
         let meta: GraphMeta =
             serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
         if meta.config != *config || meta.builder != BUILDER {
@@ -455,17 +461,18 @@ impl Graph {
         }
         let dir_owned: PathBuf = dir.to_path_buf();
         let metric = config.metric;
-        let kept: RwLock<Vec<Option<SharedVector>>> = RwLock::new(Vec::new());
+        let kept: RwLock<Vec<Option<Arc<[E]>>>> = RwLock::new(Vec::new());
+        let row_len = E::row_len(config.dim);
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // The loaded graph borrows its reader; the reader is small, so leak it to get 'static.
             let io: &'static HnswIo = Box::leak(Box::new(HnswIo::new(&dir_owned, BASENAME)));
-            let share = |origin: usize| -> Option<&'static [f32]> {
-                let v = vector(origin as u64).filter(|v| v.len() == config.dim)?;
+            let share = |origin: usize| -> Option<&'static [E]> {
+                let v = vector(origin as u64).filter(|v| v.len() == row_len)?;
                 let borrowed = Self::borrow_for_graph(&v);
                 keep_in(&mut kept.write(), origin, v);
                 Some(borrowed)
             };
-            io.load_hnsw_with_dist_shared::<f32, GraphDistance>(GraphDistance(metric), Some(&share))
+            io.load_hnsw_with_dist_shared::<E, E::Dist>(E::distance(metric), Some(&share))
         }));
         match loaded {
             Ok(Ok(mut hnsw)) => {
@@ -481,7 +488,7 @@ impl Graph {
                     watermark: AtomicU64::new(meta.watermark),
                     epoch_since: meta.epoch_since,
                     points: AtomicU64::new(n),
-                    dim: config.dim,
+                    dim: row_len,
                     flat: RwLock::new(None),
                     vectors: kept,
                     touched: Mutex::new(Vec::new()),
@@ -781,6 +788,6 @@ mod tests {
         let flat = h.flat().unwrap();
         assert_eq!(flat.len(), 50);
         assert_eq!(flat.search(&[20.0, 1.0, 0.0, 2.0], 1, 16, None)[0].0, 20);
-        assert!(Graph::load(&path, &cfg(Metric::Dot), &|_| None).is_none());
+        assert!(Graph::<f32>::load(&path, &cfg(Metric::Dot), &|_| None).is_none());
     }
 }

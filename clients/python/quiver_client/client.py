@@ -42,6 +42,7 @@ from .types import (
     Point,
     PointId,
     PointResult,
+    Quantization,
     SearchRequest,
     SearchResult,
     WriteResult,
@@ -189,9 +190,12 @@ def _with_consistency(core: _Core, body: dict[str, Any], consistency: Consistenc
 
 
 def _request_create_collection(name: str, dim: int, metric: Metric, m: int | None,
-                               ef_construction: int | None) -> _Request[WriteResult]:
+                               ef_construction: int | None,
+                               quantization: Quantization | None) -> _Request[WriteResult]:
     hnsw = {k: v for k, v in (("m", m), ("ef_construction", ef_construction)) if v}
-    body = {"dim": dim, "metric": metric, **({"hnsw": hnsw} if hnsw else {})}
+    body: dict[str, Any] = {"dim": dim, "metric": metric, **({"hnsw": hnsw} if hnsw else {})}
+    if quantization is not None:
+        body["quantization"] = quantization
     return _Request("write", "PUT", f"/collections/{name}", body=body)
 
 
@@ -466,10 +470,13 @@ class QuiverClient(_ClientBase):
     # --- endpoints ------------------------------------------------------------------------------
 
     def create_collection(self, name: str, dim: int, metric: Metric = "cosine",
-                          m: int | None = None, ef_construction: int | None = None) -> WriteResult:
+                          m: int | None = None, ef_construction: int | None = None,
+                          quantization: Quantization | None = None) -> WriteResult:
         """PUT /collections/{name}; the same config again is a no-op (``created`` false),
-        another one is 409."""
-        return self._run(_request_create_collection(name, dim, metric, m, ef_construction))
+        another one is 409. ``quantization="int8"`` keeps int8 codes in memory and the
+        full vectors on disk (scores stay exact)."""
+        return self._run(_request_create_collection(name, dim, metric, m, ef_construction,
+                                                      quantization))
 
     def delete_collection(self, name: str, missing_ok: bool = True) -> WriteResult | None:
         """DELETE /collections/{name}; None when it did not exist and `missing_ok`."""
@@ -613,10 +620,13 @@ class AsyncQuiverClient(_ClientBase):
     # --- endpoints (the same signatures as QuiverClient's; tests/test_types.py checks it) -----
 
     async def create_collection(self, name: str, dim: int, metric: Metric = "cosine",
-                                m: int | None = None, ef_construction: int | None = None) -> WriteResult:
+                                m: int | None = None, ef_construction: int | None = None,
+                                quantization: Quantization | None = None) -> WriteResult:
         """PUT /collections/{name}; the same config again is a no-op (``created`` false),
-        another one is 409."""
-        return await self._run(_request_create_collection(name, dim, metric, m, ef_construction))
+        another one is 409. ``quantization="int8"`` keeps int8 codes in memory and the
+        full vectors on disk (scores stay exact)."""
+        return await self._run(_request_create_collection(name, dim, metric, m, ef_construction,
+                                                            quantization))
 
     async def delete_collection(self, name: str, missing_ok: bool = True) -> WriteResult | None:
         """DELETE /collections/{name}; None when it did not exist and `missing_ok`."""

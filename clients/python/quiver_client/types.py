@@ -35,6 +35,7 @@ __all__ = [
     "Point",
     "PointId",
     "PointRecord",
+    "Quantization",
     "PointResult",
     "Range",
     "SearchRequest",
@@ -220,12 +221,21 @@ class HnswConfig(TypedDict):
     ef_construction: int
 
 
-class CollectionConfig(TypedDict):
-    """A collection's immutable configuration."""
+#: How a collection holds the vectors its graph walks: full floats (default), or int8 codes in
+#: memory with the full vectors on disk for rescoring.
+Quantization = Literal["none", "int8"]
 
+
+class _CollectionConfigRequired(TypedDict):
     dim: int
     metric: Metric
     hnsw: HnswConfig
+
+
+class CollectionConfig(_CollectionConfigRequired, total=False):
+    """A collection's immutable configuration (``quantization`` only when it is not "none")."""
+
+    quantization: Quantization
 
 
 class CollectionInfo(TypedDict):

@@ -142,6 +142,17 @@ def test_every_result_has_its_typed_shape(server: Server) -> None:
         assert_type(info, CollectionInfo)
         conforms(info, CollectionInfo)
         assert info["config"]["hnsw"]["m"] == 8 and info["points"] == 3
+        assert "quantization" not in info["config"]
+
+        quantized = f"{name}q"
+        c.create_collection(quantized, 3, "cosine", quantization="int8")
+        c.upsert(quantized, points)
+        info = c.collection(quantized)
+        conforms(info, CollectionInfo)
+        assert info["config"]["quantization"] == "int8"
+        hit = c.search(quantized, [0.0, 0.0, 1.0], 1, with_vector=True)["hits"][0]
+        assert hit["id"] == 3 and hit["vector"] == [0.0, 0.0, 1.0] and hit["score"] == 1.0
+        c.delete_collection(quantized)
 
         listed = c.collections()
         assert_type(listed, CollectionList)
