@@ -1349,6 +1349,23 @@ async fn int8_collections_answer_with_the_exact_vectors_and_scores() {
             assert_eq!(floats(&hit["vector"]), v, "{hit}");
         }
     }
+    // A selective filter is scanned on the codes, and the shortlist rescored: the same top k as
+    // the exact answer.
+    let mut answers = Vec::new();
+    for exact in [false, true] {
+        let (s, b) = h
+            .call(
+                "POST",
+                "/collections/q/points/search",
+                Some(json!({"vector": q, "k": 10, "exact": exact,
+                            "filter": {"must": [{"key": "i", "range": {"lt": 200}}]}})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["hits"].as_array().unwrap().len(), 10, "{b}");
+        answers.push(b["hits"].clone());
+    }
+    assert_eq!(answers[0], answers[1]);
     let (s, b) = h
         .call(
             "POST",

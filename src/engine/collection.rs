@@ -22,11 +22,14 @@ use serde_json::Value;
 use super::payload_index::PayloadIndex;
 use super::vectors::VectorFile;
 use crate::filter::Filter;
-use crate::index::{lower_priority, score, AnyGraph, GraphMeta, Scored, Stored, BLOCK};
+use crate::index::{
+    encode, lower_priority, score, AnyGraph, CodeDistance, GraphMeta, Scored, Stored, BLOCK,
+};
 use crate::model::{
     ApplyError, CollectionConfig, CollectionInfo, Hit, Metric, PointId, PointRecord, PointWrite,
 };
 use crate::store::{CollectionMeta, StoredPoint, WriteBatch};
+use hnsw_rs::prelude::Distance;
 
 /// Refresh a graph's frozen search copy after this many inserts (and whenever the indexer idles).
 const FREEZE_EVERY: u64 = 4_096;
@@ -808,27 +811,47 @@ impl Collection {
                 }
             }
         };
-        // Scores the points among `iids` that `keep` accepts, exactly.
-        let score_ids = |iids: &mut dyn Iterator<Item = usize>,
-                         keep: &dyn Fn(usize) -> bool,
-                         top: &mut TopK| {
-            for iid in iids {
-                if keep(iid) {
-                    if let Some(s) = exact_score(iid) {
-                        top.push(Scored(badness(metric, s), iid as u64));
-                    }
-                }
-            }
-        };
-        let exact_scan = |from: usize, top: &mut TopK| score_ids(&mut (from..n), &accepts, top);
-        let mut top = TopK::new(p.k);
-        let mut use_exact = p.exact || st.live <= self.shared.opts.exact_below || graph.is_empty();
         let mut ef = if p.sized_ef {
             sized_ef(p.ef, st.live)
         } else {
             p.ef
         }
         .max(p.k);
+        // A quantised collection scans in two phases unless the request asked for `exact`: the
+        // codes in memory pick the `ef` best, and only those are read from disk and rescored
+        // (as the graph's candidates are). A selective filter over 10,000 points read each
+        // vector from disk: p99 12.6 ms at 1M instead of about 6.
+        let q_code = (graph.quantized() && !p.exact).then(|| encode(q));
+        let shortlist = ef;
+        // Scores the points among `iids` that `keep` accepts, exactly (or, quantised, shortlists
+        // them on their codes first).
+        let score_ids = |iids: &mut dyn Iterator<Item = usize>,
+                         keep: &dyn Fn(usize) -> bool,
+                         top: &mut TopK| {
+            let Some(qc) = &q_code else {
+                for iid in iids.filter(|&i| keep(i)) {
+                    if let Some(s) = exact_score(iid) {
+                        top.push(Scored(badness(metric, s), iid as u64));
+                    }
+                }
+                return;
+            };
+            let codes = CodeDistance(metric);
+            let mut short = TopK::new(shortlist);
+            for iid in iids.filter(|&i| keep(i)) {
+                if let Some(Stored::Codes(c)) = &st.slots[iid].vector {
+                    short.push(Scored(codes.eval(qc, c), iid as u64));
+                }
+            }
+            for Scored(_, iid) in short.into_sorted() {
+                if let Some(s) = exact_score(iid as usize) {
+                    top.push(Scored(badness(metric, s), iid));
+                }
+            }
+        };
+        let exact_scan = |from: usize, top: &mut TopK| score_ids(&mut (from..n), &accepts, top);
+        let mut top = TopK::new(p.k);
+        let mut use_exact = p.exact || st.live <= self.shared.opts.exact_below || graph.is_empty();
         if let (Some(f), false) = (filter, use_exact) {
             // The share of points the filter matches: counted by the index, or estimated on an
             // even sample when the index cannot narrow the filter.
