@@ -4,6 +4,7 @@
 //! The engine is a deterministic, Raft-free state machine over sled and hnsw_rs; see
 //! [`engine`] for its invariants and the README's architecture section for the whole picture.
 
+pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod cli;

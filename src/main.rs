@@ -33,6 +33,7 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    quiver::alloc::limit_arenas();
     let cli = Cli::parse();
     let log = match &cli.cmd {
         Cmd::Serve(c) => c.log.clone(),

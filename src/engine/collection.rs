@@ -988,27 +988,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
-/// Hands memory that the allocator keeps after large frees (a replaced search copy, a graph
-/// swapped out after a rebuild) back to the system, at most once a second. glibc keeps freed
-/// memory in its per-thread arenas, so under churn resident memory followed the writes and never
-/// came down (issue 10). Elsewhere a no-op.
-fn release_memory() {
-    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
-    {
-        let mut last = LAST.lock();
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            return;
-        }
-        *last = Some(Instant::now());
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of the allocator's own heaps to the kernel;
-    // it takes no pointer and leaves every live allocation where it is.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// What a collection holds for a point's vector `v`: the vector, or (quantised) its code, the
 /// vector going to the collection's vector file.
 fn keep_vector(
@@ -1169,7 +1148,7 @@ impl Shared {
             let graph = self.graph.read().clone();
             if graph.flat_lag() >= FREEZE_EVERY || (inserted == 0 && graph.flat_lag() > 0) {
                 graph.freeze();
-                release_memory();
+                crate::alloc::release_memory();
             }
             let caught_up = pending(graph.watermark(), self.next_iid.load(Ordering::Acquire)) == 0;
             if caught_up && self.failure.lock().is_some() {
@@ -1300,7 +1279,7 @@ impl Shared {
             }
         }
         drop(st);
-        release_memory();
+        crate::alloc::release_memory();
         let mut ctl = self.ctl.lock();
         ctl.rebuilding = ctl.job.is_some();
         self.progress.notify_all();
@@ -1314,7 +1293,10 @@ impl Shared {
         if *destroyed {
             return;
         }
-        match graph.dump(&self.graph_path(), &meta) {
+        let dumped = graph.dump(&self.graph_path(), &meta);
+        // The dump's buffers were the last thing allocated before an idle spell.
+        crate::alloc::release_memory();
+        match dumped {
             Ok(()) => {
                 tracing::debug!(collection = %self.name, points = graph.len(), secs = started.elapsed().as_secs_f64(), "graph dumped")
             }

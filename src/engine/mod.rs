@@ -507,6 +507,9 @@ impl Engine {
             }
             tracing::debug!(collection = c.id(), "graph dump shipped in the snapshot");
         }
+        // The view (a handle per point) is freed with this frame; hand its pages back.
+        drop(views);
+        crate::alloc::release_memory();
         Ok(seen)
     }
 
