@@ -237,6 +237,8 @@ async fn http_sweep(
 }
 
 fn main() -> anyhow::Result<()> {
+    // The server's allocator policy (src/main.rs), so that memory figures are the server's.
+    quiver::alloc::limit_arenas();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

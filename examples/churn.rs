@@ -94,6 +94,8 @@ async fn sample(client: &Client, queries: &[Vec<f32>], t: f64, rewritten: u64) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The server's allocator policy (src/main.rs), so that memory figures are the server's.
+    quiver::alloc::limit_arenas();
     let args = Args::parse();
     let base = read_fvecs(&args.data.join("base.fvecs"), None)?;
     let queries: Vec<Vec<f32>> = read_fvecs(&args.data.join("queries.fvecs"), Some(20))?;
