@@ -148,6 +148,21 @@ where
     Resp: Serialize,
     Fut: std::future::Future<Output = Resp>,
 {
+    rpc_with(state, headers, body, decode::<Req>, handle).await
+}
+
+/// [`rpc`] with its own decoder of the body.
+async fn rpc_with<Req, Resp, Fut, E: std::fmt::Display>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    decode: impl FnOnce(&[u8]) -> Result<Req, E>,
+    handle: impl FnOnce(Req) -> Fut,
+) -> Response
+where
+    Resp: Serialize,
+    Fut: std::future::Future<Output = Resp>,
+{
     if state.cluster.is_isolated() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -166,7 +181,7 @@ where
                 .into_response();
         }
     }
-    match decode::<Req>(body) {
+    match decode(body) {
         Ok(req) => bincode_response(&handle(req).await),
         Err(e) => bad_rpc(e),
     }
@@ -208,16 +223,17 @@ pub async fn raft_vote(State(state): State<AppState>, headers: HeaderMap, body: 
     .await
 }
 
-/// `POST /raft/snapshot` (one chunk).
+/// `POST /raft/snapshot` (one chunk; its data travels raw, see `raft::encode_chunk`).
 pub async fn raft_snapshot(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    rpc(
+    rpc_with(
         &state,
         &headers,
         &body,
+        crate::raft::decode_chunk,
         |req: InstallSnapshotRequest<TypeConfig>| async {
             let vote = req.vote;
             let resp = state.cluster.raft.install_snapshot(req).await;

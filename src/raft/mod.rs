@@ -21,7 +21,7 @@ mod peer;
 mod state_machine;
 
 pub use log_store::LogStore;
-pub use network::{Network, PeerHealth, SECRET_HEADER, TARGET_HEADER};
+pub use network::{decode_chunk, encode_chunk, Network, PeerHealth, SECRET_HEADER, TARGET_HEADER};
 pub use peer::PeerClient;
 
 use crate::error::Error;

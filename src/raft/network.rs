@@ -16,10 +16,10 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, SnapshotMeta, Vote};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{decode, encode, NodeId, PeerClient, TypeConfig};
 
@@ -32,6 +32,60 @@ pub const SECRET_HEADER: &str = "x-quiver-cluster-secret";
 /// Header naming the node id a Raft RPC is meant for: a node never answers for another (a new
 /// node at a dead member's address would otherwise vote and acknowledge as that member).
 pub const TARGET_HEADER: &str = "x-quiver-target-node";
+
+/// Everything of a snapshot chunk but its data.
+#[derive(Serialize, Deserialize)]
+struct ChunkHead {
+    vote: Vote<NodeId>,
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    offset: u64,
+    done: bool,
+}
+
+/// The body of `POST /raft/snapshot`: the length of the chunk's head (u64, little endian), the
+/// head in bincode, then the chunk's data as it is. bincode writes and reads a `Vec<u8>` one
+/// element at a time, which made sending a snapshot cost about 20 ns per byte: a 2.4 GB snapshot
+/// took 47 s to cross loopback.
+pub fn encode_chunk(rpc: &InstallSnapshotRequest<TypeConfig>) -> Vec<u8> {
+    let head = encode(&ChunkHead {
+        vote: rpc.vote,
+        meta: rpc.meta.clone(),
+        offset: rpc.offset,
+        done: rpc.done,
+    });
+    let mut body = Vec::with_capacity(8 + head.len() + rpc.data.len());
+    body.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    body.extend_from_slice(&head);
+    body.extend_from_slice(&rpc.data);
+    body
+}
+
+/// Reads what [`encode_chunk`] wrote.
+pub fn decode_chunk(body: &[u8]) -> Result<InstallSnapshotRequest<TypeConfig>, bincode::Error> {
+    let malformed = || -> bincode::Error {
+        Box::new(bincode::ErrorKind::Custom(
+            "a snapshot chunk shorter than its head".into(),
+        ))
+    };
+    let len = body
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or_else(malformed)?;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|l| l.checked_add(8))
+        .filter(|&e| e <= body.len())
+        .ok_or_else(malformed)?;
+    let head: ChunkHead = decode(&body[8..end])?;
+    Ok(InstallSnapshotRequest {
+        vote: head.vote,
+        meta: head.meta,
+        offset: head.offset,
+        data: body[end..].to_vec(),
+        done: head.done,
+    })
+}
 
 /// When each peer last answered a Raft RPC (any HTTP answer counts: a slow but live peer is not
 /// silent), and the fault-injection switch that cuts this node off from its peers.
@@ -120,6 +174,20 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        self.call_with(path, encode(req), option).await
+    }
+
+    /// [`Peer::call`] with the request already encoded.
+    async fn call_with<Resp, E>(
+        &mut self,
+        path: &str,
+        body: Vec<u8>,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         if self.health.is_isolated() {
             return Err(RPCError::Unreachable(Unreachable::new(
                 &std::io::Error::other("isolated (fault injection)"),
@@ -131,7 +199,7 @@ impl Peer {
             .timeout(option.hard_ttl())
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .header(TARGET_HEADER, self.target.to_string())
-            .body(encode(req));
+            .body(body);
         let resp = r.send().await.map_err(|e| {
             if e.is_connect() {
                 RPCError::Unreachable(Unreachable::new(&e))
@@ -196,7 +264,9 @@ impl RaftNetwork<TypeConfig> for Peer {
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         let last_chunk = rpc.done.then(|| rpc.meta.snapshot_id.clone());
-        let answer = self.call("snapshot", &rpc, &option).await;
+        let answer = self
+            .call_with("snapshot", encode_chunk(&rpc), &option)
+            .await;
         if let (Some(snapshot), Ok(_)) = (last_chunk, &answer) {
             tracing::info!(target = self.target, %snapshot, "snapshot sent");
         }
@@ -209,5 +279,34 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call("vote", &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_chunks_round_trip_and_short_ones_are_refused() {
+        let rpc = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 7),
+            meta: SnapshotMeta {
+                last_log_id: None,
+                last_membership: Default::default(),
+                snapshot_id: "1-2-3".into(),
+            },
+            offset: 1 << 33,
+            data: (0..=255u8).cycle().take(70_000).collect(),
+            done: true,
+        };
+        let body = encode_chunk(&rpc);
+        let back = decode_chunk(&body).unwrap();
+        assert_eq!(back, rpc);
+        for cut in [0, 7, 8, 20] {
+            assert!(decode_chunk(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut huge = body.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(decode_chunk(&huge).is_err());
     }
 }
