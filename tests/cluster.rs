@@ -472,7 +472,12 @@ async fn a_leader_cut_off_from_its_quorum_stops_acknowledging_writes() {
         // 20 + 20 acknowledged; the refused writes are nowhere.
         assert_eq!(info.points, 40, "node {}", n.id());
         for id in [2_000u64, 2_004] {
-            assert!(n.engine.get("p").unwrap().get(&PointId::Num(id)).is_none());
+            assert!(n
+                .engine
+                .get("p")
+                .unwrap()
+                .get(&PointId::Num(id), false)
+                .is_none());
         }
     }
     for n in [a, b, c] {

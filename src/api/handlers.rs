@@ -503,12 +503,9 @@ pub async fn get_points(
         let mut budget = AnswerBudget::new();
         let mut points = Vec::new();
         for id in &req.ids {
-            let Some(mut p) = collection.get(id) else {
+            let Some(p) = collection.get(id, req.with_vector) else {
                 continue;
             };
-            if !req.with_vector {
-                p.vector = Vec::new();
-            }
             budget.add(&p)?;
             points.push(p);
         }

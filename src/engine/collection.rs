@@ -759,8 +759,9 @@ impl Collection {
         self.len() == 0
     }
 
-    /// One point by id.
-    pub fn get(&self, id: &PointId) -> Option<PointRecord> {
+    /// One point by id; its vector only `with_vector` (empty otherwise: a quantised collection
+    /// reads it from disk).
+    pub fn get(&self, id: &PointId, with_vector: bool) -> Option<PointRecord> {
         let st = self.shared.state.read();
         let iid = *st.by_ext.get(id)?;
         let slot = &st.slots[iid as usize];
@@ -769,6 +770,7 @@ impl Collection {
             vector: slot
                 .vector
                 .as_ref()
+                .filter(|_| with_vector)
                 .and_then(|v| self.shared.vector(iid, v))
                 .unwrap_or_default(),
             payload: slot.payload.as_deref().and_then(parsed),

@@ -654,7 +654,7 @@ impl Engine {
     /// One point.
     pub fn get_point(&self, name: &str, id: &PointId) -> Result<PointRecord> {
         self.get(name)?
-            .get(id)
+            .get(id, true)
             .ok_or_else(|| Error::PointNotFound(id.to_string()))
     }
 
@@ -795,13 +795,13 @@ mod tests {
             replies[2],
             Reply::Rejected(ApplyError::Invalid(_))
         ));
-        let stored = e.get("c").unwrap().get(&PointId::Num(1)).unwrap();
+        let stored = e.get("c").unwrap().get(&PointId::Num(1), true).unwrap();
         let v = stored.vector;
         assert!(
             (v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6,
             "{v:?}"
         );
-        assert!(e.get("c").unwrap().get(&PointId::Num(2)).is_none());
+        assert!(e.get("c").unwrap().get(&PointId::Num(2), true).is_none());
     }
 
     /// Review L10: a snapshot ships a graph dump no newer than its points, even when the indexer
