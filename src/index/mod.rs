@@ -123,26 +123,38 @@ pub struct GraphDistance(pub Metric);
 impl Distance<f32> for GraphDistance {
     #[inline]
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        let d = match self.0 {
-            Metric::Cosine => (1.0 - dot(a, b)).max(0.0),
-            Metric::L2 => l2_squared(a, b).sqrt(),
-            Metric::Dot => {
-                let d = dot(a, b);
-                if d >= 0.0 {
-                    1.0 / (1.0 + d)
-                } else {
-                    1.0 - d
-                }
+        graph_distance(self.0, || dot(a, b), || l2_squared(a, b))
+    }
+}
+
+/// The graph's distance under `metric`, from the dot product or the squared Euclidean distance
+/// (only the one the metric needs is computed): the one rule for vectors ([`GraphDistance`]) and
+/// int8 codes ([`CodeDistance`]).
+#[inline]
+fn graph_distance(
+    metric: Metric,
+    dot: impl FnOnce() -> f32,
+    l2_squared: impl FnOnce() -> f32,
+) -> f32 {
+    let d = match metric {
+        Metric::Cosine => (1.0 - dot()).max(0.0),
+        Metric::L2 => l2_squared().sqrt(),
+        Metric::Dot => {
+            let d = dot();
+            if d >= 0.0 {
+                1.0 / (1.0 + d)
+            } else {
+                1.0 - d
             }
-        };
-        // hnsw_rs panics on a NaN distance and asserts non-negative ones. `vector_problem` keeps
-        // such vectors out of the store; this is the second line, so that no input can ever kill
-        // an indexer: NaN sorts last.
-        if d.is_nan() {
-            f32::INFINITY
-        } else {
-            d
         }
+    };
+    // hnsw_rs panics on a NaN distance and asserts non-negative ones. `vector_problem` keeps
+    // such vectors out of the store; this is the second line, so that no input can ever kill
+    // an indexer: NaN sorts last.
+    if d.is_nan() {
+        f32::INFINITY
+    } else {
+        d
     }
 }
 

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::kernels::{dot, dot_i8, l2_squared};
-use super::GraphDistance;
+use super::{graph_distance, GraphDistance};
 use crate::model::Metric;
 
 /// Bytes before the codes: scale and squared norm.
@@ -120,22 +120,7 @@ impl Distance<u8> for CodeDistance {
             _ => 0,
         };
         let d = (sa * sb) * ip as f32;
-        let out = match self.0 {
-            Metric::Cosine => (1.0 - d).max(0.0),
-            Metric::L2 => (na + nb - 2.0 * d).max(0.0).sqrt(),
-            Metric::Dot => {
-                if d >= 0.0 {
-                    1.0 / (1.0 + d)
-                } else {
-                    1.0 - d
-                }
-            }
-        };
-        if out.is_nan() {
-            f32::INFINITY
-        } else {
-            out
-        }
+        graph_distance(self.0, || d, || (na + nb - 2.0 * d).max(0.0))
     }
 }
 
