@@ -1,6 +1,6 @@
 //! Distance kernels. Written as sixteen independent accumulators so that the compiler vectorises
-//! them; on x86_64 CPUs with AVX2 and FMA, or AVX-512 (detected at run time), the same loop is
-//! compiled for those features, which roughly halves the cost of a 384-d distance.
+//! them; on x86_64 CPUs with AVX2 (detected at run time) the same lanes run as explicit 256-bit
+//! instructions.
 //!
 //! Every build runs the same operations in the same order (Rust never contracts `a += x * y` into
 //! a fused multiply-add, and lanes are independent), so a distance is bit-for-bit the same on
@@ -47,7 +47,8 @@ fn l2_generic(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Sixteen accumulators: one 512-bit register's worth, or two 256-bit ones. The one summation
-/// order of every build.
+/// order of every build: lane `j` sums `x[16c + j] * y[16c + j]` over the chunks `c`, then
+/// [`reduce16`] folds the lanes and the remainder is added.
 #[inline(always)]
 fn dot_wide(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
@@ -60,11 +61,17 @@ fn dot_wide(a: &[f32], b: &[f32]) -> f32 {
             acc[j] += x[j] * y[j];
         }
     }
+    reduce16(&acc) + dot_generic(ra, rb)
+}
+
+/// Folds sixteen lane sums in the one order every build uses.
+#[inline(always)]
+fn reduce16(acc: &[f32; 16]) -> f32 {
     let mut s = 0.0;
     for j in 0..8 {
         s += acc[j] + acc[j + 8];
     }
-    s + dot_generic(ra, rb)
+    s
 }
 
 #[inline(always)]
@@ -80,11 +87,7 @@ fn l2_wide(a: &[f32], b: &[f32]) -> f32 {
             acc[j] += d * d;
         }
     }
-    let mut s = 0.0;
-    for j in 0..8 {
-        s += acc[j] + acc[j + 8];
-    }
-    s + l2_generic(ra, rb)
+    reduce16(&acc) + l2_generic(ra, rb)
 }
 
 /// Dot product of two int8 code arrays (stored as bytes), exact in i32 for any length up to
@@ -101,71 +104,130 @@ fn dot_i8_wide(a: &[u8], b: &[u8]) -> i32 {
             acc[j] += i32::from(x[j] as i8 as i16 * y[j] as i8 as i16);
         }
     }
-    let mut s: i32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += i32::from(*x as i8 as i16 * *y as i8 as i16);
-    }
-    s
+    acc.iter().sum::<i32>() + dot_i8_tail(ra, rb)
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-        super::dot_wide(a, b)
-    }
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub fn l2(a: &[f32], b: &[f32]) -> f32 {
-        super::l2_wide(a, b)
-    }
+#[inline(always)]
+fn dot_i8_tail(a: &[u8], b: &[u8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| i32::from(*x as i8 as i16 * *y as i8 as i16))
+        .sum()
 }
 
+/// The AVX2 builds, written with intrinsics. Left to the compiler (as `target_feature` builds of
+/// the loops above), the sixteen lanes came out as pairs of floats in 128-bit registers
+/// (`vmovsd` / `vmulps xmm`), and a 384-d distance took most of a search's time. Here two 256-bit
+/// registers hold lanes 0-7 and 8-15, multiplied then added (never fused), so every lane sees
+/// exactly the operations of [`dot_wide`] and [`l2_wide`] in the same order: the same bits on
+/// every CPU, which the tests below check.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    #[target_feature(enable = "avx2,fma")]
+    use std::arch::x86_64::*;
+
+    /// Lane sums of `f(x, y)` over the 16-float chunks of `a` and `b` (of equal length `n`),
+    /// and how many floats those chunks cover.
+    #[inline(always)]
+    fn lanes(a: &[f32], b: &[f32], f: impl Fn(__m256, __m256) -> __m256) -> ([f32; 16], usize) {
+        let n = a.len().min(b.len());
+        let chunks = n / 16;
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        // SAFETY: only reached from the `target_feature(enable = "avx2")` functions below, which
+        // run where the CPU has AVX2 (`super::level`); every load reads floats 16c..16c + 16 with
+        // 16c + 16 ≤ n, inside both slices; the stores write the 16 floats of `acc`.
+        unsafe {
+            let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for c in 0..chunks {
+                let (xa, ya) = (
+                    _mm256_loadu_ps(pa.add(16 * c)),
+                    _mm256_loadu_ps(pb.add(16 * c)),
+                );
+                let (xb, yb) = (
+                    _mm256_loadu_ps(pa.add(16 * c + 8)),
+                    _mm256_loadu_ps(pb.add(16 * c + 8)),
+                );
+                lo = _mm256_add_ps(lo, f(xa, ya));
+                hi = _mm256_add_ps(hi, f(xb, yb));
+            }
+            let mut acc = [0f32; 16];
+            _mm256_storeu_ps(acc.as_mut_ptr(), lo);
+            _mm256_storeu_ps(acc.as_mut_ptr().add(8), hi);
+            (acc, chunks * 16)
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
     pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-        super::dot_wide(a, b)
+        let (acc, done) = lanes(a, b, |x, y| _mm256_mul_ps(x, y));
+        let n = a.len().min(b.len());
+        super::reduce16(&acc) + super::dot_generic(&a[done..n], &b[done..n])
     }
-    #[target_feature(enable = "avx2,fma")]
+
+    #[target_feature(enable = "avx2")]
     pub fn l2(a: &[f32], b: &[f32]) -> f32 {
-        super::l2_wide(a, b)
+        let (acc, done) = lanes(a, b, |x, y| {
+            let d = _mm256_sub_ps(x, y);
+            _mm256_mul_ps(d, d)
+        });
+        let n = a.len().min(b.len());
+        super::reduce16(&acc) + super::l2_generic(&a[done..n], &b[done..n])
     }
+
+    /// 32 bytes at a time: each half sign-extended to sixteen i16, multiplied and summed in
+    /// pairs into i32 (`vpmaddwd`). Exact, so any order gives the same sum.
     #[target_feature(enable = "avx2")]
     pub fn dot_i8(a: &[u8], b: &[u8]) -> i32 {
-        super::dot_i8_wide(a, b)
+        let n = a.len().min(b.len());
+        let chunks = n / 32;
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut lanes = [0i32; 8];
+        // SAFETY: AVX2 is enabled for this function; every load reads bytes 32c..32c + 32 with
+        // 32c + 32 ≤ n, inside both slices; the store writes the 8 i32 of `lanes`.
+        unsafe {
+            let mut acc = _mm256_setzero_si256();
+            for c in 0..chunks {
+                let x = _mm256_loadu_si256(pa.add(32 * c) as *const __m256i);
+                let y = _mm256_loadu_si256(pb.add(32 * c) as *const __m256i);
+                let (xl, yl) = (
+                    _mm256_cvtepi8_epi16(_mm256_castsi256_si128(x)),
+                    _mm256_cvtepi8_epi16(_mm256_castsi256_si128(y)),
+                );
+                let (xh, yh) = (
+                    _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(x)),
+                    _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(y)),
+                );
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xl, yl));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(xh, yh));
+            }
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, acc);
+        }
+        let done = chunks * 32;
+        lanes.iter().sum::<i32>() + super::dot_i8_tail(&a[done..n], &b[done..n])
     }
 }
 
-/// Which kernel build this CPU runs: 0 portable, 1 AVX2+FMA, 2 AVX-512F.
+/// Whether this CPU runs the AVX2 kernels.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn level() -> u8 {
+fn has_avx2() -> bool {
     use std::sync::atomic::{AtomicU8, Ordering};
     static LEVEL: AtomicU8 = AtomicU8::new(u8::MAX);
     let l = LEVEL.load(Ordering::Relaxed);
     if l != u8::MAX {
-        return l;
+        return l == 1;
     }
-    let avx2 =
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-    let l = if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
-        2
-    } else {
-        u8::from(avx2)
-    };
-    LEVEL.store(l, Ordering::Relaxed);
-    l
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
+    LEVEL.store(u8::from(avx2), Ordering::Relaxed);
+    avx2
 }
 
 /// Dot product of the common prefix of `a` and `b`.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    match level() {
-        // SAFETY: the CPU supports the features each function was compiled for (`level`).
-        2 => return unsafe { avx512::dot(a, b) },
-        1 => return unsafe { avx2::dot(a, b) },
-        _ => {}
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (`has_avx2`).
+        return unsafe { avx2::dot(a, b) };
     }
     dot_wide(a, b)
 }
@@ -174,11 +236,9 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    match level() {
-        // SAFETY: the CPU supports the features each function was compiled for (`level`).
-        2 => return unsafe { avx512::l2(a, b) },
-        1 => return unsafe { avx2::l2(a, b) },
-        _ => {}
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (`has_avx2`).
+        return unsafe { avx2::l2(a, b) };
     }
     l2_wide(a, b)
 }
@@ -187,8 +247,8 @@ pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 pub fn dot_i8(a: &[u8], b: &[u8]) -> i32 {
     #[cfg(target_arch = "x86_64")]
-    if level() >= 1 {
-        // SAFETY: the CPU supports AVX2 (`level`).
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (`has_avx2`).
         return unsafe { avx2::dot_i8(a, b) };
     }
     dot_i8_wide(a, b)
@@ -200,25 +260,20 @@ mod tests {
 
     #[test]
     fn every_build_gives_bit_identical_distances() {
-        for n in [1usize, 7, 8, 15, 16, 17, 31, 100, 384, 1_000] {
+        for n in [1usize, 7, 8, 15, 16, 17, 31, 33, 100, 384, 1_000] {
             let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 3.1).collect();
             let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos() / 7.0).collect();
             let (d, l) = (dot_wide(&a, &b), l2_wide(&a, &b));
             assert_eq!(dot(&a, &b).to_bits(), d.to_bits(), "dot, n = {n}");
             assert_eq!(l2_squared(&a, &b).to_bits(), l.to_bits(), "l2, n = {n}");
-            #[cfg(target_arch = "x86_64")]
-            {
-                if level() >= 1 {
-                    // SAFETY: level() says this CPU has AVX2 and FMA.
-                    let (d2, l2) = unsafe { (avx2::dot(&a, &b), avx2::l2(&a, &b)) };
-                    assert_eq!((d2.to_bits(), l2.to_bits()), (d.to_bits(), l.to_bits()));
-                }
-                if level() >= 2 {
-                    // SAFETY: level() says this CPU has AVX-512F.
-                    let (d5, l5) = unsafe { (avx512::dot(&a, &b), avx512::l2(&a, &b)) };
-                    assert_eq!((d5.to_bits(), l5.to_bits()), (d.to_bits(), l.to_bits()));
-                }
+            // The portable lanes, written out one by one: the order every build must keep.
+            let mut acc = [0f32; 16];
+            let whole = n / 16 * 16;
+            for (i, (x, y)) in a[..whole].iter().zip(&b[..whole]).enumerate() {
+                acc[i % 16] += x * y;
             }
+            let want = reduce16(&acc) + dot_generic(&a[whole..], &b[whole..]);
+            assert_eq!(d.to_bits(), want.to_bits(), "portable dot, n = {n}");
         }
     }
 
