@@ -128,6 +128,88 @@ fn filtered_search(coll: &quiver::engine::Collection, queries: &[Vec<f32>], n: u
     );
 }
 
+/// The query cache on a workload with repeated queries: 20,000 searches at ef 64 drawn from the
+/// queries by a Zipf law (the r-th most popular with weight 1/r, fixed seed), through the node's
+/// cache (empty at the start, at its `--query-cache-mb` default), then the same sequence
+/// computed afresh. Prints the hit rate, throughput and latency of both, and checks that every
+/// cached answer is the computed one.
+fn cached_search(
+    engine: &quiver::engine::Engine,
+    coll: &quiver::engine::Collection,
+    queries: &[Vec<f32>],
+    truth: &[Vec<i32>],
+) {
+    use rand::{Rng, SeedableRng};
+    const DRAWS: usize = 20_000;
+    let mut cdf = Vec::with_capacity(queries.len());
+    let mut sum = 0.0;
+    for r in 1..=queries.len() {
+        sum += 1.0 / r as f64;
+        cdf.push(sum);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mix: Vec<usize> = (0..DRAWS)
+        .map(|_| {
+            let u = rng.random::<f64>() * sum;
+            cdf.partition_point(|&c| c < u).min(queries.len() - 1)
+        })
+        .collect();
+    let cache = engine.query_cache();
+    let before = cache.stats();
+    let mut answers = Vec::with_capacity(DRAWS);
+    let mut run = |use_cache: bool| {
+        let mut lat = Vec::with_capacity(DRAWS);
+        let mut recall = 0.0;
+        let started = Instant::now();
+        for &i in &mix {
+            let p = search_params(&queries[i], 64, None, false);
+            let t = Instant::now();
+            let hits = cache.search(coll, &p, use_cache);
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+            recall += recall_at(&ids_of(&hits), &truth[i], K);
+            if use_cache {
+                answers.push(hits);
+            } else {
+                assert_eq!(answers[lat.len() - 1], hits, "a cached answer differs");
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        lat.sort_by(f64::total_cmp);
+        (
+            DRAWS as f64 / secs,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            recall / DRAWS as f64,
+        )
+    };
+    let on = run(true);
+    let after = cache.stats();
+    let off = run(false);
+    let hits = after.hits - before.hits;
+    let looked = hits + after.misses - before.misses;
+    println!(
+        "\n## query cache ({DRAWS} searches, Zipf over {} queries, ef 64)\n",
+        queries.len()
+    );
+    println!("| cache | hit rate | QPS | p50 ms | p99 ms | recall@10 |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| on ({} MiB bound, {} entries, {:.1} MiB held) | {:.3} | {:.0} | {:.3} | {:.3} | {:.3} |",
+        after.capacity >> 20,
+        after.entries,
+        after.bytes as f64 / (1 << 20) as f64,
+        hits as f64 / looked.max(1) as f64,
+        on.0,
+        on.1,
+        on.2,
+        on.3
+    );
+    println!(
+        "| off | — | {:.0} | {:.3} | {:.3} | {:.3} |",
+        off.0, off.1, off.2, off.3
+    );
+}
+
 /// Waits (up to 10 minutes) until the collection's frozen search copy covers its whole graph.
 fn wait_for_search_copy(coll: &quiver::engine::Collection) {
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -187,6 +269,7 @@ async fn http_sweep(
         let mut r = SearchRequest::new(q.clone(), K);
         r.ef = Some(ef);
         r.with_payload = false;
+        r.cache = false;
         client.search(COLLECTION, &r).await?;
     }
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -206,6 +289,8 @@ async fn http_sweep(
                 let mut r = SearchRequest::new(queries[i].clone(), K);
                 r.ef = Some(ef);
                 r.with_payload = false;
+                // Every sweep measures the search itself, not the query cache.
+                r.cache = false;
                 let t = Instant::now();
                 let resp = client.search(COLLECTION, &r).await?;
                 lat.push(t.elapsed().as_secs_f64() * 1e3);
@@ -390,6 +475,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     filtered_search(&coll, &queries, n);
+    cached_search(&node.engine, &coll, &queries, &truth);
     println!("\npeak RSS: {:.0} MiB", peak_rss_mib());
 
     if !args.no_restart {

@@ -75,6 +75,7 @@ async fn sample(client: &Client, queries: &[Vec<f32>], t: f64, rewritten: u64) {
     for q in queries {
         let mut req = SearchRequest::new(q.clone(), 10);
         req.with_payload = false;
+        req.cache = false;
         req.consistency = at.clone();
         let approx = client.search(NAME, &req).await.unwrap().hits;
         req.exact = true;

@@ -41,6 +41,9 @@ pub struct Config {
     /// sled page cache, in MiB.
     #[arg(long, env = "QUIVER_CACHE_MB", default_value_t = EngineOptions::CACHE_MB)]
     pub cache_mb: u64,
+    /// Query cache, in MiB (0: off): answers served while their collection is unchanged.
+    #[arg(long, env = "QUIVER_QUERY_CACHE_MB", default_value_t = EngineOptions::QUERY_CACHE_MB)]
+    pub query_cache_mb: u64,
     /// Most points coalesced into one durable write (group commit).
     #[arg(long, env = "QUIVER_MAX_BATCH_POINTS", default_value_t = 4_096)]
     pub max_batch_points: usize,
@@ -232,6 +235,7 @@ impl Config {
     pub fn engine_options(&self) -> EngineOptions {
         let mut o = EngineOptions::new(&self.data_dir);
         o.cache_bytes = self.cache_mb << 20;
+        o.query_cache_bytes = self.query_cache_mb.saturating_mul(1 << 20);
         o.max_unindexed = self.max_unindexed;
         o.rebuild_ratio = self.rebuild_ratio;
         o.exact_below = self.exact_below;

@@ -91,6 +91,100 @@ async fn leader_and_two_learners_replicate_and_forward_writes() {
     }
 }
 
+/// Issue 11: a replica's query cache never serves an answer from before a write it has applied.
+/// While the leader ingests, each round deletes the last probe point and writes a new one equal
+/// to the query; the replica, read at the new probe's index with the cache on (twice, so the
+/// second may be a hit), must rank the new probe first. Once the ingest stops, a repeat is a hit
+/// that equals the answer computed afresh, and `/metrics` reports the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_query_cache_is_never_stale_under_ingest() {
+    let (a, _da) = start(None, false, |_| {}).await;
+    let (b, _db) = start(Some(&a.url()), false, |_| {}).await;
+    wait_members(&a, 2).await;
+    let (ca, cb) = (
+        Client::new(&a.url(), None).unwrap(),
+        Client::new(&b.url(), None).unwrap(),
+    );
+    ca.create_collection("q", &config4()).await.unwrap();
+    ca.upsert("q", points(0, 300)).await.unwrap();
+    let ingest = {
+        let ca = ca.clone();
+        tokio::spawn(async move {
+            for i in 0..40 {
+                ca.upsert("q", points(1_000 + i * 25, 25)).await.unwrap();
+            }
+        })
+    };
+    let probe = |r: u64| PointInput {
+        id: PointId::Num(9_000_000 + r),
+        vector: vec![0.5, 0.5, 1.0, 0.0],
+        payload: None,
+    };
+    for r in 0..30u64 {
+        if r > 0 {
+            let del = quiver::model::DeleteRequest {
+                ids: Some(vec![PointId::Num(9_000_000 + r - 1)]),
+                filter: None,
+            };
+            ca.delete_points("q", &del).await.unwrap();
+        }
+        let w = ca.upsert("q", vec![probe(r)]).await.unwrap();
+        for _ in 0..2 {
+            let hits = cb.search("q", &query(w.index)).await.unwrap().hits;
+            assert_eq!(hits[0].id, PointId::Num(9_000_000 + r), "round {r}");
+            assert!(
+                hits.iter().all(
+                    |h| !matches!(h.id, PointId::Num(n) if n >= 9_000_000 && n != 9_000_000 + r)
+                ),
+                "round {r}: a deleted probe was served"
+            );
+        }
+    }
+    ingest.await.unwrap();
+    let last = a.cluster.applied();
+    wait_applied(&b, last).await;
+    let stats = || b.engine.query_cache().stats();
+    let cached = cb.search("q", &query(last)).await.unwrap().hits;
+    let before = stats();
+    assert_eq!(cb.search("q", &query(last)).await.unwrap().hits, cached);
+    assert_eq!(
+        stats().hits,
+        before.hits + 1,
+        "a repeat at an unchanged state is a hit"
+    );
+    let mut fresh = query(last);
+    fresh.cache = false;
+    assert_eq!(cb.search("q", &fresh).await.unwrap().hits, cached);
+    assert_eq!(
+        stats().hits + stats().misses,
+        before.hits + before.misses + 1
+    );
+    let metrics = reqwest::get(format!("{}/metrics", b.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "quiver_query_cache_hits_total",
+        "quiver_query_cache_misses_total",
+        "quiver_query_cache_evictions_total",
+        "quiver_query_cache_bytes",
+    ] {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"));
+        if name != "quiver_query_cache_evictions_total" {
+            let v: u64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+            assert!(v > 0, "{line}");
+        }
+    }
+    for n in [b, a] {
+        n.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_learner_catches_up_from_a_snapshot() {
     let (a, _da) = start(None, false, |c| c.snapshot_logs = 20).await;

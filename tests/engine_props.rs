@@ -3,7 +3,10 @@
 //!   search equals the model's (one of the two collections is quantised);
 //! - two engines fed the same commands return identical (HNSW) results;
 //! - HNSW recall@10 ≥ 0.9 on random data, with and without int8 quantisation;
-//! - a reopened engine holds the same data.
+//! - a reopened engine holds the same data;
+//! - the query cache: under any interleaving of writes, deletes, rebuilds and searches, on a
+//!   leader and on a replica fed the same log, a cached answer equals the one computed at the
+//!   same state.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,6 +34,8 @@ enum Op {
     DeleteIds(usize, Vec<u64>),
     DeleteTag(usize, u8),
     Search(usize, Vec<f32>, usize, Option<u8>),
+    /// Let the indexers catch up (the graph, its frozen copy and any rebuild settle).
+    Wait,
 }
 
 fn metric() -> impl Strategy<Value = Metric> {
@@ -125,7 +130,7 @@ fn command(op: &Op, model: &Model) -> Option<Command> {
             collection: NAMES[*c].into(),
             selector: DeleteSelector::Filter(serde_json::to_string(&tag_filter(*t)).unwrap()),
         },
-        Op::Search(..) => return None,
+        Op::Search(..) | Op::Wait => return None,
     })
 }
 
@@ -398,5 +403,90 @@ proptest! {
         for quantization in [Quantization::None, Quantization::Int8] {
             recall_at_10_is_at_least_0_9(seed, metric, quantization)?;
         }
+    }
+}
+
+/// A search through `e`'s query cache, checked against the same search computed afresh: equal
+/// whenever both ran under the same [`quiver::engine::ViewTag`] (the indexer may move it between
+/// the two), and a repeat under an unchanged tag is a cache hit. Returns whether it compared.
+fn check_cached(e: &Engine, name: &str, p: &SearchParams) -> Result<bool, TestCaseError> {
+    let Ok(c) = e.get(name) else { return Ok(false) };
+    let cache = e.query_cache();
+    let before = c.view_tag();
+    let cached = cache.search(&c, p, true);
+    let (fresh, tag) = c.search_tagged(p);
+    if tag != Some(before) || c.view_tag() != before {
+        return Ok(false);
+    }
+    prop_assert_eq!(&cached, &fresh);
+    let hits = cache.stats().hits;
+    let again = cache.search(&c, p, true);
+    if c.view_tag() == before {
+        prop_assert_eq!(&again, &fresh);
+        prop_assert_eq!(cache.stats().hits, hits + 1);
+    }
+    // Opting out computes the same answer and leaves the counters alone.
+    let stats = cache.stats();
+    prop_assert_eq!(&cache.search(&c, p, false), &fresh);
+    prop_assert_eq!(
+        cache.stats().hits + cache.stats().misses,
+        stats.hits + stats.misses
+    );
+    Ok(true)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn cached_answers_equal_computed_ones_on_leader_and_replica(
+        ops in prop::collection::vec(prop_oneof![12 => op(), 1 => Just(Op::Wait)], 1..80)
+    ) {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let leader = Engine::open(opts(d1.path())).unwrap();
+        // The replica's cache holds a few answers only, so that eviction runs too.
+        let replica = Engine::open(EngineOptions { query_cache_bytes: 4 << 10, ..opts(d2.path()) }).unwrap();
+        let mut model = Model::new();
+        let (mut index, mut compared) = (0, 0);
+        let mut queries = Vec::new();
+        for op in &ops {
+            match op {
+                Op::Search(c, q, k, tag) => {
+                    let name = NAMES[*c];
+                    let Some((metric, _)) = model.get(name) else { continue };
+                    for exact in [false, true] {
+                        let Some(p) = params(q, *k, *tag, *metric, exact) else { continue };
+                        for e in [&leader, &replica] {
+                            compared += usize::from(check_cached(e, name, &p)?);
+                        }
+                        queries.push((name, p));
+                    }
+                }
+                Op::Wait => {
+                    prop_assert!(leader.wait_indexed(Duration::from_secs(30)));
+                    prop_assert!(replica.wait_indexed(Duration::from_secs(30)));
+                }
+                _ => {
+                    let Some(cmd) = command(op, &model) else { continue };
+                    index += 1;
+                    model_apply(&mut model, &cmd);
+                    leader.apply(&[(index, cmd.clone())]).unwrap();
+                    replica.apply(&[(index, cmd)]).unwrap();
+                }
+            }
+        }
+        // Settled, at the same index: the leader's cached answers are the replica's, cached or
+        // computed.
+        prop_assert!(leader.wait_indexed(Duration::from_secs(30)));
+        prop_assert!(replica.wait_indexed(Duration::from_secs(30)));
+        for (name, p) in &queries {
+            let (Ok(a), Ok(b)) = (leader.get(name), replica.get(name)) else { continue };
+            let cached = leader.query_cache().search(&a, p, true);
+            prop_assert_eq!(&cached, &leader.query_cache().search(&a, p, true));
+            prop_assert_eq!(&cached, &replica.query_cache().search(&b, p, true));
+            prop_assert_eq!(&cached, &b.search(p));
+            compared += 1;
+        }
+        prop_assert!(queries.is_empty() || compared > 0);
     }
 }

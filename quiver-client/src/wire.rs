@@ -616,6 +616,12 @@ pub struct SearchRequest {
     /// How fresh the answer must be (default eventual).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistency: Option<Consistency>,
+    /// Use the node's query cache (default true): an answer cached under the collection's
+    /// current state, or computed and kept. `false` computes it and leaves the cache alone
+    /// (benchmarks of the search itself). Either way the answer is the same.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    #[schema(default = true)]
+    pub cache: bool,
 }
 
 impl SearchRequest {
@@ -631,6 +637,7 @@ impl SearchRequest {
             with_vector: false,
             exact: false,
             consistency: None,
+            cache: true,
         }
     }
 }
@@ -638,6 +645,10 @@ impl SearchRequest {
 fn default_k() -> usize {
     10
 }
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 fn default_true() -> bool {
     true
 }

@@ -633,9 +633,11 @@ pub async fn search(
     let consistency = req.consistency.clone().unwrap_or_default();
     let index = read_at(&state, &consistency, "consistency.").await?;
     let collection = state.engine.get(&name)?;
+    let use_cache = req.cache;
     let params = prepare_search(req, collection.config(), state.config.default_ef, "")?;
+    let engine = state.engine.clone();
     let hits = blocking(move || {
-        let hits = collection.search(&params);
+        let hits = engine.query_cache().search(&collection, &params, use_cache);
         let mut budget = AnswerBudget::new();
         for h in &hits {
             budget.add(h)?;
@@ -680,21 +682,24 @@ pub async fn search_batch(
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
+            let use_cache = s.cache;
             prepare_search(
                 s,
                 collection.config(),
                 state.config.default_ef,
                 &format!("searches[{i}]."),
             )
+            .map(|p| (p, use_cache))
         })
         .collect::<Result<Vec<_>>>()?;
+    let engine = state.engine.clone();
     // One search at a time, counting the answer as it grows: a batch whose answer would pass
     // the limit stops there instead of holding every result first.
     let results = blocking(move || {
         let mut budget = AnswerBudget::new();
         let mut results = Vec::with_capacity(params.len());
-        for p in &params {
-            let hits = collection.search(p);
+        for (p, use_cache) in &params {
+            let hits = engine.query_cache().search(&collection, p, *use_cache);
             for h in &hits {
                 budget.add(h)?;
             }

@@ -72,6 +72,56 @@ pub async fn render(State(state): State<AppState>) -> Response {
             let _ = writeln!(out, "{name}{{collection=\"{}\"}} {}", c.0.name, value(c));
         }
     }
+    let cache = state.engine.query_cache().stats();
+    let counters: [(&str, &str, &str, u64); 7] = [
+        (
+            "quiver_query_cache_hits_total",
+            "counter",
+            "Searches answered from the query cache.",
+            cache.hits,
+        ),
+        (
+            "quiver_query_cache_misses_total",
+            "counter",
+            "Searches computed (the cache on, no current answer in it).",
+            cache.misses,
+        ),
+        (
+            "quiver_query_cache_stale_total",
+            "counter",
+            "Misses that found an answer computed before a change to its collection.",
+            cache.stale,
+        ),
+        (
+            "quiver_query_cache_evictions_total",
+            "counter",
+            "Answers pushed out of the query cache by its bound.",
+            cache.evictions,
+        ),
+        (
+            "quiver_query_cache_bytes",
+            "gauge",
+            "Bytes held by the query cache (estimated).",
+            cache.bytes,
+        ),
+        (
+            "quiver_query_cache_entries",
+            "gauge",
+            "Answers held by the query cache.",
+            cache.entries,
+        ),
+        (
+            "quiver_query_cache_capacity_bytes",
+            "gauge",
+            "The query cache's bound (--query-cache-mb).",
+            cache.capacity,
+        ),
+    ];
+    for (name, kind, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
     let _ = writeln!(
         out,
         "# HELP quiver_last_applied_index Index of the last applied log entry."

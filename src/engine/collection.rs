@@ -23,7 +23,8 @@ use super::payload_index::PayloadIndex;
 use super::vectors::VectorFile;
 use crate::filter::Filter;
 use crate::index::{
-    encode, lower_priority, score, AnyGraph, CodeDistance, GraphMeta, Scored, Stored, BLOCK,
+    encode, lower_priority, score, AnyFlat, AnyGraph, CodeDistance, GraphMeta, Scored, Stored,
+    BLOCK,
 };
 use crate::model::{
     ApplyError, CollectionConfig, CollectionInfo, Hit, Metric, PointId, PointRecord, PointWrite,
@@ -77,6 +78,54 @@ struct State {
     live: usize,
     epoch_since: u64,
     epoch_total: u64,
+    /// Moves on every change to the points (writes, deletes, a finished rebuild): with the
+    /// graph's state it says which answers a search can give ([`ViewTag`]).
+    version: u64,
+}
+
+/// What a search's answer is a function of: the points (`version`), which graph (`graph`, unique
+/// in the process), how far it and its frozen copy reach, and whether it was empty. Two searches
+/// of the same request under equal tags give the same answer, so a cached answer is served only
+/// while the tag it was computed under is current (issue 11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViewTag {
+    version: u64,
+    graph: u64,
+    watermark: u64,
+    flat: u64,
+    empty: bool,
+}
+
+/// The graph state one search reads, once: re-reading the watermark or the frozen copy midway
+/// could mix two states.
+struct View {
+    watermark: u64,
+    /// The frozen copy, when it is close enough to the graph to be searched.
+    flat: Option<AnyFlat>,
+    empty: bool,
+}
+
+impl View {
+    fn of(graph: &AnyGraph) -> View {
+        let watermark = graph.watermark();
+        View {
+            watermark,
+            flat: graph
+                .flat()
+                .filter(|f| watermark.saturating_sub(f.watermark()) <= FLAT_MAX_LAG),
+            empty: graph.is_empty(),
+        }
+    }
+
+    fn tag(&self, st: &State, graph: &AnyGraph) -> ViewTag {
+        ViewTag {
+            version: st.version,
+            graph: graph.serial(),
+            watermark: self.watermark,
+            flat: self.flat.as_ref().map_or(u64::MAX, |f| f.watermark()),
+            empty: self.empty,
+        }
+    }
 }
 
 struct RebuildJob {
@@ -351,6 +400,7 @@ impl Collection {
             live,
             epoch_since: meta.epoch_since,
             epoch_total: meta.epoch_total,
+            version: 0,
         };
         let c = Collection::start(id, meta, state, graph, full, opts);
         if pending_rebuild {
@@ -384,6 +434,7 @@ impl Collection {
             live: 0,
             epoch_since: 0,
             epoch_total: 0,
+            version: 0,
         };
         let graph = AnyGraph::new(&config, 0, 0, 0);
         let full = VectorFile::of(id, &config, &opts.vector_dir);
@@ -508,6 +559,7 @@ impl Collection {
             st.live += 1;
             st.epoch_total += 1;
         }
+        st.version += 1;
         let job = self.maybe_rebuild(&mut st);
         batch.put_collection(cid, &self.meta(&st));
         self.shared
@@ -573,6 +625,7 @@ impl Collection {
             Self::tombstone(&mut st, iid);
             batch.remove_point(cid, iid);
         }
+        st.version += 1;
         let job = self.maybe_rebuild(&mut st);
         if !iids.is_empty() {
             batch.put_collection(cid, &self.meta(&st));
@@ -792,11 +845,27 @@ impl Collection {
     /// Nearest neighbours of `p.vector`. Exact when asked, when the collection is small, or when the
     /// filter is selective; otherwise HNSW over the graph plus an exact scan of the unindexed tail.
     pub fn search(&self, p: &SearchParams) -> Vec<Hit> {
+        self.search_tagged(p).0
+    }
+
+    /// The tag a search would be computed under now ([`ViewTag`]).
+    pub fn view_tag(&self) -> ViewTag {
+        let graph = self.shared.graph.read().clone();
+        let st = self.shared.state.read();
+        View::of(&graph).tag(&st, &graph)
+    }
+
+    /// [`Collection::search`], with the tag of the state it read when the answer is a function of
+    /// that state alone; `None` when it walked hnsw_rs' graph while the indexer may be inserting
+    /// into it (a large graph mid-ingest), which no tag pins down.
+    pub fn search_tagged(&self, p: &SearchParams) -> (Vec<Hit>, Option<ViewTag>) {
         let metric = self.shared.config.metric;
         let graph = self.shared.graph.read().clone();
         let st = self.shared.state.read();
+        let view = View::of(&graph);
+        let tag = view.tag(&st, &graph);
         let n = st.slots.len();
-        let wm = (graph.watermark() as usize).min(n);
+        let wm = (view.watermark as usize).min(n);
         let filter = p.filter.as_ref();
         let q = &p.vector[..];
         // A filter the payload index narrows has its candidates (a superset of its matches,
@@ -865,7 +934,7 @@ impl Collection {
         };
         let exact_scan = |from: usize, top: &mut TopK| score_ids(&mut (from..n), &accepts, top);
         let mut top = TopK::new(p.k);
-        let mut use_exact = p.exact || st.live <= self.shared.opts.exact_below || graph.is_empty();
+        let mut use_exact = p.exact || st.live <= self.shared.opts.exact_below || view.empty;
         if let (Some(f), false) = (filter, use_exact) {
             // The share of points the filter matches: counted by the index, or estimated on an
             // even sample when the index cannot narrow the filter.
@@ -904,7 +973,7 @@ impl Collection {
                 ),
                 None => exact_scan(0, &mut top),
             }
-            return self.hits(&st, top, p);
+            return (self.hits(&st, top, p), Some(tag));
         }
         // Merges graph results, rescored exactly, then scans exactly what the graph did not
         // cover (`from`). A graph short of k answers (a selective filter, or many dead points:
@@ -928,10 +997,7 @@ impl Collection {
             }
             exact_scan(from, top);
         };
-        if let Some(flat) = graph
-            .flat()
-            .filter(|f| graph.watermark() - f.watermark() <= FLAT_MAX_LAG)
-        {
+        if let Some(flat) = &view.flat {
             // The frozen copy covers ids below its watermark; everything above is scanned exactly.
             let fw = (flat.watermark() as usize).min(n);
             let keep = |iid: u32| (iid as usize) < fw && accepts(iid as usize);
@@ -954,8 +1020,9 @@ impl Collection {
                 found = graph.search(q, wanted, ef, Some(&keep));
             }
             finish(found, wm, &mut top);
+            return (self.hits(&st, top, p), None);
         }
-        self.hits(&st, top, p)
+        (self.hits(&st, top, p), Some(tag))
     }
 
     /// The answer: hits best first, with what was asked for.
@@ -1296,6 +1363,7 @@ impl Shared {
                 slot.vector = None;
             }
         }
+        st.version += 1;
         drop(st);
         crate::alloc::release_memory();
         let mut ctl = self.ctl.lock();

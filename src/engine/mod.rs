@@ -25,6 +25,7 @@
 //! the graph rebuilt or replayed on that node may differ slightly from one that never restarted
 //! (searches stay correct; only approximate-result ties can differ).
 
+mod cache;
 mod collection;
 pub(crate) mod payload_index;
 mod vectors;
@@ -37,7 +38,8 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-pub use collection::{Collection, CollectionOptions, SearchParams};
+pub use cache::{CacheStats, QueryCache};
+pub use collection::{Collection, CollectionOptions, SearchParams, ViewTag};
 
 use crate::error::{Error, Result};
 use crate::filter::Filter;
@@ -132,6 +134,8 @@ pub struct EngineOptions {
     pub dump_after_inserts: u64,
     /// Collections with at most this many points are searched exactly.
     pub exact_below: usize,
+    /// The query cache's bound in bytes (0: off; `--query-cache-mb`).
+    pub query_cache_bytes: u64,
     /// Tests only: a snapshot install pauses this long once, midway through its import (so that a
     /// test can kill the process while the state is half-imported).
     pub install_delay: Duration,
@@ -149,6 +153,9 @@ impl EngineOptions {
     pub const REBUILD_RATIO: f64 = 0.2;
     /// Default exact-search bound (`--exact-below`).
     pub const EXACT_BELOW: usize = 1_000;
+    /// Default query cache, in MiB (`--query-cache-mb`): about 20,000 answers of 10 hits with
+    /// small payloads.
+    pub const QUERY_CACHE_MB: u64 = 64;
 
     /// Defaults for a data directory (the same as `quiver serve`'s).
     pub fn new(data_dir: impl Into<PathBuf>) -> EngineOptions {
@@ -160,6 +167,7 @@ impl EngineOptions {
             rebuild_min_points: 1_000,
             dump_after_inserts: 10_000,
             exact_below: Self::EXACT_BELOW,
+            query_cache_bytes: Self::QUERY_CACHE_MB << 20,
             install_delay: Duration::ZERO,
         }
     }
@@ -178,6 +186,7 @@ pub struct Engine {
     applied: AtomicU64,
     /// The note of an install whose marker is still on disk (see [`Engine::pending_install`]).
     pending_install: Mutex<Option<Vec<u8>>>,
+    query_cache: QueryCache,
 }
 
 impl Engine {
@@ -215,13 +224,14 @@ impl Engine {
         }
         Ok(Engine {
             store,
-            opts,
             collections: RwLock::new(collections),
             apply_state: Mutex::new(ApplyState {
                 next_cid: loaded.next_cid,
             }),
             applied: AtomicU64::new(loaded.applied),
             pending_install: Mutex::new(pending_install),
+            query_cache: QueryCache::new(opts.query_cache_bytes),
+            opts,
         })
     }
 
@@ -646,9 +656,14 @@ impl Engine {
         Ok(self.get(name)?.info())
     }
 
-    /// Nearest-neighbour search in one collection.
+    /// Nearest-neighbour search in one collection, through the query cache.
     pub fn search(&self, name: &str, params: &SearchParams) -> Result<Vec<Hit>> {
-        Ok(self.get(name)?.search(params))
+        Ok(self.query_cache.search(&*self.get(name)?, params, true))
+    }
+
+    /// The node's query cache.
+    pub fn query_cache(&self) -> &QueryCache {
+        &self.query_cache
     }
 
     /// One point.

@@ -134,6 +134,11 @@ impl AnyGraph {
         self.len() == 0
     }
 
+    /// The graph's number, unique in the process ([`Graph::serial`]).
+    pub fn serial(&self) -> u64 {
+        each!(self, g => g.serial())
+    }
+
     /// Inserts one block of ids ([`Graph::insert_block`]).
     pub fn insert_block(&self, items: &[(u64, Option<Stored>)], end: u64) {
         match self {

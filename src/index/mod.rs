@@ -227,6 +227,14 @@ pub struct Graph<E: Element = f32> {
     /// The length of a row.
     dim: usize,
     flat: RwLock<Option<Arc<FlatGraph<E>>>>,
+    /// Unique among the graphs of this process ([`Graph::serial`]).
+    serial: u64,
+}
+
+/// A number no other graph of this process has.
+fn next_serial() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl<E: Element> Graph<E> {
@@ -255,6 +263,7 @@ impl<E: Element> Graph<E> {
             vectors: RwLock::new(Vec::new()),
             touched: Mutex::new(Vec::new()),
             untracked: AtomicBool::new(false),
+            serial: next_serial(),
         }
     }
 
@@ -275,6 +284,12 @@ impl<E: Element> Graph<E> {
     /// The next internal id this graph expects.
     pub fn watermark(&self) -> u64 {
         self.watermark.load(Ordering::Acquire)
+    }
+
+    /// This graph's number, unique in the process: a graph that replaces another (a rebuild, a
+    /// reset, a reopened collection) never has the number of the one it replaces.
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     /// Number of vectors inserted.
@@ -505,6 +520,7 @@ impl<E: Element> Graph<E> {
                     vectors: kept,
                     touched: Mutex::new(Vec::new()),
                     untracked: AtomicBool::new(false),
+                    serial: next_serial(),
                 };
                 Some((g, meta))
             }
