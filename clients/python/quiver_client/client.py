@@ -238,10 +238,12 @@ def _request_delete_points(name: str, ids: Sequence[PointId] | None,
 
 def _request_search(core: _Core, name: str, vector: Sequence[float], k: int, *, ef: int | None,
                     filter: Filter | None, with_payload: bool, with_vector: bool,
-                    score_threshold: float | None, exact: bool,
+                    score_threshold: float | None, exact: bool, cache: bool,
                     consistency: Consistency | None) -> _Request[SearchResult]:
     body: dict[str, Any] = {"vector": list(vector), "k": k, "with_payload": with_payload,
                             "with_vector": with_vector, "exact": exact}
+    if not cache:
+        body["cache"] = False
     if ef is not None:
         body["ef"] = ef
     if filter is not None:
@@ -512,12 +514,14 @@ class QuiverClient(_ClientBase):
 
     def search(self, name: str, vector: Sequence[float], k: int = 10, *, ef: int | None = None,
                filter: Filter | None = None, with_payload: bool = True, with_vector: bool = False,
-               score_threshold: float | None = None, exact: bool = False,
+               score_threshold: float | None = None, exact: bool = False, cache: bool = True,
                consistency: Consistency | None = None) -> SearchResult:
-        """POST /collections/{name}/points/search: ``hits`` best first, and ``index``."""
+        """POST /collections/{name}/points/search: ``hits`` best first, and ``index``.
+        ``cache=False`` computes the answer afresh instead of using the node's query cache
+        (whose answers are never stale: the result is the same either way)."""
         return self._run(_request_search(
             self._core, name, vector, k, ef=ef, filter=filter, with_payload=with_payload,
-            with_vector=with_vector, score_threshold=score_threshold, exact=exact,
+            with_vector=with_vector, score_threshold=score_threshold, exact=exact, cache=cache,
             consistency=consistency))
 
     def search_batch(self, name: str, searches: Sequence[SearchRequest],
@@ -663,11 +667,12 @@ class AsyncQuiverClient(_ClientBase):
     async def search(self, name: str, vector: Sequence[float], k: int = 10, *, ef: int | None = None,
                      filter: Filter | None = None, with_payload: bool = True,
                      with_vector: bool = False, score_threshold: float | None = None,
-                     exact: bool = False, consistency: Consistency | None = None) -> SearchResult:
-        """POST /collections/{name}/points/search: ``hits`` best first, and ``index``."""
+                     exact: bool = False, cache: bool = True,
+                     consistency: Consistency | None = None) -> SearchResult:
+        """POST /collections/{name}/points/search (see :meth:`QuiverClient.search`)."""
         return await self._run(_request_search(
             self._core, name, vector, k, ef=ef, filter=filter, with_payload=with_payload,
-            with_vector=with_vector, score_threshold=score_threshold, exact=exact,
+            with_vector=with_vector, score_threshold=score_threshold, exact=exact, cache=cache,
             consistency=consistency))
 
     async def search_batch(self, name: str, searches: Sequence[SearchRequest],

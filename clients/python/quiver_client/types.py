@@ -147,6 +147,7 @@ class SearchRequest(_SearchVector, total=False):
     with_payload: bool
     with_vector: bool
     exact: bool
+    cache: bool
 
 
 # --- results ---------------------------------------------------------------------------------

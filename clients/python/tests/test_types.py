@@ -112,6 +112,9 @@ def test_every_result_has_its_typed_shape(server: Server) -> None:
         assert_type(best, Hit)
         assert (best["id"], best.get("payload")) == (1, {"lang": "en", "year": 2021})
         assert best["score"] > found["hits"][1]["score"] and len(best.get("vector", [])) == 3
+        # The query cache never changes an answer: bypassing it gives the same hits.
+        again = c.search(name, [0.9, 0.1, 0.0], 3, with_vector=True, exact=True, cache=False)
+        assert again["hits"] == found["hits"]
         # The server leaves out what it has no value for: no payload, no vector.
         bare = c.search(name, [0.0, 1.0, 0.0], 1, with_payload=False)["hits"][0]
         conforms(bare, Hit)
