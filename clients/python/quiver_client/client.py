@@ -669,7 +669,9 @@ class AsyncQuiverClient(_ClientBase):
                      with_vector: bool = False, score_threshold: float | None = None,
                      exact: bool = False, cache: bool = True,
                      consistency: Consistency | None = None) -> SearchResult:
-        """POST /collections/{name}/points/search (see :meth:`QuiverClient.search`)."""
+        """POST /collections/{name}/points/search: ``hits`` best first, and ``index``.
+        ``cache=False`` computes the answer afresh instead of using the node's query cache
+        (whose answers are never stale: the result is the same either way)."""
         return await self._run(_request_search(
             self._core, name, vector, k, ef=ef, filter=filter, with_payload=with_payload,
             with_vector=with_vector, score_threshold=score_threshold, exact=exact, cache=cache,
