@@ -32,6 +32,9 @@ struct Args {
     /// Seconds of writes per rate (the first second is not counted).
     #[arg(long, default_value_t = 10)]
     secs: u64,
+    /// Folder for the nodes' data directories (default: a temporary folder under the system's).
+    #[arg(long)]
+    dir: Option<PathBuf>,
     /// Extra flags for every node (e.g. `--heartbeat-ms 50`), space-separated.
     #[arg(long, default_value = "")]
     node_args: String,
@@ -88,7 +91,10 @@ async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let vectors = Arc::new(read_fvecs(&args.data.join("base.fvecs"), Some(20_000))?);
-    let root = tempfile::tempdir()?;
+    let root = match &args.dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
     let http = reqwest::Client::new();
     let leader = spawn(&args, &root.path().join("n0"), None)?;
     wait_ready(&http, &leader.1).await?;
@@ -101,7 +107,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let client = Client::new(&leader.1, None)?;
     client
-        .create_collection("lag", &CollectionConfig::new(vectors[0].len(), Metric::Cosine))
+        .create_collection(
+            "lag",
+            &CollectionConfig::new(vectors[0].len(), Metric::Cosine),
+        )
         .await?;
     println!(
         "a leader and 2 replicas (`quiver serve` processes{}), single-point writes; lag = from the \

@@ -136,7 +136,8 @@ async fn open(
     let started = Instant::now();
     let engine = Arc::new(tokio::task::spawn_blocking(move || Engine::open(opts)).await??);
     let id = node_id(&config.data_dir)?;
-    let log = LogStore::open(engine.store().db())?;
+    let log = LogStore::open(engine.store().db(), id)?;
+    let durability = log.durability();
     let pristine = log.is_pristine();
     let sm = StateMachine::new(engine.clone())?;
     let (secret, made_up) = config.secret();
@@ -144,6 +145,23 @@ async fn open(
     let peer = PeerClient::new(&secret);
     let network = Network::new(peer.clone(), health.clone());
     let raft = Raft::new(id, Arc::new(config.raft_config()?), network, log, sm).await?;
+    // A learner acknowledges appends before they are fsynced (see `raft::Durability`): tell the
+    // log store which this node is, from the membership openraft loaded or installed.
+    let mut metrics = raft.metrics();
+    tokio::spawn(async move {
+        loop {
+            let (index, learner) = {
+                let m = metrics.borrow();
+                let mc = &m.membership_config;
+                let index = mc.log_id().as_ref().map_or(0, |l| l.index);
+                (index, !mc.membership().voter_ids().any(|v| v == id))
+            };
+            durability.observe(index, learner);
+            if metrics.changed().await.is_err() {
+                break;
+            }
+        }
+    });
     if made_up {
         let others = raft
             .metrics()

@@ -18,7 +18,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
         let mut opts = EngineOptions::new(dir.path());
         opts.cache_bytes = 4 << 20;
         let engine = Arc::new(Engine::open(opts).expect("engine"));
-        let log = LogStore::open(engine.store().db()).expect("log store");
+        let log = LogStore::open(engine.store().db(), 1).expect("log store");
         let sm = StateMachine::new(engine).expect("state machine");
         Ok((dir, log, sm))
     }

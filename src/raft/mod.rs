@@ -20,7 +20,7 @@ mod network;
 mod peer;
 mod state_machine;
 
-pub use log_store::LogStore;
+pub use log_store::{Durability, LogStore};
 pub use network::{decode_chunk, encode_chunk, Network, PeerHealth, SECRET_HEADER, TARGET_HEADER};
 pub use peer::PeerClient;
 
