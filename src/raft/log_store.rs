@@ -265,3 +265,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Durability;
+
+    #[test]
+    fn durability_follows_the_latest_membership_and_doubts_towards_fsync() {
+        let d = Durability::default();
+        assert!(!d.learner(), "durable until a membership says otherwise");
+        d.observe(5, true);
+        assert!(d.learner());
+        // A promotion at a later index wins; a late report of the older membership does not.
+        d.observe(9, false);
+        d.observe(5, true);
+        assert!(!d.learner());
+        d.observe(12, true);
+        assert!(d.learner());
+        // A truncation may have removed that membership: durable until a later one decides.
+        d.doubt();
+        assert!(!d.learner());
+        d.observe(12, true);
+        assert!(!d.learner());
+        d.observe(13, true);
+        assert!(d.learner());
+    }
+}
