@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
             let t = Instant::now();
             let mut hits = 0.0;
             for (q, gt) in queries.iter().zip(&truth) {
-                let found = flat.search(q, K, ef, Some(&keep_all));
+                let found = flat.search(q, None, K, ef, Some(&keep_all));
                 let ids: Vec<u64> = found.iter().map(|(i, _)| *i).collect();
                 hits += recall_at(&ids, gt, K);
             }

@@ -300,7 +300,7 @@ const RESCORE_PER_HIT: usize = 4;
 /// top k lies among the best 4k: at 200k derived points, rescoring 2k, 4k or all ef candidates
 /// gave the same recall@10 (0.971 at ef 64, 0.986 at ef 128), and each rescored candidate costs a
 /// read from disk (at 1M, ef 232 read 232 vectors per search).
-pub fn rescored(k: usize, ef: usize) -> usize {
+fn rescored(k: usize, ef: usize) -> usize {
     (k * RESCORE_PER_HIT).min(ef).max(k)
 }
 
@@ -1003,7 +1003,11 @@ impl Collection {
             let keep = |iid: u32| (iid as usize) < fw && accepts(iid as usize);
             // Always filter: besides the user's filter, the graph may hold dead points (tombstones,
             // or a whole old epoch while a rebuild is pending).
-            finish(flat.search(q, wanted, ef, Some(&keep)), fw, &mut top);
+            finish(
+                flat.search(q, q_code.as_deref(), wanted, ef, Some(&keep)),
+                fw,
+                &mut top,
+            );
         } else {
             // No usable frozen copy (a large graph mid-ingest): search hnsw_rs' graph directly.
             let keep = |iid: &usize| *iid < wm && accepts(*iid);
@@ -1011,13 +1015,13 @@ impl Collection {
             // Only if that leaves fewer than k do we pay for hnsw_rs' filtered walk (which gives up
             // its early exit).
             let mut found: Vec<(u64, f32)> = graph
-                .search(q, ef, ef, None)
+                .search(q, q_code.as_deref(), ef, ef, None)
                 .into_iter()
                 .filter(|(iid, _)| keep(&(*iid as usize)))
                 .take(wanted)
                 .collect();
             if found.len() < p.k && found.len() < st.live {
-                found = graph.search(q, wanted, ef, Some(&keep));
+                found = graph.search(q, q_code.as_deref(), wanted, ef, Some(&keep));
             }
             finish(found, wm, &mut top);
             return (self.hits(&st, top, p), None);

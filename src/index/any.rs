@@ -153,17 +153,22 @@ impl AnyGraph {
     }
 
     /// Approximate k nearest neighbours of `q` as (internal id, distance in the graph's order),
-    /// best first ([`Graph::search`]); a quantised graph encodes `q` first.
+    /// best first ([`Graph::search`]); a quantised graph walks on `code`, the query's int8 code,
+    /// or encodes `q` when the caller has none.
     pub fn search(
         &self,
         q: &[f32],
+        code: Option<&[u8]>,
         k: usize,
         ef: usize,
         keep: Option<&dyn Fn(&usize) -> bool>,
     ) -> Vec<(u64, f32)> {
         match self {
             AnyGraph::Full(g) => g.search(q, k, ef, keep),
-            AnyGraph::Codes(g) => g.search(&encode(q), k, ef, keep),
+            AnyGraph::Codes(g) => match code {
+                Some(c) => g.search(c, k, ef, keep),
+                None => g.search(&encode(q), k, ef, keep),
+            },
         }
     }
 
@@ -210,18 +215,22 @@ impl AnyFlat {
         }
     }
 
-    /// The `k` nearest accepted ids of `q` ([`FlatGraph::search`]); a quantised copy encodes
-    /// `q` first.
+    /// The `k` nearest accepted ids of `q` ([`FlatGraph::search`]); a quantised copy walks on
+    /// `code`, the query's int8 code, or encodes `q` when the caller has none.
     pub fn search(
         &self,
         q: &[f32],
+        code: Option<&[u8]>,
         k: usize,
         ef: usize,
         keep: Option<&dyn Fn(u32) -> bool>,
     ) -> Vec<(u64, f32)> {
         match self {
             AnyFlat::Full(f) => f.search(q, k, ef, keep),
-            AnyFlat::Codes(f) => f.search(&encode(q), k, ef, keep),
+            AnyFlat::Codes(f) => match code {
+                Some(c) => f.search(c, k, ef, keep),
+                None => f.search(&encode(q), k, ef, keep),
+            },
         }
     }
 }
