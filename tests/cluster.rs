@@ -8,7 +8,7 @@ use quiver::model::{CollectionConfig, Consistency, Metric, PointId, PointInput, 
 use quiver_client::{Client, ClientError};
 
 mod common;
-use common::http::{cluster_json, ready};
+use common::http::{cluster_json, metrics_text, ready};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -159,12 +159,7 @@ async fn a_replica_query_cache_is_never_stale_under_ingest() {
         stats().hits + stats().misses,
         before.hits + before.misses + 1
     );
-    let metrics = reqwest::get(format!("{}/metrics", b.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&b.url()).await;
     for name in [
         "quiver_query_cache_hits_total",
         "quiver_query_cache_misses_total",

@@ -10,7 +10,7 @@ use quiver::model::{PointId, UpsertRequest};
 use quiver_client::Policy;
 
 mod common;
-use common::http::{send, Body, Key};
+use common::http::{metrics_text, send, Body, Key};
 use common::*;
 
 /// Sends a JSON request through the gateway: (status, body, serving node).
@@ -150,12 +150,7 @@ async fn gateway_routes_writes_to_the_leader_and_spreads_reads() {
         .unwrap();
     assert_eq!(status["leader"], serde_json::json!(a.url()));
     assert_eq!(status["policy"], "round_robin");
-    let metrics = reqwest::get(format!("{}/metrics", gw.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&gw.url()).await;
     for want in [
         "quiver_gateway_requests_total{kind=\"read\"",
         "quiver_gateway_requests_total{kind=\"write\"",

@@ -75,6 +75,16 @@ pub async fn cluster_json(url: &str) -> Option<Value> {
         .ok()
 }
 
+/// The text of `GET {url}/metrics` (Prometheus format).
+pub async fn metrics_text(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Whether a node answers `GET /readyz` with 200.
 pub async fn ready(url: &str) -> bool {
     reqwest::get(format!("{url}/readyz"))
