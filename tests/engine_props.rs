@@ -490,3 +490,46 @@ proptest! {
         prop_assert!(queries.is_empty() || compared > 0);
     }
 }
+
+/// Issue 11: a write to one collection leaves the cached answers of another servable (it moves
+/// only its own collection's tag), while the written collection's next search is a stale miss.
+#[test]
+fn a_write_to_one_collection_keeps_another_collections_answers_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(opts(dir.path())).unwrap();
+    let mut model = Model::new();
+    let mut index = 0;
+    let mut apply = |op: Op, model: &mut Model| {
+        let cmd = command(&op, model).unwrap();
+        index += 1;
+        model_apply(model, &cmd);
+        e.apply(&[(index, cmd)]).unwrap();
+    };
+    let points: Vec<(u64, Vec<f32>, u8)> = (0..20u64)
+        .map(|i| (i, vec![i as f32 / 20.0, 1.0, 0.5, -0.5], (i % 3) as u8))
+        .collect();
+    for c in 0..2 {
+        apply(Op::Create(c, Metric::L2), &mut model);
+        apply(Op::Upsert(c, points.clone()), &mut model);
+    }
+    assert!(e.wait_indexed(Duration::from_secs(30)));
+    let p = params(&[0.3, 1.0, 0.5, -0.5], 5, None, Metric::L2, false).unwrap();
+    let (a, b) = (e.get("a").unwrap(), e.get("b").unwrap());
+    let cache = e.query_cache();
+    let first = [cache.search(&a, &p, true), cache.search(&b, &p, true)];
+    let before = cache.stats();
+    apply(
+        Op::Upsert(0, vec![(99, vec![0.3, 1.0, 0.5, -0.5], 0)]),
+        &mut model,
+    );
+    assert_eq!(cache.search(&b, &p, true), first[1]);
+    assert_eq!(
+        cache.stats().hits,
+        before.hits + 1,
+        "b's answer is still a hit"
+    );
+    let now = cache.search(&a, &p, true);
+    assert_eq!(cache.stats().stale, before.stale + 1, "a's answer is stale");
+    assert_ne!(now, first[0]);
+    assert_eq!(now, a.search(&p));
+}
