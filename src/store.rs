@@ -21,7 +21,7 @@ use crate::model::CollectionConfig;
 const APPLIED: &[u8] = b"m:applied";
 const NEXT_CID: &[u8] = b"m:next_cid";
 /// Export-stream keys with this prefix are side files, not state.
-const FILE_PREFIX: &[u8] = b"\xfffile/";
+pub(crate) const FILE_PREFIX: &[u8] = b"\xfffile/";
 /// First bytes of an export (snapshot) stream: the format and its version. Version 2 has u64
 /// lengths (version 1 had u32 ones and no header); snapshots only travel between nodes of one
 /// version, so there is no reader for version 1.
@@ -311,6 +311,37 @@ impl Store {
         Ok(intact)
     }
 
+    /// A side file whose `len` bytes `write` produces (as it counted them before): returns false,
+    /// with the record padded with zeros or cut at `len`, when it produces another number.
+    pub fn export_generated(
+        w: &mut impl std::io::Write,
+        name: &str,
+        len: u64,
+        write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<u64>,
+    ) -> Result<bool> {
+        let key = [FILE_PREFIX, name.as_bytes()].concat();
+        write_len(w, key.len() as u64)?;
+        w.write_all(&key)?;
+        write_len(w, len)?;
+        let mut limited = Limited {
+            inner: w,
+            left: len,
+            over: false,
+        };
+        let written = write(&mut limited);
+        let (left, over) = (limited.left, limited.over);
+        match written {
+            Ok(_) if left == 0 && !over => Ok(true),
+            Err(_) if over => Ok(false),
+            Ok(_) => {
+                std::io::copy(&mut std::io::Read::take(std::io::repeat(0), left), w)?;
+                tracing::warn!(file = name, "side file changed while being exported");
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// [`Store::export_file`] from any reader announced as `len` bytes: returns false (after
     /// padding the record with zeros) when it yields fewer.
     fn export_side(
@@ -418,6 +449,35 @@ impl Store {
         self.state.apply_batch(last)?;
         self.db.flush()?;
         Ok(n)
+    }
+}
+
+/// A writer that takes at most `left` more bytes and fails (marking `over`) past them.
+struct Limited<'a, W: std::io::Write> {
+    inner: &'a mut W,
+    left: u64,
+    over: bool,
+}
+
+impl<W: std::io::Write> std::io::Write for Limited<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            self.over = true;
+            return Err(std::io::Error::other("longer than announced"));
+        }
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.write(&buf[..n])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

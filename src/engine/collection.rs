@@ -143,6 +143,8 @@ struct Control {
     rebuilding: bool,
     /// With `stop`: exit without the final dump (the collection is being destroyed).
     discard: bool,
+    /// Dump the graph once idle, changed or not (see [`Collection::dump_when_idle`]).
+    redump: bool,
 }
 
 struct Shared {
@@ -758,6 +760,15 @@ impl Collection {
         (self.meta(&st), points)
     }
 
+    /// Has the indexer write a graph dump of its own once it is idle. A dump received in a
+    /// snapshot leaves out the data of the points shipped with it (`index::slim_dump_data`), so
+    /// it loads only while the store holds every one of them; the node's own dump does not
+    /// depend on that once a point is deleted.
+    pub fn dump_when_idle(&self) {
+        self.shared.ctl.lock().redump = true;
+        self.shared.wake.notify_all();
+    }
+
     /// Runs `f` on the folder of the latest graph dump (which may not exist), with dumps and
     /// removal held off, so that a snapshot can copy a consistent dump; `None` once the collection
     /// was destroyed.
@@ -1200,6 +1211,9 @@ impl Shared {
                     // 1.6x slower, until new points arrived.
                     if ctl.stop || ctl.job.is_some() || ctl.built.is_some() || pending || unfrozen {
                         break;
+                    }
+                    if std::mem::take(&mut ctl.redump) {
+                        dirty = dirty.max(self.opts.dump_after_inserts.max(1));
                     }
                     if dirty >= self.opts.dump_after_inserts {
                         break;

@@ -505,12 +505,25 @@ impl Engine {
         // dump loadable, is shipped last and only when every other file was intact. A
         // collection created after the pinning ships none; one dropped since is not in the view.
         let mut pinned = pinned;
-        for (c, _) in &views {
+        for (c, (_, points)) in &views {
             let Some(files) = pinned.remove(&c.id()) else {
                 continue;
             };
-            for (name, file) in files {
-                if !Store::export_open_file(w, &format!("{}/{name}", c.id()), file)? {
+            // The dump's data file repeats the vector (or code) of every point shipped above;
+            // those are left out (`slim_dump_data`), the receiver's graph shares its points'.
+            // `points` is in internal id order.
+            let shipped = |iid: u64| points.binary_search_by_key(&iid, |p| p.0).is_ok();
+            for (name, mut file) in files {
+                let name_in = format!("{}/{name}", c.id());
+                let intact = if name == crate::index::DUMP_DATA_FILE {
+                    let len = crate::index::slim_dump_data(&mut file, &shipped, None)?;
+                    Store::export_generated(w, &name_in, len, |out| {
+                        crate::index::slim_dump_data(&mut file, &shipped, Some(out))
+                    })?
+                } else {
+                    Store::export_open_file(w, &name_in, file)?
+                };
+                if !intact {
                     tracing::warn!(collection = c.id(), file = %name, "graph dump changed during the snapshot; not shipped (the receiver rebuilds)");
                     break;
                 }
@@ -601,16 +614,27 @@ impl Engine {
                 delay = Duration::ZERO;
             }
         };
-        self.store.import(r, &copts.graph_dir, &mut pause)?;
+        let started = std::time::Instant::now();
+        let records = self.store.import(r, &copts.graph_dir, &mut pause)?;
+        tracing::info!(
+            records,
+            secs = started.elapsed().as_secs_f64(),
+            "snapshot imported into the store"
+        );
         let loaded = self.store.load()?;
         let mut cols = BTreeMap::new();
         for (cid, meta) in loaded.collections {
             let points = self.store.points(cid);
-            cols.insert(
-                meta.name.clone(),
-                Arc::new(Collection::open(cid, &meta, points, copts.clone())?),
-            );
+            let c = Collection::open(cid, &meta, points, copts.clone())?;
+            // The received dump lacks the shipped points' data: replace it with a whole one.
+            c.dump_when_idle();
+            cols.insert(meta.name.clone(), Arc::new(c));
         }
+        tracing::info!(
+            collections = cols.len(),
+            secs = started.elapsed().as_secs_f64(),
+            "collections opened from the snapshot"
+        );
         *self.collections.write() = cols;
         st.next_cid = loaded.next_cid;
         self.applied.store(loaded.applied, Ordering::Release);
@@ -896,6 +920,109 @@ mod tests {
         let shipped = files.join(format!("{}/meta.json", c.id()));
         assert!(shipped.exists(), "no dump shipped");
         assert_eq!(watermark(&shipped), 1_024);
+    }
+
+    /// The length of the side file `name` in an export stream (its record's announced length).
+    fn side_file_len(stream: &[u8], name: &str) -> Option<u64> {
+        let key = [crate::store::FILE_PREFIX, name.as_bytes()].concat();
+        let at = stream.windows(key.len()).position(|w| w == key)? + key.len();
+        Some(u64::from_le_bytes(stream[at..at + 8].try_into().ok()?))
+    }
+
+    /// Issue 10: a snapshot leaves out the dumped data of the points it ships whole, yet the
+    /// receiver loads the shipped graph at once (no rebuild) and answers as the sender does; it
+    /// then writes a whole dump of its own, so that a restart after later deletes still loads.
+    #[test]
+    fn a_snapshot_ships_each_vector_once_and_the_receiver_loads_its_graph() {
+        let src = tempfile::tempdir().unwrap();
+        let a = Engine::open(opts(src.path())).unwrap();
+        fill(&a, "c", 0, 1_024, 1);
+        let c = a.get("c").unwrap();
+        assert!(c.wait_indexed(Duration::from_secs(30)));
+        let graph = |dir: &Path, file: &str| dir.join(format!("graphs/{}/{file}", c.id()));
+        let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !ok() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let data_len = |dir: &Path| {
+            std::fs::metadata(graph(dir, crate::index::DUMP_DATA_FILE)).map_or(0, |m| m.len())
+        };
+        let watermark = |dir: &Path| -> u64 {
+            std::fs::read(graph(dir, "meta.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|m| m["watermark"].as_u64())
+                .unwrap_or(0)
+        };
+        wait_for("no whole dump", &|| watermark(src.path()) == 1_024);
+        let whole = data_len(src.path());
+        // Deleted after the dump: the graph still routes through them, the snapshot does not
+        // carry them, so their dumped data must travel.
+        let delete = |e: &Engine, ids: std::ops::Range<u64>, index: u64| {
+            let selector = DeleteSelector::Ids(ids.map(PointId::Num).collect());
+            let cmd = Command::Delete {
+                collection: "c".into(),
+                selector,
+            };
+            e.apply(&[(index, cmd)]).unwrap();
+        };
+        delete(&a, 0..100, 3);
+        let mut stream = Vec::new();
+        a.snapshot(&mut stream, |_| Ok(())).unwrap();
+        let shipped = side_file_len(
+            &stream,
+            &format!("{}/{}", c.id(), crate::index::DUMP_DATA_FILE),
+        )
+        .unwrap();
+        assert_eq!(
+            whole - shipped,
+            924 * 4 * 4,
+            "the 924 live vectors left out"
+        );
+
+        let dst = tempfile::tempdir().unwrap();
+        let b = Engine::open(opts(dst.path())).unwrap();
+        std::fs::create_dir_all(dst.path().join("snapshots")).unwrap();
+        let file = dst.path().join("snapshots/snap-x.data");
+        std::fs::write(&file, &stream).unwrap();
+        b.install_snapshot_file(&file, Vec::new()).unwrap();
+        b.finish_install().unwrap();
+        let cb = b.get("c").unwrap();
+        assert_eq!(cb.info().unindexed, 0, "the shipped graph was not loaded");
+        assert_eq!(cb.len(), 924);
+        let query = |i: u64| SearchParams {
+            vector: vec![i as f32 * 0.37, (i % 5) as f32, 0.5, 1.0],
+            k: 10,
+            ef: 16,
+            filter: None,
+            score_threshold: None,
+            with_payload: false,
+            with_vector: false,
+            exact: false,
+            sized_ef: false,
+        };
+        let same = |x: &Engine, y: &Engine| {
+            for i in 0..50 {
+                let (p, q) = (x.get("c").unwrap(), y.get("c").unwrap());
+                assert_eq!(p.search(&query(i)), q.search(&query(i)), "query {i}");
+            }
+        };
+        same(&a, &b);
+        // The receiver replaces the slim dump with a whole one of its own...
+        wait_for("no whole dump on the receiver", &|| {
+            data_len(dst.path()) == whole
+        });
+        drop(cb);
+        delete(&a, 100..200, 4);
+        delete(&b, 100..200, 4);
+        drop(b);
+        // ... so that after more deletes a restart still loads the graph.
+        let b = Engine::open(opts(dst.path())).unwrap();
+        assert_eq!(b.get("c").unwrap().info().unindexed, 0, "dump not loaded");
+        same(&a, &b);
     }
 
     /// A crash in the middle of an install (marker written, store half-imported) is undone at

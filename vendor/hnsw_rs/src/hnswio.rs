@@ -866,12 +866,9 @@ impl HnswIo {
                 Point::<T>::new_from_mmap(data, origin_id, p_id)
             }
             (None, false) => {
-                let v = load_point_data::<T>(origin_id, data_in, descr);
-                if v.is_err() {
-                    error!("loading point {:?}", origin_id);
-                    std::process::exit(1);
-                }
-                Point::<T>::new(v.unwrap(), origin_id, p_id)
+                // quiver patch: an unreadable point fails the load instead of ending the process.
+                let v = load_point_data::<T>(origin_id, data_in, descr)?;
+                Point::<T>::new(v, origin_id, p_id)
             }
             (None, true) => {
                 skip_point_data(origin_id, data_in, descr)?; // keep cohrence between data file and graph file!
@@ -1205,6 +1202,19 @@ where
     data_in.read_exact(&mut it_slice)?;
     let serialized_len = u64::from_ne_bytes(it_slice);
     trace!("serialized len to reload {:?}", serialized_len);
+    // quiver patch: a point whose data is not `dimension` values (a snapshot leaves out the data
+    // of points it ships with their vectors, see quiver's `index::slim_data`) fails the load; it
+    // was read as `dimension` values whatever its length.
+    let expected = if std::any::TypeId::of::<T>() != std::any::TypeId::of::<NoData>() {
+        descr.dimension * std::mem::size_of::<T>()
+    } else {
+        serialized_len as usize
+    };
+    if serialized_len != expected as u64 {
+        return Err(anyhow!(
+            "point {origin_id}: {serialized_len} bytes of data, {expected} expected"
+        ));
+    }
     let mut v_serialized = vec![0; serialized_len as usize];
     data_in.read_exact(&mut v_serialized)?;
 
@@ -1263,9 +1273,11 @@ fn skip_point_data(origin_id: usize, data_in: &mut dyn Read, _descr: &Descriptio
         "skip_point_data : serialized len to reload {:?}",
         serialized_len
     );
-    let mut v_serialized = vec![0; serialized_len as usize];
-    data_in.read_exact(&mut v_serialized)?;
-    //
+    // quiver patch: skipped without a buffer per point.
+    let skipped = std::io::copy(&mut data_in.take(serialized_len), &mut std::io::sink())?;
+    if skipped != serialized_len {
+        return Err(anyhow!("point {origin_id}: data file truncated"));
+    }
     Ok(())
 } // end of skip_point_data
 
