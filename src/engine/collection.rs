@@ -350,6 +350,7 @@ impl Collection {
         points: impl Iterator<Item = crate::error::Result<(u64, StoredPoint)>>,
         opts: CollectionOptions,
     ) -> crate::error::Result<Collection> {
+        let started = std::time::Instant::now();
         let mut slots: Vec<Slot> = Vec::with_capacity(meta.next_iid as usize);
         let mut by_ext = HashMap::new();
         let full = VectorFile::of(id, &meta.config, &opts.vector_dir);
@@ -383,9 +384,17 @@ impl Collection {
         let live = by_ext.len();
         let dir = opts.graph_dir.join(id.to_string());
         let vector_of = |iid: u64| slots.get(iid as usize).and_then(|s| s.vector.clone());
+        let read_secs = started.elapsed().as_secs_f64();
         let graph = match AnyGraph::load(&dir, &meta.config, &vector_of) {
             Some((g, m)) if m.collection_id == id && m.watermark <= meta.next_iid => {
-                tracing::info!(collection = %meta.name, watermark = m.watermark, points = g.len(), "graph dump loaded");
+                tracing::info!(
+                    collection = %meta.name,
+                    watermark = m.watermark,
+                    points = g.len(),
+                    read_secs,
+                    load_secs = started.elapsed().as_secs_f64() - read_secs,
+                    "graph dump loaded"
+                );
                 g
             }
             Some((_, m)) => {
