@@ -76,6 +76,9 @@ struct Args {
     /// Skip the restart measurements.
     #[arg(long)]
     no_restart: bool,
+    /// Skip the new replica joining the loaded node.
+    #[arg(long)]
+    no_join: bool,
     /// The server's snapshot interval in log entries (`--snapshot-logs`; default: the server's).
     #[arg(long)]
     snapshot_logs: Option<u64>,
@@ -83,12 +86,18 @@ struct Args {
 
 const K: usize = 10;
 const COLLECTION: &str = "bench";
+const SECRET: &str = "bench-cluster-secret-0123";
 
 fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// A memory line of /proc/self/status (`VmHWM:`, `VmRSS:`) in MiB.
+fn status_mib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+            s.lines().find(|l| l.starts_with(key)).and_then(|l| {
                 l.split_whitespace()
                     .nth(1)
                     .and_then(|v| v.parse::<f64>().ok())
@@ -375,6 +384,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let mut config = Config::for_test(dir.path());
     config.log = "warn".into();
+    config.cluster_secret = Some(SECRET.into());
     config.max_unindexed = args.max_unindexed;
     if let Some(n) = args.snapshot_logs {
         config.snapshot_logs = n;
@@ -477,6 +487,9 @@ fn main() -> anyhow::Result<()> {
     filtered_search(&coll, &queries, n);
     cached_search(&node.engine, &coll, &queries, &truth);
     println!("\npeak RSS: {:.0} MiB", peak_rss_mib());
+    if !args.no_join {
+        join_replica(&url, &server_rt, &client_rt)?;
+    }
 
     if !args.no_restart {
         drop(coll);
@@ -612,6 +625,51 @@ async fn visibility_lag(
     Ok((achieved, percentile(&lags, 0.5), percentile(&lags, 0.99)))
 }
 
+/// Polls `{url}/readyz` until it answers 200 (at most 10 minutes).
+async fn wait_ready(url: &str) {
+    let ready_url = format!("{url}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        if reqwest::get(&ready_url)
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 10: a new replica joins the loaded node (a snapshot with the graph dump, then the log),
+/// in this process: seconds until it is ready, and the resident memory it added.
+fn join_replica(
+    leader: &str,
+    server_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut c = Config::for_test(dir.path());
+    c.log = "warn".into();
+    c.join = Some(leader.to_string());
+    c.cluster_secret = Some(SECRET.into());
+    let before = status_mib("VmRSS:");
+    let started = Instant::now();
+    let replica = server_rt.block_on(Node::start(c))?;
+    client_rt.block_on(wait_ready(&replica.url()));
+    let ready = started.elapsed().as_secs_f64();
+    let info = replica.engine.info(COLLECTION)?;
+    println!(
+        "\n## a new replica joins\n\nready (/readyz 200) {ready:.1} s after it started: {} points, \
+         {} outside the graph; resident memory of the process {before:.0} -> {:.0} MiB (peak {:.0})",
+        info.points,
+        info.unindexed,
+        status_mib("VmRSS:"),
+        peak_rss_mib()
+    );
+    server_rt.block_on(replica.stop())?;
+    Ok(())
+}
+
 fn replication(
     args: &Args,
     base: &[Vec<f32>],
@@ -626,7 +684,7 @@ fn replication(
         let mut c = Config::for_test(dirs[i].path());
         c.log = "warn".into();
         c.join = join;
-        c.cluster_secret = Some("bench-cluster-secret-0123".into());
+        c.cluster_secret = Some(SECRET.into());
         c.heartbeat_ms = args.heartbeat_ms;
         c.snapshot_logs = 200;
         c.snapshot_min_interval_secs = 30;
@@ -695,19 +753,7 @@ fn replication(
     // A new replica joins the loaded collection: snapshot, then log.
     let started = Instant::now();
     let r3 = server_rt.block_on(Node::start(mk(3, Some(leader.url()))))?;
-    let ready_url = format!("{}/readyz", r3.url());
-    client_rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while Instant::now() < deadline {
-            if reqwest::get(&ready_url)
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    client_rt.block_on(wait_ready(&r3.url()));
     let ready = started.elapsed().as_secs_f64();
     r3.engine.wait_indexed(Duration::from_secs(3600));
     let indexed = started.elapsed().as_secs_f64();
