@@ -11,6 +11,7 @@
 //! Big-endian numbers keep keys in numeric order, so a collection's points load in internal-id
 //! order. Nothing here knows about HNSW. Writes become durable only at [`Store::flush`].
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -375,6 +376,21 @@ impl Store {
         files_dir: &Path,
         after_batch: &mut dyn FnMut(),
     ) -> Result<u64> {
+        Ok(self.import_indexed(r, files_dir, after_batch)?.records)
+    }
+
+    /// [`Store::import`], also returning where each collection's point records lie in the
+    /// stream, for [`Store::exported_points`].
+    pub fn import_indexed(
+        &self,
+        r: &mut impl std::io::Read,
+        files_dir: &Path,
+        after_batch: &mut dyn FnMut(),
+    ) -> Result<Imported> {
+        use std::io::Read;
+        let mut counted = Counting { inner: r, pos: 0 };
+        let r = &mut counted;
+        let mut points: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
         let mut magic = [0u8; SNAPSHOT_MAGIC.len()];
         r.read_exact(&mut magic)
             .map_err(|e| Error::Corrupt(format!("snapshot header unreadable: {e}")))?;
@@ -388,7 +404,11 @@ impl Store {
         let mut meta: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut dirs: std::collections::BTreeSet<std::path::PathBuf> = Default::default();
         let (mut n, mut pending) = (0u64, 0usize);
-        while let Some(klen) = read_len(r, true)? {
+        loop {
+            let at = r.pos;
+            let Some(klen) = read_len(r, true)? else {
+                break;
+            };
             if klen > MAX_KEY {
                 return Err(Error::Corrupt(format!("snapshot key of {klen} bytes")));
             }
@@ -423,6 +443,10 @@ impl Store {
                 meta.push((k, v));
                 continue;
             }
+            if let Some(cid) = point_collection(&k) {
+                let range = points.entry(cid).or_insert((at, at));
+                range.1 = r.pos;
+            }
             batch.insert(k, v);
             n += 1;
             pending += 1;
@@ -448,6 +472,82 @@ impl Store {
         }
         self.state.apply_batch(last)?;
         self.db.flush()?;
+        Ok(Imported { records: n, points })
+    }
+
+    /// The points of collection `cid` (in internal id order, as [`Store::points`] gives them)
+    /// read back from an export stream saved at `path`, within the byte `range` that
+    /// [`Store::import_indexed`] reported for it. A snapshot install opens its collections from
+    /// its file this way: at 1M points, reading them back from sled took 11 s of a 52 s join.
+    pub fn exported_points(
+        path: &Path,
+        cid: u64,
+        range: (u64, u64),
+    ) -> Result<impl Iterator<Item = Result<(u64, StoredPoint)>>> {
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::open(path)?;
+        f.seek(std::io::SeekFrom::Start(range.0))?;
+        let mut r = std::io::BufReader::with_capacity(1 << 20, f).take(range.1 - range.0);
+        let mut key = Vec::new();
+        let mut value = Vec::new();
+        Ok(std::iter::from_fn(move || loop {
+            let record = (|| -> Result<Option<Option<(u64, StoredPoint)>>> {
+                let Some(klen) = read_len(&mut r, true)? else {
+                    return Ok(None);
+                };
+                if klen > MAX_KEY {
+                    return Err(Error::Corrupt(format!("snapshot key of {klen} bytes")));
+                }
+                key.resize(klen as usize, 0);
+                r.read_exact(&mut key)?;
+                let vlen = read_len(&mut r, false)?.unwrap_or_default();
+                if vlen > MAX_VALUE {
+                    return Err(Error::Corrupt(format!("snapshot value of {vlen} bytes")));
+                }
+                value.resize(vlen as usize, 0);
+                r.read_exact(&mut value)?;
+                if point_collection(&key) != Some(cid) {
+                    return Ok(Some(None));
+                }
+                Ok(Some(Some((be_u64(&key[10..])?, decode(&value)?))))
+            })();
+            match record {
+                Ok(None) => return None,
+                Ok(Some(None)) => continue,
+                Ok(Some(Some(point))) => return Some(Ok(point)),
+                Err(e) => return Some(Err(e)),
+            }
+        }))
+    }
+}
+
+/// What [`Store::import_indexed`] imported: the number of records, and per collection id the
+/// byte range of the stream that holds its point records.
+pub struct Imported {
+    /// Records written.
+    pub records: u64,
+    /// Collection id → (offset of its first point record, end of its last).
+    pub points: BTreeMap<u64, (u64, u64)>,
+}
+
+/// The collection of a point record's key (`p:` + collection id + internal id, big endian).
+fn point_collection(key: &[u8]) -> Option<u64> {
+    if key.len() != 18 || !key.starts_with(b"p:") {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[2..10].try_into().ok()?))
+}
+
+/// A reader that counts the bytes read through it.
+struct Counting<'a, R: std::io::Read> {
+    inner: &'a mut R,
+    pos: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
         Ok(n)
     }
 }

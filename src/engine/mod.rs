@@ -569,7 +569,7 @@ impl Engine {
         crate::store::write_durable(&self.opts.data_dir.join(INSTALL_MARKER), &bytes)?;
         *self.pending_install.lock() = Some(note);
         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0))?;
-        self.install_stream(&mut std::io::BufReader::with_capacity(1 << 20, f))
+        self.install_stream(&mut std::io::BufReader::with_capacity(1 << 20, f), path)
     }
 
     /// The note of an install whose marker is still on disk: one redone by [`Engine::open`] after
@@ -590,7 +590,8 @@ impl Engine {
         Ok(())
     }
 
-    fn install_stream(&self, r: &mut impl std::io::Read) -> Result<()> {
+    /// The install proper: `r` reads the snapshot file at `path`.
+    fn install_stream(&self, r: &mut impl std::io::Read, path: &Path) -> Result<()> {
         let mut st = self.apply_state.lock();
         let old: Vec<Arc<Collection>> = std::mem::take(&mut *self.collections.write())
             .into_values()
@@ -615,17 +616,23 @@ impl Engine {
             }
         };
         let started = std::time::Instant::now();
-        let records = self.store.import(r, &copts.graph_dir, &mut pause)?;
+        let imported = self.store.import_indexed(r, &copts.graph_dir, &mut pause)?;
         tracing::info!(
-            records,
+            records = imported.records,
             secs = started.elapsed().as_secs_f64(),
             "snapshot imported into the store"
         );
         let loaded = self.store.load()?;
         let mut cols = BTreeMap::new();
         for (cid, meta) in loaded.collections {
-            let points = self.store.points(cid);
-            let c = Collection::open(cid, &meta, points, copts.clone())?;
+            // The points are read back from the file just imported rather than from sled.
+            let c = match imported.points.get(&cid) {
+                Some(range) => {
+                    let points = Store::exported_points(path, cid, *range)?;
+                    Collection::open(cid, &meta, points, copts.clone())?
+                }
+                None => Collection::open(cid, &meta, self.store.points(cid), copts.clone())?,
+            };
             // The received dump lacks the shipped points' data: replace it with a whole one.
             c.dump_when_idle();
             cols.insert(meta.name.clone(), Arc::new(c));
@@ -970,6 +977,8 @@ mod tests {
             e.apply(&[(index, cmd)]).unwrap();
         };
         delete(&a, 0..100, 3);
+        // A second collection: the receiver opens each from its own records of the file.
+        fill(&a, "d", 10_000, 300, 10);
         let mut stream = Vec::new();
         a.snapshot(&mut stream, |_| Ok(())).unwrap();
         let shipped = side_file_len(
@@ -993,6 +1002,14 @@ mod tests {
         let cb = b.get("c").unwrap();
         assert_eq!(cb.info().unindexed, 0, "the shipped graph was not loaded");
         assert_eq!(cb.len(), 924);
+        let (da, db) = (a.get("d").unwrap(), b.get("d").unwrap());
+        assert_eq!(db.len(), 300);
+        for id in [10_000, 10_150, 10_299] {
+            assert_eq!(
+                da.get(&PointId::Num(id), true),
+                db.get(&PointId::Num(id), true)
+            );
+        }
         let query = |i: u64| SearchParams {
             vector: vec![i as f32 * 0.37, (i % 5) as f32, 0.5, 1.0],
             k: 10,
@@ -1016,8 +1033,8 @@ mod tests {
             data_len(dst.path()) == whole
         });
         drop(cb);
-        delete(&a, 100..200, 4);
-        delete(&b, 100..200, 4);
+        delete(&a, 100..200, 12);
+        delete(&b, 100..200, 12);
         drop(b);
         // ... so that after more deletes a restart still loads the graph.
         let b = Engine::open(opts(dst.path())).unwrap();
