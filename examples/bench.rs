@@ -79,6 +79,10 @@ struct Args {
     /// Skip the new replica joining the loaded node.
     #[arg(long)]
     no_join: bool,
+    /// The JSON that `../shared/peers/bench_hnswlib.py --out FILE` wrote in this session: the
+    /// in-process rows are printed beside hnswlib's at the same ef (issue 11).
+    #[arg(long)]
+    hnswlib: Option<PathBuf>,
     /// The server's snapshot interval in log entries (`--snapshot-logs`; default: the server's).
     #[arg(long)]
     snapshot_logs: Option<u64>,
@@ -463,6 +467,9 @@ fn main() -> anyhow::Result<()> {
             p99_ms: percentile(&lat, 0.99),
         });
     }
+    if let Some(path) = &args.hnswlib {
+        against_hnswlib(path, &rows)?;
+    }
     // HTTP sweeps.
     let qa = Arc::new(queries.clone());
     let ta = Arc::new(truth.clone());
@@ -623,6 +630,38 @@ async fn visibility_lag(
     let achieved = (writes * batch) as f64 / started.elapsed().as_secs_f64();
     lags.sort_by(f64::total_cmp);
     Ok((achieved, percentile(&lags, 0.5), percentile(&lags, 0.99)))
+}
+
+/// Prints the in-process rows beside hnswlib's single-thread batch rows at the same ef, from the
+/// JSON its peer script wrote (`curve[]` of `ef`, `recall@10`, `qps_batch_1t`). Both must come
+/// from the same session on the same machine: the host's speed drifts between sessions.
+fn against_hnswlib(path: &std::path::Path, rows: &[Row]) -> anyhow::Result<()> {
+    let peer: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
+    let curve = peer["curve"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("{}: no `curve` array", path.display()))?;
+    println!(
+        "\n## in-process against hnswlib (one thread; {})\n",
+        path.display()
+    );
+    println!("| ef | quiver recall@10 | quiver q/s | hnswlib recall@10 | hnswlib q/s | hnswlib's speed / quiver's |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let Some(h) = curve.iter().find(|h| h["ef"].as_u64() == Some(r.ef as u64)) else {
+            continue;
+        };
+        let (recall, qps) = (h["recall@10"].as_f64(), h["qps_batch_1t"].as_f64());
+        if let (Some(recall), Some(qps)) = (recall, qps) {
+            println!(
+                "| {} | {:.3} | {:.0} | {recall:.3} | {qps:.0} | {:.2} |",
+                r.ef,
+                r.recall,
+                r.qps,
+                qps / r.qps
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Polls `{url}/readyz` until it answers 200 (at most 10 minutes).
