@@ -94,17 +94,7 @@ fn main() -> anyhow::Result<()> {
         for (qi, q) in queries.iter().enumerate() {
             let mut hits = Vec::new();
             for c in &cols {
-                let params = SearchParams {
-                    vector: q.clone(),
-                    k: K,
-                    ef: args.ef,
-                    filter: None,
-                    score_threshold: None,
-                    with_payload: false,
-                    with_vector: false,
-                    exact: false,
-                    sized_ef: false,
-                };
+                let params = SearchParams::nearest(q.clone(), K, args.ef);
                 hits.extend(c.search(&params));
             }
             hits.sort_by(|a, b| b.score.total_cmp(&a.score));

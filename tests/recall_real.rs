@@ -92,17 +92,7 @@ fn recall_at_the_default_ef(quantization: Quantization) {
 
     let mut total = 0.0;
     for (q, t) in queries.iter().zip(&truth) {
-        let p = SearchParams {
-            vector: q.clone(),
-            k: 10,
-            ef: config.default_ef,
-            filter: None,
-            score_threshold: None,
-            with_payload: false,
-            with_vector: false,
-            exact: false,
-            sized_ef: false,
-        };
+        let p = SearchParams::nearest(q.clone(), 10, config.default_ef);
         let hits = engine.search("minilm", &p).unwrap();
         for h in &hits {
             let PointId::Num(i) = h.id else { continue };

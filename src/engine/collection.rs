@@ -206,6 +206,24 @@ pub struct SearchParams {
     pub sized_ef: bool,
 }
 
+impl SearchParams {
+    /// A plain approximate search for the `k` nearest to `vector` at breadth `ef`: no filter,
+    /// threshold, payloads or vectors.
+    pub fn nearest(vector: Vec<f32>, k: usize, ef: usize) -> SearchParams {
+        SearchParams {
+            vector,
+            k,
+            ef,
+            filter: None,
+            score_threshold: None,
+            with_payload: false,
+            with_vector: false,
+            exact: false,
+            sized_ef: false,
+        }
+    }
+}
+
 /// Keeps the k best candidates seen.
 struct TopK {
     k: usize,

@@ -1010,17 +1010,8 @@ mod tests {
                 db.get(&PointId::Num(id), true)
             );
         }
-        let query = |i: u64| SearchParams {
-            vector: vec![i as f32 * 0.37, (i % 5) as f32, 0.5, 1.0],
-            k: 10,
-            ef: 16,
-            filter: None,
-            score_threshold: None,
-            with_payload: false,
-            with_vector: false,
-            exact: false,
-            sized_ef: false,
-        };
+        let query =
+            |i: u64| SearchParams::nearest(vec![i as f32 * 0.37, (i % 5) as f32, 0.5, 1.0], 10, 16);
         let same = |x: &Engine, y: &Engine| {
             for i in 0..50 {
                 let (p, q) = (x.get("c").unwrap(), y.get("c").unwrap());
