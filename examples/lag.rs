@@ -38,6 +38,10 @@ struct Args {
     /// Extra flags for every node (e.g. `--heartbeat-ms 50`), space-separated.
     #[arg(long, default_value = "")]
     node_args: String,
+    /// Write every counted probe as `rate,acked_ms,lag_ms,write_ms,replica` (CSV, `acked_ms`
+    /// from the start of its rate) to this file, to see when the slow ones happen.
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 const SECRET: &str = "lag-bench-cluster-secret-0123";
@@ -124,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| writes/s | writes | achieved/s | lag p50 ms | p99 ms | max ms | write p50 ms | write p99 ms |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut next_id = 0u64;
+    let mut trace = Vec::new();
     for &rate in &args.rates {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -156,14 +161,16 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::ensure!(r.status().is_success(), "replica read: {}", r.status());
                 let lag = acked.elapsed().as_secs_f64() * 1e3;
                 let write = (acked - sent).as_secs_f64() * 1e3;
-                Ok::<_, anyhow::Error>(counted.then_some((lag, write)))
+                let at = (acked - started).as_secs_f64() * 1e3;
+                Ok::<_, anyhow::Error>(counted.then_some((lag, write, at, n % 2)))
             });
         }
         let (mut lag, mut write) = (Vec::new(), Vec::new());
         while let Some(r) = tasks.join_next().await {
-            if let Some((l, w)) = r?? {
+            if let Some((l, w, at, replica)) = r?? {
                 lag.push(l);
                 write.push(w);
+                trace.push((rate, at, l, w, replica));
             }
         }
         let secs = started.elapsed().as_secs_f64();
@@ -179,6 +186,14 @@ async fn main() -> anyhow::Result<()> {
             percentile(&write, 0.5),
             percentile(&write, 0.99)
         );
+    }
+    if let Some(path) = &args.trace {
+        trace.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let rows: String = trace
+            .iter()
+            .map(|(rate, at, l, w, r)| format!("{rate},{at:.3},{l:.3},{w:.3},{r}\n"))
+            .collect();
+        std::fs::write(path, rows)?;
     }
     drop(replicas);
     drop(leader);
