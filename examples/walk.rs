@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use quiver::dataset::{read_fvecs, read_ivecs, recall_at};
-use quiver::index::{normalize, AnyGraph, Stored, BLOCK};
+use quiver::index::{normalize, AnyGraph, Planning, Stored, BLOCK};
 use quiver::model::{CollectionConfig, HnswConfig, Metric, Quantization};
 
 #[derive(Parser)]
@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     for block in items.chunks(BLOCK as usize) {
         let end = block.last().map_or(0, |(i, _)| i + 1);
-        graph.insert_block(block, end);
+        graph.insert_block(block, end, Planning::Behind);
     }
     graph.freeze();
     println!(

@@ -8,7 +8,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use quiver::index::{normalize, Graph, GraphMeta, SharedVector, BLOCK};
+use quiver::index::{normalize, Graph, GraphMeta, Planning, SharedVector, BLOCK};
 use quiver::model::{CollectionConfig, Metric};
 
 struct Counting;
@@ -60,7 +60,7 @@ fn a_reloaded_graph_needs_no_more_memory_than_the_built_one() {
         let items: Vec<_> = (from..from + BLOCK)
             .map(|i| (i, Some(vectors[i as usize].clone())))
             .collect();
-        built.insert_block(&items, from + BLOCK);
+        built.insert_block(&items, from + BLOCK, Planning::Behind);
     }
     let built_bytes = now() - before;
     built.dump(dir.path(), &GraphMeta::new(1, n, 0, c)).unwrap();

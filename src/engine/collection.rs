@@ -23,8 +23,8 @@ use super::payload_index::PayloadIndex;
 use super::vectors::VectorFile;
 use crate::filter::Filter;
 use crate::index::{
-    encode, lower_priority, score, AnyFlat, AnyGraph, CodeDistance, GraphMeta, Scored, Stored,
-    BLOCK,
+    encode, lower_priority, score, AnyFlat, AnyGraph, CodeDistance, GraphMeta, Planning, Scored,
+    Stored, BLOCK,
 };
 use crate::model::{
     ApplyError, CollectionConfig, CollectionInfo, Hit, Metric, PointId, PointRecord, PointWrite,
@@ -311,6 +311,10 @@ fn dump_due(dirty: u64, len: u64, idle: bool, after: u64) -> bool {
 fn pending(wm: u64, next: u64) -> u64 {
     (next / BLOCK * BLOCK).saturating_sub(wm)
 }
+
+/// After spare-time planning of a block found no idle core, the next blocks are planned by the
+/// catch-up threads ([`Planning::Behind`]) for this long.
+const BUSY_FOR: Duration = Duration::from_secs(1);
 
 /// A quantised search rescores this many candidates per hit wanted...
 const RESCORE_PER_HIT: usize = 4;
@@ -1224,6 +1228,7 @@ impl Shared {
     /// when idle.
     fn index(self: Arc<Self>) {
         let mut dirty: u64 = 0;
+        let mut busy_until = None;
         loop {
             let (job, built) = {
                 let mut ctl = self.ctl.lock();
@@ -1273,7 +1278,7 @@ impl Shared {
                 dirty = self.opts.dump_after_inserts.max(1);
                 continue;
             }
-            let inserted = self.insert_block();
+            let inserted = self.insert_block(&mut busy_until);
             dirty += inserted;
             let graph = self.graph.read().clone();
             if graph.flat_lag() >= FREEZE_EVERY || (inserted == 0 && graph.flat_lag() > 0) {
@@ -1302,8 +1307,9 @@ impl Shared {
     }
 
     /// Inserts the next block of ids into the current graph, if it is complete; returns how many
-    /// ids it handled.
-    fn insert_block(&self) -> u64 {
+    /// ids it handled. `busy_until`: spare-time planning found no idle core lately, so plan on the catch-up
+    /// threads until then.
+    fn insert_block(&self, busy_until: &mut Option<Instant>) -> u64 {
         let graph = self.graph.read().clone();
         let from = graph.watermark();
         let end = (from / BLOCK + 1) * BLOCK;
@@ -1322,7 +1328,14 @@ impl Shared {
                 panic!("injected indexer fault at id {iid}");
             }
         }
-        graph.insert_block(&block, end);
+        let waiting = pending(end, self.next_iid.load(Ordering::Acquire));
+        let planning = match busy_until {
+            Some(t) if Instant::now() < *t => Planning::Behind,
+            _ => Planning::for_backlog(waiting),
+        };
+        if graph.insert_block(&block, end, planning) != planning {
+            *busy_until = Some(Instant::now() + BUSY_FOR);
+        }
         end - from
     }
 
@@ -1344,7 +1357,7 @@ impl Shared {
                         let items: Vec<(u64, Option<Stored>)> =
                             block.iter().map(|(iid, v)| (*iid, Some(v.clone()))).collect();
                         let end = block.last().map_or(0, |(iid, _)| iid + 1);
-                        g.insert_block(&items, end);
+                        g.insert_block(&items, end, Planning::Behind);
                     }
                     g.advance(job.since);
                     Some(g)
@@ -1396,7 +1409,7 @@ impl Shared {
                     .map(|i| (i, st.slots[i as usize].vector.clone()))
                     .collect()
             };
-            new.insert_block(&block, end);
+            new.insert_block(&block, end, Planning::Behind);
         }
         new.freeze();
         let since = new.epoch_since();

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{encode, FlatGraph, Graph, GraphMeta, SharedVector};
+use super::{encode, FlatGraph, Graph, GraphMeta, Planning, SharedVector};
 use crate::model::{CollectionConfig, Metric, Quantization};
 
 /// What a collection holds in memory for a point, and what its graph refers to.
@@ -139,11 +139,16 @@ impl AnyGraph {
         each!(self, g => g.serial())
     }
 
-    /// Inserts one block of ids ([`Graph::insert_block`]).
-    pub fn insert_block(&self, items: &[(u64, Option<Stored>)], end: u64) {
+    /// Inserts one block of ids; returns how it was planned in the end ([`Graph::insert_block`]).
+    pub fn insert_block(
+        &self,
+        items: &[(u64, Option<Stored>)],
+        end: u64,
+        planning: Planning,
+    ) -> Planning {
         match self {
-            AnyGraph::Full(g) => g.insert_block(&rows(items, Stored::full), end),
-            AnyGraph::Codes(g) => g.insert_block(&rows(items, Stored::codes), end),
+            AnyGraph::Full(g) => g.insert_block(&rows(items, Stored::full), end, planning),
+            AnyGraph::Codes(g) => g.insert_block(&rows(items, Stored::codes), end, planning),
         }
     }
 

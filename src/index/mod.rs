@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use hnsw_rs::api::AnnT;
-use hnsw_rs::hnsw::Point;
+use hnsw_rs::hnsw::{BlockPlan, Point};
 use hnsw_rs::hnswio::HnswIo;
 use hnsw_rs::prelude::{Distance, Hnsw};
 use serde::{Deserialize, Serialize};
@@ -45,26 +45,118 @@ pub const BLOCK: u64 = 256;
 /// field (one point at a time); 2: blocks of [`BLOCK`].
 const BUILDER: u32 = 2;
 
-/// The threads that search for a block's candidates: one per core, below request handling.
-fn planners() -> &'static rayon::ThreadPool {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("graph-plan-{i}"))
-            .start_handler(|_| lower_priority())
-            .build()
-            .unwrap_or_else(|_| {
-                // Without threads of its own the pool cannot run; one that runs on the caller's
-                // thread always builds (the graph is the same either way).
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .use_current_thread()
-                    .build()
-                    .expect("a pool on the current thread")
-            })
-    })
+/// Which threads search for a block's candidates (the graph is the same either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Planning {
+    /// The graph keeps up: threads that run only on cores nothing else wants (`SCHED_IDLE`). A
+    /// block's planning is most of its cost and comes in bursts: with a single-point write every
+    /// 2.5 ms, every node plans each block of [`BLOCK`] ids at the same log index, and at nice 10
+    /// those bursts still held up the requests and Raft messages that make a write visible on
+    /// a replica (issue 11: lag p99 5.9-9.3 ms at 400 writes/s with three nodes on two cores,
+    /// 3.1-5.0 ms with these threads).
+    Spare,
+    /// The graph is behind: threads below request handling (nice 10) that still get a share of
+    /// busy cores, so it catches up under a read load that would starve [`Planning::Spare`].
+    Behind,
+}
+
+impl Planning {
+    /// The graph counts as behind once more than this many ids wait for it besides the block
+    /// being inserted.
+    pub const BEHIND_AFTER: u64 = 4 * BLOCK;
+
+    /// How to plan the next block when `waiting` ids wait for the graph after it.
+    pub fn for_backlog(waiting: u64) -> Planning {
+        if waiting > Self::BEHIND_AFTER {
+            Planning::Behind
+        } else {
+            Planning::Spare
+        }
+    }
+
+    fn pool(self) -> &'static rayon::ThreadPool {
+        static SPARE: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+        static BEHIND: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+        match self {
+            Planning::Spare => SPARE.get_or_init(|| planners("graph-spare", idle_priority)),
+            Planning::Behind => BEHIND.get_or_init(|| planners("graph-plan", lower_priority)),
+        }
+    }
+}
+
+/// A pool of planner threads, one per core, each starting with `priority`.
+fn planners(name: &'static str, priority: fn()) -> rayon::ThreadPool {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("{name}-{i}"))
+        .start_handler(move |_| priority())
+        .build()
+        .unwrap_or_else(|_| {
+            // Without threads of its own the pool cannot run; one that runs on the caller's
+            // thread always builds (the graph is the same either way).
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .use_current_thread()
+                .build()
+                .expect("a pool on the current thread")
+        })
+}
+
+/// Spare-time work: the calling thread runs only when no other thread wants its core; where
+/// the system refuses, it runs at [`lower_priority`]. Only threads that hold no lock a request
+/// may wait for belong here: nothing lends them priority while a request waits.
+fn idle_priority() {
+    lower_priority();
+    #[cfg(target_os = "linux")]
+    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a parameter struct that
+    // lives across the call; any thread may move itself to SCHED_IDLE.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+    }
+}
+
+impl Planning {
+    fn plan_all<P: Send>(self, n: usize, plan: &(dyn Fn(usize) -> P + Sync)) -> Vec<P> {
+        plan_on(self.pool(), 0..n, plan)
+    }
+}
+
+/// Plans `range` on `pool`'s threads, in order of the index.
+fn plan_on<P: Send>(
+    pool: &rayon::ThreadPool,
+    range: std::ops::Range<usize>,
+    plan: &(dyn Fn(usize) -> P + Sync),
+) -> Vec<P> {
+    use rayon::prelude::*;
+    pool.install(|| range.into_par_iter().map(plan).collect())
+}
+
+/// A chunk of spare-time planning that takes longer than this found no idle core: the rest of
+/// the block is planned by [`Planning::Behind`]'s threads. A chunk gives each thread two points,
+/// about a millisecond of work, so only a starved chunk comes near it; it still has to finish
+/// (at a SCHED_IDLE thread's share of a busy core, a few hundred ms), which bounds the stall.
+const SPARE_CHUNK_LIMIT: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// Plans `n` points on [`Planning::Spare`]'s threads a few at a time, handing the rest to
+/// [`Planning::Behind`] once a chunk runs slow. Returns the plans and whether that happened.
+fn plan_in_spare_time<P: Send>(n: usize, plan: &(dyn Fn(usize) -> P + Sync)) -> (Vec<P>, bool) {
+    let pool = Planning::Spare.pool();
+    let chunk = 2 * pool.current_num_threads().max(1);
+    let mut plans = Vec::with_capacity(n);
+    let mut at = 0;
+    while at < n {
+        let started = std::time::Instant::now();
+        let to = (at + chunk).min(n);
+        plans.extend(plan_on(pool, at..to, plan));
+        at = to;
+        if at < n && started.elapsed() > SPARE_CHUNK_LIMIT {
+            plans.extend(Planning::Behind.plan_all(n - at, &|i| plan(at + i)));
+            return (plans, true);
+        }
+    }
+    (plans, false)
 }
 
 /// Graph building is background work: let request handling and Raft win the CPU from it.
@@ -390,18 +482,52 @@ impl<E: Element> Graph<E> {
     /// skipped) and moves the watermark past `end`. The layer searches of all its points run in
     /// parallel against the graph as it was before the block; then the points are linked in id
     /// order, each also considering the block's earlier points (vendor/hnsw_rs/PATCHES.md). Only
-    /// one thread inserts into a given graph.
-    pub fn insert_block(&self, items: &[(u64, Option<Arc<[E]>>)], end: u64) {
-        self.insert_block_in(items, end, planners())
+    /// one thread inserts into a given graph. The searches run as `planning` says (see
+    /// [`Planning`]); only they do, since they take no lock that a request waits on (nothing
+    /// writes the graph until they are done), while the linking does. Returns how the block was
+    /// planned in the end: [`Planning::Behind`] when spare-time planning ran slow and the rest
+    /// of the block was handed to the other threads.
+    pub fn insert_block(
+        &self,
+        items: &[(u64, Option<Arc<[E]>>)],
+        end: u64,
+        planning: Planning,
+    ) -> Planning {
+        let mut used = planning;
+        self.insert_block_with(items, end, |n, plan| match planning {
+            Planning::Behind => Planning::Behind.plan_all(n, plan),
+            Planning::Spare => {
+                let (plans, promoted) = plan_in_spare_time(n, plan);
+                if promoted {
+                    used = Planning::Behind;
+                }
+                plans
+            }
+        });
+        used
     }
 
+    #[cfg(test)]
     fn insert_block_in(
         &self,
         items: &[(u64, Option<Arc<[E]>>)],
         end: u64,
         pool: &rayon::ThreadPool,
     ) {
-        use rayon::prelude::*;
+        self.insert_block_with(items, end, |n, plan| plan_on(pool, 0..n, plan))
+    }
+
+    /// Inserts a block, `plan_all(n, plan)` planning its `n` points (`plan(i)` for each `i`, in
+    /// any order or threads: each plan depends only on the graph before the block).
+    fn insert_block_with(
+        &self,
+        items: &[(u64, Option<Arc<[E]>>)],
+        end: u64,
+        plan_all: impl FnOnce(
+            usize,
+            &(dyn Fn(usize) -> BlockPlan<'static, E> + Sync),
+        ) -> Vec<BlockPlan<'static, E>>,
+    ) {
         let points: Vec<(&'static [E], usize)> = items
             .iter()
             .filter_map(|(id, v)| v.as_ref().map(|v| (id, v)))
@@ -413,12 +539,7 @@ impl<E: Element> Graph<E> {
         let levels = self.hnsw.draw_levels(points.len());
         let block = self.hnsw.open_block(&points, &levels);
         let hnsw = &self.hnsw;
-        let plans: Vec<_> = pool.install(|| {
-            (0..block.len())
-                .into_par_iter()
-                .map(|i| hnsw.plan_block_point(&block, i))
-                .collect()
-        });
+        let plans = plan_all(block.len(), &|i| hnsw.plan_block_point(&block, i));
         let touched = self.hnsw.link_block(block, plans);
         self.touched.lock().extend(touched);
         self.points
@@ -835,6 +956,47 @@ mod tests {
         assert!(Graph::load(dir.path(), &c, &|i| Some(v(i))).is_none());
     }
 
+    /// Issue 11: a graph that keeps up is planned on SCHED_IDLE threads, one that is behind on
+    /// nice-10 threads that busy cores cannot starve, and the graph does not depend on which.
+    #[test]
+    fn spare_planning_runs_idle_and_builds_the_same_graph() {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: sched_getscheduler reads the calling thread's policy.
+            let policy = |p: Planning| p.pool().install(|| unsafe { libc::sched_getscheduler(0) });
+            assert_eq!(policy(Planning::Spare), libc::SCHED_IDLE);
+            assert_eq!(policy(Planning::Behind), libc::SCHED_OTHER);
+        }
+        assert_eq!(Planning::for_backlog(0), Planning::Spare);
+        assert_eq!(
+            Planning::for_backlog(Planning::BEHIND_AFTER),
+            Planning::Spare
+        );
+        assert_eq!(
+            Planning::for_backlog(Planning::BEHIND_AFTER + 1),
+            Planning::Behind
+        );
+        let c = CollectionConfig::new(16, Metric::Cosine);
+        let v = |i: u64| wave(16, i * 89, 11, 0.0157, 0.07);
+        let (serial, mixed) = (Graph::new(&c, 1_024, 0, 0), Graph::new(&c, 1_024, 0, 0));
+        let one = pool(1);
+        for b in 0..4 {
+            let items: Vec<_> = (b * BLOCK..(b + 1) * BLOCK)
+                .map(|i| (i, Some(v(i))))
+                .collect();
+            serial.insert_block_in(&items, (b + 1) * BLOCK, &one);
+            let planning = [Planning::Spare, Planning::Behind][b as usize % 2];
+            mixed.insert_block(&items, (b + 1) * BLOCK, planning);
+        }
+        for q in 0..50u64 {
+            let q = v(q * 7 + 9_000);
+            assert_eq!(
+                serial.search(&q, 10, 32, None),
+                mixed.search(&q, 10, 32, None)
+            );
+        }
+    }
+
     /// The graph that blocks build is pinned: a change to how blocks are inserted that changes
     /// any link must change [`BUILDER`] (so that no node loads a dump of the other graph) and
     /// this digest. Distances are bit-for-bit the same on every CPU (kernels.rs), and so is the
@@ -892,7 +1054,7 @@ mod tests {
             let items: Vec<_> = (b * BLOCK..(b + 1) * BLOCK)
                 .map(|i| (i, Some(data[i as usize].clone())))
                 .collect();
-            g.insert_block(&items, (b + 1) * BLOCK);
+            g.insert_block(&items, (b + 1) * BLOCK, Planning::Behind);
         }
         let mut hits = 0;
         for qi in 0..50 {
