@@ -6,8 +6,11 @@
 //!
 //! Phases: durable ingest over HTTP (batches of 500) → index build → peak RSS → search sweep over
 //! ef (recall@10, QPS, p50/p99) in-process and over HTTP with 1 and 8 clients → restart-to-ready
-//! with and without the graph dump. The server runs in its own tokio runtime; the load generator
-//! shares the machine, as a real client on the same host would.
+//! with and without the graph dump → a new replica joining → replication in-process → replica lag
+//! with `quiver serve` processes (`common/lag.rs`). The server runs in its own tokio runtime; the
+//! load generator shares the machine, as a real client on the same host would.
+
+mod common;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -86,6 +89,18 @@ struct Args {
     /// The server's snapshot interval in log entries (`--snapshot-logs`; default: the server's).
     #[arg(long)]
     snapshot_logs: Option<u64>,
+    /// The server binary for the replica lag measured with processes (issue 11's lag table).
+    #[arg(long, default_value = "target/release/quiver")]
+    lag_bin: PathBuf,
+    /// Writes per second for that table.
+    #[arg(long, value_delimiter = ',', default_value = "400,2000")]
+    lag_rates: Vec<u64>,
+    /// Seconds of writes per rate for that table (the first second is not counted).
+    #[arg(long, default_value_t = 10)]
+    lag_secs: u64,
+    /// Skip the replica lag measured with processes.
+    #[arg(long)]
+    no_process_lag: bool,
 }
 
 const K: usize = 10;
@@ -541,6 +556,25 @@ fn main() -> anyhow::Result<()> {
     }
     if !args.no_replication {
         replication(&args, &base, &server_rt, &client_rt)?;
+    }
+    if !args.no_process_lag {
+        println!("\n## replica lag with processes\n");
+        if args.lag_bin.exists() {
+            let lag = common::lag::Lag {
+                bin: args.lag_bin.clone(),
+                vectors: Arc::new(base.iter().take(20_000).cloned().collect()),
+                rates: args.lag_rates.clone(),
+                secs: args.lag_secs,
+                dir: None,
+                node_args: String::new(),
+            };
+            client_rt.block_on(common::lag::measure(&lag))?;
+        } else {
+            println!(
+                "skipped: {} is missing (`cargo build --release` makes it)",
+                args.lag_bin.display()
+            );
+        }
     }
     Ok(())
 }

@@ -1,0 +1,195 @@
+//! Replication lag with real processes (issue 11): a leader and two read replicas of the release
+//! binary on loopback, single-point writes at a fixed rate, and for every write the time from
+//! the leader's acknowledgement until a replica serves the point (a point read on the replica,
+//! round robin, with `min_index` set to the write's index: the replica answers once it has
+//! applied it). Used by the `lag` and `bench` examples.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quiver::dataset::percentile;
+use quiver::model::{CollectionConfig, Metric, PointId, PointInput};
+use quiver_client::Client;
+
+/// What to measure.
+pub struct Lag {
+    /// The server binary (`target/release/quiver`).
+    pub bin: PathBuf,
+    /// The vectors written, cycled through.
+    pub vectors: Arc<Vec<Vec<f32>>>,
+    /// Writes per second to measure at, one after the other.
+    pub rates: Vec<u64>,
+    /// Seconds of writes per rate (the first second is not counted).
+    pub secs: u64,
+    /// Folder for the nodes' data directories (default: the system's temporary folder).
+    pub dir: Option<PathBuf>,
+    /// Extra flags for every node, space-separated.
+    pub node_args: String,
+}
+
+/// One counted write.
+// The bench prints only the table; the lag example writes every field (`--trace`).
+#[allow(dead_code)]
+pub struct Probe {
+    pub rate: u64,
+    /// Milliseconds from the start of its rate to the leader's acknowledgement.
+    pub acked_ms: f64,
+    /// Milliseconds from the acknowledgement until the replica served the point.
+    pub lag_ms: f64,
+    /// Milliseconds the leader took to acknowledge.
+    pub write_ms: f64,
+    /// Which replica served it (0 or 1).
+    pub replica: u64,
+}
+
+const SECRET: &str = "lag-bench-cluster-secret-0123";
+
+/// A node process, killed when dropped.
+struct NodeProcess(Child, String);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn spawn(lag: &Lag, dir: &Path, join: Option<&str>) -> anyhow::Result<NodeProcess> {
+    let port = free_port()?;
+    let mut cmd = Command::new(&lag.bin);
+    cmd.arg("serve")
+        .args(["--data-dir", &dir.to_string_lossy()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--cluster-secret", SECRET, "--log", "warn"])
+        .args(lag.node_args.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(url) = join {
+        cmd.args(["--join", url]);
+    }
+    Ok(NodeProcess(
+        cmd.spawn()?,
+        format!("http://127.0.0.1:{port}"),
+    ))
+}
+
+async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(format!("{url}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{url} not ready after 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts the three nodes, measures every rate and prints its row (the table's header first);
+/// returns every counted probe.
+pub async fn measure(lag: &Lag) -> anyhow::Result<Vec<Probe>> {
+    let root = match &lag.dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let http = reqwest::Client::new();
+    let leader = spawn(lag, &root.path().join("n0"), None)?;
+    wait_ready(&http, &leader.1).await?;
+    let replicas = [
+        spawn(lag, &root.path().join("n1"), Some(&leader.1))?,
+        spawn(lag, &root.path().join("n2"), Some(&leader.1))?,
+    ];
+    for r in &replicas {
+        wait_ready(&http, &r.1).await?;
+    }
+    let client = Client::new(&leader.1, None)?;
+    let dim = lag.vectors.first().map_or(0, Vec::len);
+    client
+        .create_collection("lag", &CollectionConfig::new(dim, Metric::Cosine))
+        .await?;
+    println!(
+        "a leader and 2 replicas (`quiver serve` processes{}), single-point writes; lag = from the \
+         leader's acknowledgement until a replica serves the point\n",
+        if lag.node_args.is_empty() {
+            String::new()
+        } else {
+            format!(" with {}", lag.node_args)
+        }
+    );
+    println!("| writes/s | writes | achieved/s | lag p50 ms | p99 ms | max ms | write p50 ms | write p99 ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut next_id = 0u64;
+    let mut probes = Vec::new();
+    for &rate in &lag.rates {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        let total = rate * lag.secs;
+        for n in 0..total {
+            tick.tick().await;
+            let id = next_id;
+            next_id += 1;
+            let (client, http, vectors) = (client.clone(), http.clone(), lag.vectors.clone());
+            let replica = n % 2;
+            let url = replicas[replica as usize].1.clone();
+            let counted = n >= rate;
+            tasks.spawn(async move {
+                let point = PointInput {
+                    id: PointId::Num(id),
+                    vector: vectors[id as usize % vectors.len()].clone(),
+                    payload: None,
+                };
+                let sent = Instant::now();
+                let w = client.upsert("lag", vec![point]).await?;
+                let acked = Instant::now();
+                let r = http
+                    .get(format!(
+                        "{url}/collections/lag/points/{id}?min_index={}",
+                        w.index
+                    ))
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status().is_success(), "replica read: {}", r.status());
+                Ok::<_, anyhow::Error>(counted.then(|| Probe {
+                    rate,
+                    acked_ms: (acked - started).as_secs_f64() * 1e3,
+                    lag_ms: acked.elapsed().as_secs_f64() * 1e3,
+                    write_ms: (acked - sent).as_secs_f64() * 1e3,
+                    replica,
+                }))
+            });
+        }
+        let mut these = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            these.extend(r??);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let mut lags: Vec<f64> = these.iter().map(|p| p.lag_ms).collect();
+        let mut writes: Vec<f64> = these.iter().map(|p| p.write_ms).collect();
+        lags.sort_by(f64::total_cmp);
+        writes.sort_by(f64::total_cmp);
+        println!(
+            "| {rate} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            lags.len(),
+            total as f64 / secs,
+            percentile(&lags, 0.5),
+            percentile(&lags, 0.99),
+            lags.last().copied().unwrap_or(0.0),
+            percentile(&writes, 0.5),
+            percentile(&writes, 0.99)
+        );
+        these.sort_by(|a, b| a.acked_ms.total_cmp(&b.acked_ms));
+        probes.extend(these);
+    }
+    Ok(probes)
+}
