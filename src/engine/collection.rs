@@ -376,6 +376,7 @@ impl Collection {
         let mut slots: Vec<Slot> = Vec::with_capacity(meta.next_iid as usize);
         let mut by_ext = HashMap::new();
         let full = VectorFile::of(id, &meta.config, &opts.vector_dir);
+        let mut rows = full.as_ref().map(VectorFile::rows);
         let mut payloads = PayloadIndex::new();
         for point in points {
             let (iid, p) = point?;
@@ -392,7 +393,7 @@ impl Collection {
             by_ext.insert(p.id.clone(), iid);
             slots.push(Slot {
                 ext: Some(p.id),
-                vector: Some(keep_vector(full.as_ref(), &meta.config, iid, p.vector)),
+                vector: Some(keep_vector(rows.as_mut(), &meta.config, iid, p.vector)),
                 payload: p.payload.map(Arc::from),
             });
         }
@@ -403,6 +404,7 @@ impl Collection {
                 payload: None,
             });
         }
+        drop(rows);
         let live = by_ext.len();
         let dir = opts.graph_dir.join(id.to_string());
         let vector_of = |iid: u64| slots.get(iid as usize).and_then(|s| s.vector.clone());
@@ -567,6 +569,7 @@ impl Collection {
         let cid = self.shared.id;
         let n = points.len();
         let mut st = self.shared.state.write();
+        let mut rows = self.shared.full.as_ref().map(VectorFile::rows);
         for (p, payload) in points.into_iter().zip(parsed) {
             if let Some(old) = st.by_ext.remove(&p.id) {
                 Self::tombstone(&mut st, old);
@@ -578,12 +581,7 @@ impl Collection {
                 st.payloads.insert(iid, v);
             }
             st.by_ext.insert(p.id.clone(), iid);
-            let vector = keep_vector(
-                self.shared.full.as_ref(),
-                &self.shared.config,
-                iid,
-                p.vector,
-            );
+            let vector = keep_vector(rows.as_mut(), &self.shared.config, iid, p.vector);
             st.slots.push(Slot {
                 ext: Some(p.id),
                 vector: Some(vector),
@@ -592,6 +590,8 @@ impl Collection {
             st.live += 1;
             st.epoch_total += 1;
         }
+        // The rows reach the file before any search can see their points (it needs `st`).
+        drop(rows);
         st.version += 1;
         let job = self.maybe_rebuild(&mut st);
         batch.put_collection(cid, &self.meta(&st));
@@ -1122,13 +1122,13 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// What a collection holds for a point's vector `v`: the vector, or (quantised) its code, the
 /// vector going to the collection's vector file.
 fn keep_vector(
-    full: Option<&VectorFile>,
+    full: Option<&mut super::vectors::Rows<'_>>,
     config: &CollectionConfig,
     iid: u64,
     v: Vec<f32>,
 ) -> Stored {
-    if let Some(f) = full {
-        f.put(iid, &v);
+    if let Some(rows) = full {
+        rows.put(iid, &v);
     }
     Stored::of(v, config.quantization)
 }
