@@ -140,6 +140,11 @@ impl VectorFile {
 /// [`Rows::BATCH_BYTES`] instead of one per row. Opening a quantised collection rewrites every
 /// row, a million of them at 1M points. A row is on disk (or kept in memory) once the writer
 /// is flushed or dropped, so only a writer that no reader races may hold rows back.
+///
+/// The buffer stays small: the kernel copies it into the page cache, and a buffer that has
+/// left the CPU's caches by then costs more than the system calls it saves. Writing a million
+/// 384-float rows took 1.9-2.8 s one row per call, 1.1-1.3 s in 16 KiB runs, 1.9-2.2 s in 32
+/// KiB runs and 3.3-4.1 s in 4 MiB runs.
 pub struct Rows<'a> {
     file: &'a VectorFile,
     start: u64,
@@ -149,7 +154,7 @@ pub struct Rows<'a> {
 
 impl Rows<'_> {
     /// Bytes gathered before they are written.
-    pub const BATCH_BYTES: usize = 4 << 20;
+    pub const BATCH_BYTES: usize = 16 << 10;
 
     /// Adds the vector of `iid`; written at once unless it follows the previous row.
     pub fn put(&mut self, iid: u64, v: &[f32]) {
