@@ -23,8 +23,8 @@ use super::payload_index::PayloadIndex;
 use super::vectors::VectorFile;
 use crate::filter::Filter;
 use crate::index::{
-    encode, lower_priority, score, AnyFlat, AnyGraph, CodeDistance, GraphMeta, Planning, Scored,
-    Stored, BLOCK,
+    encode, lower_priority, score, AnyFlat, AnyGraph, CodeDistance, GraphMeta, Planner, Planning,
+    Scored, Stored, BLOCK,
 };
 use crate::model::{
     ApplyError, CollectionConfig, CollectionInfo, Hit, Metric, PointId, PointRecord, PointWrite,
@@ -311,10 +311,6 @@ fn dump_due(dirty: u64, len: u64, idle: bool, after: u64) -> bool {
 fn pending(wm: u64, next: u64) -> u64 {
     (next / BLOCK * BLOCK).saturating_sub(wm)
 }
-
-/// After spare-time planning of a block found no idle core, the next blocks are planned by the
-/// catch-up threads ([`Planning::Behind`]) for this long.
-const BUSY_FOR: Duration = Duration::from_secs(1);
 
 /// A quantised search rescores this many candidates per hit wanted...
 const RESCORE_PER_HIT: usize = 4;
@@ -1122,12 +1118,12 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// What a collection holds for a point's vector `v`: the vector, or (quantised) its code, the
 /// vector going to the collection's vector file.
 fn keep_vector(
-    full: Option<&mut super::vectors::Rows<'_>>,
+    rows: Option<&mut super::vectors::Rows<'_>>,
     config: &CollectionConfig,
     iid: u64,
     v: Vec<f32>,
 ) -> Stored {
-    if let Some(rows) = full {
+    if let Some(rows) = rows {
         rows.put(iid, &v);
     }
     Stored::of(v, config.quantization)
@@ -1228,7 +1224,7 @@ impl Shared {
     /// when idle.
     fn index(self: Arc<Self>) {
         let mut dirty: u64 = 0;
-        let mut busy_until = None;
+        let mut planner = Planner::default();
         loop {
             let (job, built) = {
                 let mut ctl = self.ctl.lock();
@@ -1278,7 +1274,7 @@ impl Shared {
                 dirty = self.opts.dump_after_inserts.max(1);
                 continue;
             }
-            let inserted = self.insert_block(&mut busy_until);
+            let inserted = self.insert_block(&mut planner);
             dirty += inserted;
             let graph = self.graph.read().clone();
             if graph.flat_lag() >= FREEZE_EVERY || (inserted == 0 && graph.flat_lag() > 0) {
@@ -1307,9 +1303,8 @@ impl Shared {
     }
 
     /// Inserts the next block of ids into the current graph, if it is complete; returns how many
-    /// ids it handled. `busy_until`: spare-time planning found no idle core lately, so plan on the catch-up
-    /// threads until then.
-    fn insert_block(&self, busy_until: &mut Option<Instant>) -> u64 {
+    /// ids it handled.
+    fn insert_block(&self, planner: &mut Planner) -> u64 {
         let graph = self.graph.read().clone();
         let from = graph.watermark();
         let end = (from / BLOCK + 1) * BLOCK;
@@ -1329,13 +1324,7 @@ impl Shared {
             }
         }
         let waiting = pending(end, self.next_iid.load(Ordering::Acquire));
-        let planning = match busy_until {
-            Some(t) if Instant::now() < *t => Planning::Behind,
-            _ => Planning::for_backlog(waiting),
-        };
-        if graph.insert_block(&block, end, planning) != planning {
-            *busy_until = Some(Instant::now() + BUSY_FOR);
-        }
+        planner.insert_block(&graph, &block, end, waiting);
         end - from
     }
 

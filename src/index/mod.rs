@@ -88,6 +88,37 @@ impl Planning {
     }
 }
 
+/// How one graph's blocks are planned, one after another: as [`Planning::for_backlog`] says,
+/// except that once spare-time planning found no idle core (a block came back planned
+/// [`Planning::Behind`]), the next blocks go to the catch-up threads for [`Planner::BUSY_FOR`].
+#[derive(Debug, Default)]
+pub struct Planner {
+    busy_until: Option<std::time::Instant>,
+}
+
+impl Planner {
+    /// How long blocks skip spare-time planning after it found no idle core.
+    pub const BUSY_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// Inserts one block into `graph` ([`AnyGraph::insert_block`]), `waiting` ids waiting for
+    /// the graph after it.
+    pub fn insert_block(
+        &mut self,
+        graph: &AnyGraph,
+        items: &[(u64, Option<Stored>)],
+        end: u64,
+        waiting: u64,
+    ) {
+        let planning = match self.busy_until {
+            Some(t) if std::time::Instant::now() < t => Planning::Behind,
+            _ => Planning::for_backlog(waiting),
+        };
+        if graph.insert_block(items, end, planning) != planning {
+            self.busy_until = Some(std::time::Instant::now() + Self::BUSY_FOR);
+        }
+    }
+}
+
 /// A pool of planner threads, one per core, each starting with `priority`.
 fn planners(name: &'static str, priority: fn()) -> rayon::ThreadPool {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
