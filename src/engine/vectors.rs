@@ -85,11 +85,7 @@ impl VectorFile {
         if written.is_err() {
             let mut spilled = self.spilled.lock();
             for (i, row) in bytes.chunks_exact(self.dim * 4).enumerate() {
-                let v = row
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
-                spilled.insert(start + i as u64, v);
+                spilled.insert(start + i as u64, floats(row).collect());
             }
         }
     }
@@ -104,11 +100,7 @@ impl VectorFile {
         };
         match read {
             Ok(()) => {
-                out.extend(
-                    bytes
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                );
+                out.extend(floats(bytes));
                 true
             }
             Err(e) => match self.spilled.lock().get(&iid) {
@@ -134,6 +126,13 @@ impl VectorFile {
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The floats of a row as the file holds them (little endian).
+fn floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Rows written through one buffer: a run of consecutive ids goes to disk in one `pwrite` per
