@@ -106,6 +106,8 @@ struct Args {
 const K: usize = 10;
 const COLLECTION: &str = "bench";
 const SECRET: &str = "bench-cluster-secret-0123";
+/// How long a joining replica may take to be ready.
+const JOIN_WITHIN: Duration = Duration::from_secs(600);
 
 fn peak_rss_mib() -> f64 {
     status_mib("VmHWM:")
@@ -698,21 +700,6 @@ fn against_hnswlib(path: &std::path::Path, rows: &[Row]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls `{url}/readyz` until it answers 200 (at most 10 minutes).
-async fn wait_ready(url: &str) {
-    let ready_url = format!("{url}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while Instant::now() < deadline {
-        if reqwest::get(&ready_url)
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Issue 10: a new replica joins the loaded node (a snapshot with the graph dump, then the log),
 /// in this process: seconds until it is ready, and the resident memory it added.
 fn join_replica(
@@ -728,7 +715,7 @@ fn join_replica(
     let before = status_mib("VmRSS:");
     let started = Instant::now();
     let replica = server_rt.block_on(Node::start(c))?;
-    client_rt.block_on(wait_ready(&replica.url()));
+    client_rt.block_on(common::wait_ready(&replica.url(), JOIN_WITHIN))?;
     let ready = started.elapsed().as_secs_f64();
     let info = replica.engine.info(COLLECTION)?;
     println!(
@@ -826,7 +813,7 @@ fn replication(
     // A new replica joins the loaded collection: snapshot, then log.
     let started = Instant::now();
     let r3 = server_rt.block_on(Node::start(mk(3, Some(leader.url()))))?;
-    client_rt.block_on(wait_ready(&r3.url()));
+    client_rt.block_on(common::wait_ready(&r3.url(), JOIN_WITHIN))?;
     let ready = started.elapsed().as_secs_f64();
     r3.engine.wait_indexed(Duration::from_secs(3600));
     let indexed = started.elapsed().as_secs_f64();

@@ -13,6 +13,8 @@ use quiver::dataset::percentile;
 use quiver::model::{CollectionConfig, Metric, PointId, PointInput};
 use quiver_client::Client;
 
+use super::wait_ready;
+
 /// What to measure.
 pub struct Lag {
     /// The server binary (`target/release/quiver`).
@@ -45,6 +47,9 @@ pub struct Probe {
 }
 
 const SECRET: &str = "lag-bench-cluster-secret-0123";
+
+/// How long a node may take to start (or a replica to join).
+const READY_WITHIN: Duration = Duration::from_secs(60);
 
 /// A node process, killed when dropped.
 struct NodeProcess(Child, String);
@@ -81,19 +86,6 @@ fn spawn(lag: &Lag, dir: &Path, join: Option<&str>) -> anyhow::Result<NodeProces
     ))
 }
 
-async fn wait_ready(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.get(format!("{url}/readyz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{url} not ready after 60 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Starts the three nodes, measures every rate and prints its row (the table's header first);
 /// returns every counted probe.
 pub async fn measure(lag: &Lag) -> anyhow::Result<Vec<Probe>> {
@@ -103,13 +95,13 @@ pub async fn measure(lag: &Lag) -> anyhow::Result<Vec<Probe>> {
     };
     let http = reqwest::Client::new();
     let leader = spawn(lag, &root.path().join("n0"), None)?;
-    wait_ready(&http, &leader.1).await?;
+    wait_ready(&leader.1, READY_WITHIN).await?;
     let replicas = [
         spawn(lag, &root.path().join("n1"), Some(&leader.1))?,
         spawn(lag, &root.path().join("n2"), Some(&leader.1))?,
     ];
     for r in &replicas {
-        wait_ready(&http, &r.1).await?;
+        wait_ready(&r.1, READY_WITHIN).await?;
     }
     let client = Client::new(&leader.1, None)?;
     let dim = lag.vectors.first().map_or(0, Vec::len);
