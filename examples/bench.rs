@@ -89,7 +89,7 @@ struct Args {
     /// The server's snapshot interval in log entries (`--snapshot-logs`; default: the server's).
     #[arg(long)]
     snapshot_logs: Option<u64>,
-    /// The server binary for the replica lag measured with processes (issue 11's lag table).
+    /// The server binary for the measures with processes (the lag table, against pgvector).
     #[arg(long, default_value = "target/release/quiver")]
     lag_bin: PathBuf,
     /// Writes per second for that table.
@@ -101,6 +101,12 @@ struct Args {
     /// Skip the replica lag measured with processes.
     #[arg(long)]
     no_process_lag: bool,
+    /// Last, quiver against PostgreSQL + pgvector under the same C-client load, at matched
+    /// recall (pgvector's standby must run: see `examples/pgvector.rs`); `--pg-*` tune it.
+    #[arg(long)]
+    pgvector: bool,
+    #[command(flatten)]
+    against: common::pgvector::Against,
 }
 
 const K: usize = 10;
@@ -577,6 +583,14 @@ fn main() -> anyhow::Result<()> {
                 args.lag_bin.display()
             );
         }
+    }
+    if args.pgvector {
+        println!("\n## against pgvector, C clients, matched recall\n");
+        client_rt.block_on(common::pgvector::measure(
+            &args.lag_bin,
+            &args.data,
+            &args.against,
+        ))?;
     }
     Ok(())
 }

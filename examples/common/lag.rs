@@ -4,8 +4,7 @@
 //! round robin, with `min_index` set to the write's index: the replica answers once it has
 //! applied it). Used by the `lag` and `bench` examples.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use quiver::dataset::percentile;
 use quiver::model::{CollectionConfig, Metric, PointId, PointInput};
 use quiver_client::Client;
 
-use super::wait_ready;
+use super::{wait_ready, NodeProcess};
 
 /// What to measure.
 pub struct Lag {
@@ -32,8 +31,6 @@ pub struct Lag {
 }
 
 /// One counted write.
-// The bench prints only the table; the lag example writes every field (`--trace`).
-#[allow(dead_code)]
 pub struct Probe {
     pub rate: u64,
     /// Milliseconds from the start of its rate to the leader's acknowledgement.
@@ -46,45 +43,8 @@ pub struct Probe {
     pub replica: u64,
 }
 
-const SECRET: &str = "lag-bench-cluster-secret-0123";
-
 /// How long a node may take to start (or a replica to join).
 const READY_WITHIN: Duration = Duration::from_secs(60);
-
-/// A node process, killed when dropped.
-struct NodeProcess(Child, String);
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn spawn(lag: &Lag, dir: &Path, join: Option<&str>) -> anyhow::Result<NodeProcess> {
-    let port = free_port()?;
-    let mut cmd = Command::new(&lag.bin);
-    cmd.arg("serve")
-        .args(["--data-dir", &dir.to_string_lossy()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--cluster-secret", SECRET, "--log", "warn"])
-        .args(lag.node_args.split_whitespace())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    if let Some(url) = join {
-        cmd.args(["--join", url]);
-    }
-    Ok(NodeProcess(
-        cmd.spawn()?,
-        format!("http://127.0.0.1:{port}"),
-    ))
-}
 
 /// Starts the three nodes, measures every rate and prints its row (the table's header first);
 /// returns every counted probe.
@@ -94,16 +54,19 @@ pub async fn measure(lag: &Lag) -> anyhow::Result<Vec<Probe>> {
         None => tempfile::tempdir()?,
     };
     let http = reqwest::Client::new();
-    let leader = spawn(lag, &root.path().join("n0"), None)?;
-    wait_ready(&leader.1, READY_WITHIN).await?;
+    let spawn = |dir: &str, join: Option<&str>| {
+        NodeProcess::spawn(&lag.bin, &root.path().join(dir), join, &lag.node_args)
+    };
+    let leader = spawn("n0", None)?;
+    wait_ready(&leader.url, READY_WITHIN).await?;
     let replicas = [
-        spawn(lag, &root.path().join("n1"), Some(&leader.1))?,
-        spawn(lag, &root.path().join("n2"), Some(&leader.1))?,
+        spawn("n1", Some(&leader.url))?,
+        spawn("n2", Some(&leader.url))?,
     ];
     for r in &replicas {
-        wait_ready(&r.1, READY_WITHIN).await?;
+        wait_ready(&r.url, READY_WITHIN).await?;
     }
-    let client = Client::new(&leader.1, None)?;
+    let client = Client::new(&leader.url, None)?;
     let dim = lag.vectors.first().map_or(0, Vec::len);
     client
         .create_collection("lag", &CollectionConfig::new(dim, Metric::Cosine))
@@ -133,7 +96,7 @@ pub async fn measure(lag: &Lag) -> anyhow::Result<Vec<Probe>> {
             next_id += 1;
             let (client, http, vectors) = (client.clone(), http.clone(), lag.vectors.clone());
             let replica = n % 2;
-            let url = replicas[replica as usize].1.clone();
+            let url = replicas[replica as usize].url.clone();
             let counted = n >= rate;
             tasks.spawn(async move {
                 let point = PointInput {

@@ -1,9 +1,58 @@
 //! Code shared by the examples (not an example itself: cargo builds only `examples/*.rs` and
 //! `examples/*/main.rs`).
 
+// Each example uses some of these modules: what one leaves unused is used by another.
+#[allow(dead_code)]
 pub mod lag;
+#[allow(dead_code)]
+pub mod pgvector;
 
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The cluster secret of the examples' node processes.
+const SECRET: &str = "examples-cluster-secret-0123";
+
+/// A `quiver serve` process on a free loopback port, killed when dropped.
+pub struct NodeProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl NodeProcess {
+    /// Starts `bin serve` with its data in `dir`, joining `join` if given, with `extra` flags
+    /// (space-separated); its log (warnings only) goes to stderr.
+    pub fn spawn(bin: &Path, dir: &Path, join: Option<&str>, extra: &str) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--cluster-secret", SECRET, "--log", "warn"])
+            .args(extra.split_whitespace())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(url) = join {
+            cmd.args(["--join", url]);
+        }
+        Ok(NodeProcess {
+            child: cmd.spawn()?,
+            url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// Polls `{url}/readyz` until it answers 2xx; an error after `within`.
 pub async fn wait_ready(url: &str, within: Duration) -> anyhow::Result<()> {

@@ -1,0 +1,35 @@
+//! quiver against PostgreSQL + pgvector under the same C-client search load (issue 11), in one
+//! run: pgvector's streaming standby with pgbench, a quiver read replica with wrk, at matched
+//! recall@10, one side after the other for each client count (see `common/pgvector.rs`). Prints
+//! the table; asserts nothing. The bench prints the same table with `--pgvector`.
+//!
+//! ```text
+//! ../shared/peers/pgvector/setup.sh ../peers-venv
+//! ../peers-venv/bin/python ../shared/peers/pgvector/standby.py
+//! cargo build --release && cargo run --release --example pgvector -- --pg-clients 4,8 --pg-rounds 2
+//! ../peers-venv/bin/python ../shared/peers/pgvector/standby.py stop
+//! ```
+
+mod common;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser)]
+struct Args {
+    /// The server binary.
+    #[arg(long, default_value = "target/release/quiver")]
+    bin: PathBuf,
+    /// The shared data set folder.
+    #[arg(long, default_value = "../shared/data/minilm-debian")]
+    data: PathBuf,
+    #[command(flatten)]
+    against: common::pgvector::Against,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    common::pgvector::measure(&args.bin, &args.data, &args.against).await
+}
