@@ -635,16 +635,17 @@ pub async fn search(
     let collection = state.engine.get(&name)?;
     let use_cache = req.cache;
     let params = prepare_search(req, collection.config(), state.config.default_ef, "")?;
+    let quick = collection.quick_search(&params);
     let engine = state.engine.clone();
-    let hits = blocking(move || {
+    let run = move || {
         let hits = engine.query_cache().search(&collection, &params, use_cache);
         let mut budget = AnswerBudget::new();
         for h in &hits {
             budget.add(h)?;
         }
         Ok(hits)
-    })
-    .await?;
+    };
+    let hits = if quick { run()? } else { blocking(run).await? };
     Ok(Json(SearchResponse { hits, index }))
 }
 

@@ -808,6 +808,55 @@ mod tests {
         }
     }
 
+    /// Issue 11: the HTTP layer runs a search on its own task only when it is a short walk of
+    /// the search copy; anything that may scan, filter or read from disk goes to a blocking thread.
+    #[test]
+    fn only_short_walks_of_the_search_copy_are_quick() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(opts(dir.path())).unwrap();
+        fill(&e, "c", 0, 2_000, 1);
+        let c = e.get("c").unwrap();
+        assert!(c.wait_indexed(Duration::from_secs(30)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while c.search_copy_lag() != Some(0) {
+            assert!(std::time::Instant::now() < deadline, "no search copy");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let plain = SearchParams::nearest(vec![1.0, 2.0, 1.0, 0.5], 10, 32);
+        assert!(c.quick_search(&plain));
+        let wide = SearchParams::nearest(vec![1.0, 2.0, 1.0, 0.5], 10, collection::QUICK_EF + 1);
+        assert!(!c.quick_search(&wide));
+        let many = SearchParams::nearest(vec![1.0, 2.0, 1.0, 0.5], collection::QUICK_EF + 1, 16);
+        assert!(!c.quick_search(&many));
+        let exact = SearchParams {
+            exact: true,
+            ..plain.clone()
+        };
+        assert!(!c.quick_search(&exact));
+        let filtered = SearchParams {
+            filter: Some(
+                serde_json::from_str(r#"{"must": [{"key": "a", "match": {"value": 1}}]}"#).unwrap(),
+            ),
+            ..plain.clone()
+        };
+        assert!(!c.quick_search(&filtered));
+        let mut config = CollectionConfig::new(4, Metric::L2);
+        config.quantization = crate::model::Quantization::Int8;
+        e.apply(&[(
+            3,
+            Command::CreateCollection {
+                name: "q".into(),
+                config,
+            },
+        )])
+        .unwrap();
+        let q = e.get("q").unwrap();
+        assert!(
+            !q.quick_search(&plain),
+            "a quantised collection reads vectors from disk"
+        );
+    }
+
     /// Review L4: apply holds a vector to its collection's rule even when the API checked it
     /// against another collection of the same name (dropped and re-created in between).
     #[test]
