@@ -72,6 +72,8 @@ fn parsed(text: &str) -> Option<Value> {
 
 struct State {
     slots: Vec<Slot>,
+    /// Which slots hold a live point, as [`Slot::ext`] says.
+    live_bits: LiveBits,
     by_ext: HashMap<PointId, u64>,
     /// Which live points hold which payload values (maintained in apply, so the same everywhere).
     payloads: PayloadIndex,
@@ -81,6 +83,42 @@ struct State {
     /// Moves on every change to the points (writes, deletes, a finished rebuild): with the
     /// graph's state it says which answers a search can give ([`ViewTag`]).
     version: u64,
+}
+
+/// One bit per internal id, set while its slot holds a live point (`ext` is `Some`). The graph
+/// walk tests every candidate it keeps; a slot is about 70 bytes (3.6 MB of slots at 50k points),
+/// so testing the slot itself missed the cache: about 5 % of a replica's CPU under search load.
+#[derive(Default)]
+struct LiveBits(Vec<u64>);
+
+impl LiveBits {
+    fn of(slots: &[Slot]) -> LiveBits {
+        let mut bits = LiveBits(vec![0; slots.len().div_ceil(64)]);
+        for (iid, s) in slots.iter().enumerate() {
+            bits.set(iid, s.ext.is_some());
+        }
+        bits
+    }
+
+    #[inline]
+    fn get(&self, iid: usize) -> bool {
+        self.0
+            .get(iid / 64)
+            .is_some_and(|w| (w >> (iid % 64)) & 1 == 1)
+    }
+
+    fn set(&mut self, iid: usize, live: bool) {
+        let word = iid / 64;
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        let bit = 1u64 << (iid % 64);
+        if live {
+            self.0[word] |= bit;
+        } else {
+            self.0[word] &= !bit;
+        }
+    }
 }
 
 /// What a search's answer is a function of: the points (`version`), which graph (`graph`, unique
@@ -253,16 +291,17 @@ impl TopK {
 }
 
 impl State {
+    #[inline]
     fn is_live(&self, iid: usize) -> bool {
-        self.slots.get(iid).is_some_and(|s| s.ext.is_some())
+        self.live_bits.get(iid)
     }
+    #[inline]
     fn accepts(&self, iid: usize, filter: Option<&Filter>) -> bool {
-        match self.slots.get(iid) {
-            Some(s) if s.ext.is_some() => {
-                filter.is_none_or(|f| f.matches(s.payload.as_deref().and_then(parsed).as_ref()))
-            }
-            _ => false,
-        }
+        self.is_live(iid)
+            && filter.is_none_or(|f| {
+                let payload = self.slots[iid].payload.as_deref();
+                f.matches(payload.and_then(parsed).as_ref())
+            })
     }
     /// Whether a candidate of the payload index passes `filter`: when the candidates are
     /// `exact`ly its matches, liveness decides (no payload parsed); otherwise the filter does.
@@ -431,6 +470,7 @@ impl Collection {
         };
         let pending_rebuild = graph.epoch_since() < meta.epoch_since;
         let state = State {
+            live_bits: LiveBits::of(&slots),
             slots,
             by_ext,
             payloads,
@@ -465,6 +505,7 @@ impl Collection {
         };
         let _ = std::fs::remove_dir_all(opts.graph_dir.join(id.to_string()));
         let state = State {
+            live_bits: LiveBits::default(),
             slots: Vec::new(),
             by_ext: HashMap::new(),
             payloads: PayloadIndex::new(),
@@ -584,6 +625,7 @@ impl Collection {
             }
             st.by_ext.insert(p.id.clone(), iid);
             let vector = keep_vector(rows.as_mut(), &self.shared.config, iid, p.vector);
+            st.live_bits.set(iid as usize, true);
             st.slots.push(Slot {
                 ext: Some(p.id),
                 vector: Some(vector),
@@ -614,6 +656,7 @@ impl Collection {
                 if let Some(v) = slot.payload.take().as_deref().and_then(parsed) {
                     st.payloads.remove(iid, &v);
                 }
+                st.live_bits.set(iid as usize, false);
                 st.live -= 1;
             }
         }
