@@ -49,6 +49,9 @@ struct Args {
     /// backpressure lets them).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// The node's sled page cache (`--cache-mb`), which fills as the churn writes.
+    #[arg(long, default_value_t = 64)]
+    cache_mb: u64,
 }
 
 const NAME: &str = "churn";
@@ -105,6 +108,7 @@ fn main() -> anyhow::Result<()> {
     let server_rt = tokio::runtime::Runtime::new()?;
     let mut config = Config::for_test(dir.path());
     config.log = "warn".into();
+    config.cache_mb = args.cache_mb;
     let node = server_rt.block_on(Node::start(config))?;
     let url = node.url();
     let rt = tokio::runtime::Runtime::new()?;
