@@ -241,35 +241,19 @@ mod vnni {
     }
 }
 
-/// Whether this CPU runs the AVX-512 VNNI int8 kernel.
+/// Whether this CPU runs the AVX-512 VNNI int8 kernel (std caches what it detects).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn has_vnni() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static LEVEL: AtomicU8 = AtomicU8::new(u8::MAX);
-    let l = LEVEL.load(Ordering::Relaxed);
-    if l != u8::MAX {
-        return l == 1;
-    }
-    let vnni = std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512vnni");
-    LEVEL.store(u8::from(vnni), Ordering::Relaxed);
-    vnni
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
-/// Whether this CPU runs the AVX2 kernels.
+/// Whether this CPU runs the AVX2 kernels (std caches what it detects).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn has_avx2() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static LEVEL: AtomicU8 = AtomicU8::new(u8::MAX);
-    let l = LEVEL.load(Ordering::Relaxed);
-    if l != u8::MAX {
-        return l == 1;
-    }
-    let avx2 = std::arch::is_x86_feature_detected!("avx2");
-    LEVEL.store(u8::from(avx2), Ordering::Relaxed);
-    avx2
+    std::arch::is_x86_feature_detected!("avx2")
 }
 
 /// Dot product of the common prefix of `a` and `b`.
