@@ -245,6 +245,17 @@ pub struct SearchParams {
 }
 
 impl SearchParams {
+    /// The breadth the walk uses in a collection of `live` points: `ef`, grown with the
+    /// collection when it is the default ([`sized_ef`]), and at least `k`.
+    fn breadth(&self, live: usize) -> usize {
+        if self.sized_ef {
+            sized_ef(self.ef, live)
+        } else {
+            self.ef
+        }
+        .max(self.k)
+    }
+
     /// A plain approximate search for the `k` nearest to `vector` at breadth `ef`: no filter,
     /// threshold, payloads or vectors.
     pub fn nearest(vector: Vec<f32>, k: usize, ef: usize) -> SearchParams {
@@ -896,15 +907,10 @@ impl Collection {
         }
         let graph = self.shared.graph.read().clone();
         let st = self.shared.state.read();
-        let ef = if p.sized_ef {
-            sized_ef(p.ef, st.live)
-        } else {
-            p.ef
-        };
         let Some(flat) = View::of(&graph).flat else {
             return false;
         };
-        ef.max(p.k) <= QUICK_EF
+        p.breadth(st.live) <= QUICK_EF
             && st.live <= QUICK_POINTS
             && (st.slots.len() as u64).saturating_sub(flat.watermark()) <= QUICK_TAIL
     }
@@ -1008,12 +1014,7 @@ impl Collection {
                 }
             }
         };
-        let mut ef = if p.sized_ef {
-            sized_ef(p.ef, st.live)
-        } else {
-            p.ef
-        }
-        .max(p.k);
+        let mut ef = p.breadth(st.live);
         // A quantised collection scans in two phases unless the request asked for `exact`: the
         // codes in memory pick the best few ([`rescored`]), and only those are read from disk and
         // rescored (as the graph's candidates are). A selective filter over 10,000 points read

@@ -797,11 +797,16 @@ mod tests {
         drop(e);
         let e = Engine::open(opts(dir.path())).unwrap();
         let c = e.get("c").unwrap();
+        wait_for_search_copy(&c);
+    }
+
+    /// Waits (up to 30 s) until the collection's frozen search copy covers its whole graph.
+    fn wait_for_search_copy(c: &Collection) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while c.search_copy_lag() != Some(0) {
             assert!(
                 std::time::Instant::now() < deadline,
-                "no search copy after reload: {:?}",
+                "no search copy: {:?}",
                 c.search_copy_lag()
             );
             std::thread::sleep(Duration::from_millis(10));
@@ -817,11 +822,7 @@ mod tests {
         fill(&e, "c", 0, 2_000, 1);
         let c = e.get("c").unwrap();
         assert!(c.wait_indexed(Duration::from_secs(30)));
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while c.search_copy_lag() != Some(0) {
-            assert!(std::time::Instant::now() < deadline, "no search copy");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_search_copy(&c);
         let plain = SearchParams::nearest(vec![1.0, 2.0, 1.0, 0.5], 10, 32);
         assert!(c.quick_search(&plain));
         let wide = SearchParams::nearest(vec![1.0, 2.0, 1.0, 0.5], 10, collection::QUICK_EF + 1);
