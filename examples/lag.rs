@@ -17,12 +17,8 @@ use quiver::dataset::read_fvecs;
 
 #[derive(Parser)]
 struct Args {
-    /// The server binary.
-    #[arg(long, default_value = "target/release/quiver")]
-    bin: PathBuf,
-    /// Data set folder with base.fvecs (the written vectors).
-    #[arg(long, default_value = "../shared/data/minilm-debian")]
-    data: PathBuf,
+    #[command(flatten)]
+    inputs: common::Inputs,
     /// Writes per second to measure at.
     #[arg(long, value_delimiter = ',', default_value = "400,2000")]
     rates: Vec<u64>,
@@ -45,8 +41,11 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let lag = common::lag::Lag {
-        bin: args.bin,
-        vectors: Arc::new(read_fvecs(&args.data.join("base.fvecs"), Some(20_000))?),
+        bin: args.inputs.bin,
+        vectors: Arc::new(read_fvecs(
+            &args.inputs.data.join("base.fvecs"),
+            Some(20_000),
+        )?),
         rates: args.rates,
         secs: args.secs,
         dir: args.dir,

@@ -12,18 +12,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use clap::Parser;
 
 #[derive(Parser)]
 struct Args {
-    /// The server binary.
-    #[arg(long, default_value = "target/release/quiver")]
-    bin: PathBuf,
-    /// The shared data set folder.
-    #[arg(long, default_value = "../shared/data/minilm-debian")]
-    data: PathBuf,
+    #[command(flatten)]
+    inputs: common::Inputs,
     #[command(flatten)]
     against: common::pgvector::Against,
 }
@@ -31,5 +25,5 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    common::pgvector::measure(&args.bin, &args.data, &args.against).await
+    common::pgvector::measure(&args.inputs.bin, &args.inputs.data, &args.against).await
 }

@@ -7,9 +7,21 @@ pub mod lag;
 #[allow(dead_code)]
 pub mod pgvector;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+// Where the examples that start node processes find the server and the data set (a plain
+// comment: clap would take a doc comment as the help text of every example that uses it).
+#[derive(clap::Args)]
+pub struct Inputs {
+    /// The server binary.
+    #[arg(long, default_value = "target/release/quiver")]
+    pub bin: PathBuf,
+    /// The shared data set folder (base.fvecs, queries.fvecs, groundtruth.ivecs).
+    #[arg(long, default_value = "../shared/data/minilm-debian")]
+    pub data: PathBuf,
+}
 
 /// The cluster secret of the examples' node processes.
 const SECRET: &str = "examples-cluster-secret-0123";

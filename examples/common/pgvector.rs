@@ -21,7 +21,8 @@ use quiver_client::Client;
 
 use super::{wait_ready, NodeProcess};
 
-/// What to measure (flags shared by the `pgvector` and `bench` examples).
+// What to measure: flags shared by the `pgvector` and `bench` examples (a plain comment, which
+// clap does not take as either example's help text).
 #[derive(clap::Args)]
 pub struct Against {
     /// The peer scripts' folder (default: `peers/pgvector` beside the data set's `data/`).
@@ -226,7 +227,10 @@ pub async fn measure(bin: &Path, data: &Path, a: &Against) -> anyhow::Result<()>
     let queries = read_fvecs(&data.join("queries.fvecs"), None)?;
     let truth = read_ivecs(&data.join("groundtruth.ivecs"), None)?;
     let base_file = data.join("base.fvecs");
-    let base_len = read_fvecs(&base_file, None)?.len();
+    // Rows of the base set, from its size (a row is a 4-byte length and the floats): the
+    // vectors themselves are read by `quiver import`.
+    let dim = queries.first().map_or(0, Vec::len);
+    let base_len = (std::fs::metadata(&base_file)?.len() / (4 + 4 * dim as u64)) as usize;
     if let Some(why) = missing(bin, &scripts, base_len) {
         println!("skipped: {why}");
         return Ok(());
