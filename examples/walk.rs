@@ -75,6 +75,12 @@ fn main() -> anyhow::Result<()> {
         graph.insert_block(block, end, Planning::Behind);
     }
     graph.freeze();
+    // As a node's indexer does after each refresh of the search copy.
+    quiver::alloc::collapse_huge_pages();
+    let huge = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    if let Some(line) = huge.lines().find(|l| l.starts_with("AnonHugePages:")) {
+        println!("{line} (of the process's anonymous memory)");
+    }
     println!(
         "{} points, dim {}, m {}, ef_construction {}, {:?}: built in {:.1} s",
         base.len(),

@@ -1,9 +1,11 @@
-//! How the process uses glibc's allocator: few arenas, and freed memory handed back.
+//! How the process uses glibc's allocator: few arenas, freed memory handed back, and the densely
+//! used parts of its heaps on huge pages.
 //!
 //! glibc gives threads up to eight malloc arenas per core, and memory freed in one arena serves
 //! only that arena's later allocations. quiver allocates on many threads (request handlers, the
 //! apply pool, each collection's indexer, the planners), so a node kept memory that one thread
-//! had freed while another asked the system for more. Elsewhere both functions are no-ops.
+//! had freed while another asked the system for more. Off Linux (and glibc) these functions are
+//! no-ops.
 
 use std::time::{Duration, Instant};
 
@@ -44,5 +46,205 @@ pub fn release_memory() {
     // it takes no pointer and leaves every live allocation where it is.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Most pages of a 2 MiB chunk that may be absent for it to be made a huge page: collapsing
+/// fills them, so this bounds what collapsing adds to the resident memory (6.25 %), and a
+/// chunk that `malloc_trim` has mostly handed back stays handed back.
+const HOLES_ALLOWED: usize = 32;
+const HUGE_PAGE: usize = 2 << 20;
+const SMALL_PAGE: usize = 4096;
+
+/// Moves the densely used 2 MiB chunks of the process's anonymous memory (malloc's heaps, large
+/// allocations) onto transparent huge pages (`MADV_COLLAPSE`, Linux 6.1+), at most once every
+/// ten seconds; `QUIVER_HUGE_PAGES=0` turns it off. The indexer calls it after each refresh of a
+/// search copy, once `malloc_trim` has handed freed pages back.
+///
+/// A search or a graph insert reads a 1.5 KiB vector from anywhere in the heap for every
+/// candidate, and with 4 KiB pages nearly every one of those reads also missed the TLB. Where
+/// the kernel gives huge pages only to memory that asks for them (`[madvise]`, as on Debian and
+/// Ubuntu), malloc's heaps never asked. Measured with the walk on the 50k × 384 set
+/// (`examples/walk.rs`, two interleaved pairs): ef 16 went from 7,530-7,948 to 9,817-10,343
+/// queries/s and ef 64 from 2,707-3,024 to 3,442-3,680; collapsing 194 MiB took 0.08 s and the
+/// resident memory stayed at 199 MB.
+pub fn collapse_huge_pages() {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    if std::env::var_os("QUIVER_HUGE_PAGES").is_some_and(|v| v == "0") {
+        return;
+    }
+    {
+        let mut last = LAST.lock();
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    collapse_dense_chunks();
+}
+
+/// The private anonymous read-write mappings (malloc's heaps and large allocations) in `maps`,
+/// the text of `/proc/self/maps`, that hold at least one whole 2 MiB chunk, as the chunks'
+/// range.
+fn anonymous_chunks(maps: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let inode = fields.nth(2);
+        let path = fields.next();
+        let anonymous = inode == Some("0") && path.is_none_or(|p| p == "[heap]");
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        let (first, last) = (
+            start.next_multiple_of(HUGE_PAGE),
+            end / HUGE_PAGE * HUGE_PAGE,
+        );
+        if anonymous && perms == "rw-p" && first < last {
+            out.push((first, last));
+        }
+    }
+    out
+}
+
+/// Whether a chunk whose pagemap entries are `entries` is used densely enough to collapse.
+fn dense(entries: &[u64]) -> bool {
+    // Bit 63: the page is present; bit 62: it is swapped out.
+    let absent = entries.iter().filter(|e| *e >> 62 == 0).count();
+    absent <= HOLES_ALLOWED
+}
+
+/// Collapses the dense chunks; returns how many the kernel moved onto huge pages (or found
+/// there already).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn collapse_dense_chunks() -> usize {
+    use std::os::unix::fs::FileExt;
+    let (Ok(maps), Ok(pagemap)) = (
+        std::fs::read_to_string("/proc/self/maps"),
+        std::fs::File::open("/proc/self/pagemap"),
+    ) else {
+        return 0;
+    };
+    let mut collapsed = 0;
+    let per_chunk = HUGE_PAGE / SMALL_PAGE;
+    let mut bytes = vec![0u8; per_chunk * 8];
+    for (first, last) in anonymous_chunks(&maps) {
+        for chunk in (first..last).step_by(HUGE_PAGE) {
+            if pagemap
+                .read_exact_at(&mut bytes, (chunk / SMALL_PAGE * 8) as u64)
+                .is_err()
+            {
+                break;
+            }
+            let entries: Vec<u64> = bytes
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                .collect();
+            if dense(&entries) {
+                // SAFETY: MADV_COLLAPSE copies the chunk's pages into one huge page and maps it
+                // in their place: the contents and every address stay as they were. It fails
+                // harmlessly (the chunk stays as it is) where the kernel cannot or will not.
+                let done = unsafe {
+                    libc::madvise(chunk as *mut libc::c_void, HUGE_PAGE, libc::MADV_COLLAPSE)
+                };
+                collapsed += usize::from(done == 0);
+            }
+        }
+    }
+    collapsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_whole_chunks_of_private_anonymous_memory_are_candidates() {
+        let maps = "\
+55d0c0000000-55d0c0421000 rw-p 00000000 00:00 0                          [heap]
+7f1104000000-7f1104905000 rw-p 00000000 00:00 0 
+7f1104905000-7f1108000000 ---p 00000000 00:00 0 
+7f1120a00000-7f1120a01000 ---p 00000000 00:00 0 
+7f1120a01000-7f1120c01000 rw-p 00000000 00:00 0 
+7f1124018000-7f112416e000 r-xp 00028000 fe:00 325843                     /usr/lib/libc.so.6
+7f1130000000-7f1131000000 rw-s 00000000 00:05 1234                       /dev/shm/x
+7f1140000000-7f1140400000 rw-p 00000000 fe:00 99                         /data/file
+7ffc14741000-7ffc14762000 rw-p 00000000 00:00 0                          [stack]
+";
+        assert_eq!(
+            anonymous_chunks(maps),
+            vec![
+                // The main heap: its two whole chunks.
+                (0x55d0_c000_0000, 0x55d0_c040_0000),
+                // An arena's usable part (not the reserved part behind it): four chunks.
+                (0x7f11_0400_0000, 0x7f11_0480_0000),
+            ],
+            "a thread stack that covers no whole chunk, code, shared and file mappings and \
+             the main stack are left alone"
+        );
+    }
+
+    #[test]
+    fn a_chunk_is_collapsed_only_when_few_of_its_pages_are_absent() {
+        let present = 1u64 << 63;
+        let swapped = 1u64 << 62;
+        let mut chunk = vec![present; HUGE_PAGE / SMALL_PAGE];
+        assert!(dense(&chunk));
+        chunk[..HOLES_ALLOWED].iter_mut().for_each(|e| *e = 0);
+        chunk[HOLES_ALLOWED] = swapped;
+        assert!(dense(&chunk), "32 holes, and a swapped page counts as used");
+        chunk[HOLES_ALLOWED] = 0;
+        assert!(!dense(&chunk), "33 holes");
+    }
+
+    /// Where the kernel can collapse at all (Linux 6.1+ with transparent huge pages), a densely
+    /// written 16 MiB allocation ends up on huge pages, with its contents as they were.
+    /// Elsewhere the kernel refuses every chunk and nothing changes.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn a_dense_allocation_is_moved_onto_huge_pages_unchanged() {
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .unwrap_or_default();
+        if thp.is_empty() || thp.contains("[never]") {
+            return;
+        }
+        let block: Vec<u32> = (0..4u32 << 20).collect();
+        let collapsed = collapse_dense_chunks();
+        assert!(block.iter().enumerate().all(|(i, v)| *v == i as u32));
+        if collapsed == 0 {
+            return;
+        }
+        let at = block.as_ptr() as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+        let mut inside = false;
+        let mut huge_kb = None;
+        for line in smaps.lines() {
+            let range = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
+            if let Some((s, e)) = range {
+                if let (Ok(s), Ok(e)) = (usize::from_str_radix(s, 16), usize::from_str_radix(e, 16))
+                {
+                    inside = s <= at && at < e;
+                    continue;
+                }
+            }
+            if let Some(v) = line.strip_prefix("AnonHugePages:").filter(|_| inside) {
+                huge_kb = v.trim().trim_end_matches("kB").trim().parse::<usize>().ok();
+            }
+        }
+        // 16 MiB from an unaligned start hold at least seven whole chunks.
+        assert!(
+            huge_kb.is_some_and(|kb| kb >= 7 * 2048),
+            "huge pages: {huge_kb:?} kB"
+        );
     }
 }
