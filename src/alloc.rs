@@ -58,8 +58,11 @@ const SMALL_PAGE: usize = 4096;
 
 /// Moves the densely used 2 MiB chunks of the process's anonymous memory (malloc's heaps, large
 /// allocations) onto transparent huge pages (`MADV_COLLAPSE`, Linux 6.1+), at most once every
-/// ten seconds; `QUIVER_HUGE_PAGES=0` turns it off. The indexer calls it after each refresh of a
-/// search copy, once `malloc_trim` has handed freed pages back.
+/// ten seconds while `busy` (the indexer is inserting) and at most once a second otherwise;
+/// `QUIVER_HUGE_PAGES=0` turns it off. The indexer calls it after each refresh of a search copy,
+/// once `malloc_trim` has handed freed pages back: the refresh after the last insert of a burst
+/// is never skipped for having come soon after an earlier one, so the newest points and search
+/// copy are covered once the graph has caught up.
 ///
 /// A search or a graph insert reads a 1.5 KiB vector from anywhere in the heap for every
 /// candidate, and with 4 KiB pages nearly every one of those reads also missed the TLB. Where
@@ -68,14 +71,15 @@ const SMALL_PAGE: usize = 4096;
 /// (`examples/walk.rs`, two interleaved pairs): ef 16 went from 7,530-7,948 to 9,817-10,343
 /// queries/s and ef 64 from 2,707-3,024 to 3,442-3,680; collapsing 194 MiB took 0.08 s and the
 /// resident memory stayed at 199 MB.
-pub fn collapse_huge_pages() {
+pub fn collapse_huge_pages(busy: bool) {
     static LAST: Mutex<Option<Instant>> = Mutex::new(None);
     if std::env::var_os("QUIVER_HUGE_PAGES").is_some_and(|v| v == "0") {
         return;
     }
     {
         let mut last = LAST.lock();
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+        let every = Duration::from_secs(if busy { 10 } else { 1 });
+        if last.is_some_and(|t| t.elapsed() < every) {
             return;
         }
         *last = Some(Instant::now());
