@@ -34,12 +34,8 @@ pub fn limit_arenas() {
 /// writes and never came down (issue 10).
 pub fn release_memory() {
     static LAST: Mutex<Option<Instant>> = Mutex::new(None);
-    {
-        let mut last = LAST.lock();
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            return;
-        }
-        *last = Some(Instant::now());
+    if !first_in(&LAST, Duration::from_secs(1)) {
+        return;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of the allocator's own heaps to the kernel;
@@ -47,6 +43,17 @@ pub fn release_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// True (and `last` set to now) when `last` is longer than `every` ago or was never set: the
+/// rate limit of the functions here.
+fn first_in(last: &Mutex<Option<Instant>>, every: Duration) -> bool {
+    let mut last = last.lock();
+    if last.is_some_and(|t| t.elapsed() < every) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
 }
 
 /// Most pages of a 2 MiB chunk that may be absent for it to be made a huge page: collapsing
@@ -76,13 +83,8 @@ pub fn collapse_huge_pages(busy: bool) {
     if std::env::var_os("QUIVER_HUGE_PAGES").is_some_and(|v| v == "0") {
         return;
     }
-    {
-        let mut last = LAST.lock();
-        let every = Duration::from_secs(if busy { 10 } else { 1 });
-        if last.is_some_and(|t| t.elapsed() < every) {
-            return;
-        }
-        *last = Some(Instant::now());
+    if !first_in(&LAST, Duration::from_secs(if busy { 10 } else { 1 })) {
+        return;
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     collapse_dense_chunks();
