@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
     }
     graph.freeze();
     // As a node's indexer does after each refresh of the search copy.
-    quiver::alloc::collapse_huge_pages(false);
+    quiver::alloc::collapse_now();
     let huge = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
     if let Some(line) = huge.lines().find(|l| l.starts_with("AnonHugePages:")) {
         println!("{line} (of the process's anonymous memory)");
