@@ -101,6 +101,11 @@ struct Args {
     /// Skip the replica lag measured with processes.
     #[arg(long)]
     no_process_lag: bool,
+    /// Run the node with its heap on small pages (as `QUIVER_HUGE_PAGES=0`), then, after the
+    /// in-process sweep, move the heap onto huge pages and sweep again: each in-process row
+    /// comes twice, measured in one process over one graph.
+    #[arg(long)]
+    pages_ab: bool,
     /// Last, quiver against PostgreSQL + pgvector under the same C-client load, at matched
     /// recall (pgvector's standby must run: see `examples/pgvector.rs`); `--pg-*` tune it.
     #[arg(long)]
@@ -357,10 +362,64 @@ async fn http_sweep(
     })
 }
 
+/// The search sweep on this thread, one row per ef, appended to `rows`.
+fn in_process_sweep(
+    coll: &quiver::engine::Collection,
+    queries: &[Vec<f32>],
+    truth: &[Vec<i32>],
+    efs: &[usize],
+    mode: &str,
+    rows: &mut Vec<Row>,
+) {
+    for &ef in efs {
+        let mut lat = Vec::with_capacity(queries.len());
+        let mut recall = 0.0;
+        let started = Instant::now();
+        for (i, q) in queries.iter().enumerate() {
+            let p = search_params(q, ef, None, false);
+            let t = Instant::now();
+            let hits = coll.search(&p);
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+            recall += recall_at(&ids_of(&hits), &truth[i], K);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        lat.sort_by(f64::total_cmp);
+        rows.push(Row {
+            ef,
+            mode: mode.into(),
+            recall: recall / queries.len() as f64,
+            qps: queries.len() as f64 / secs,
+            p50_ms: percentile(&lat, 0.5),
+            p99_ms: percentile(&lat, 0.99),
+        });
+    }
+}
+
+/// The process's anonymous memory on huge pages, as `/proc/self/smaps_rollup` says.
+fn anon_huge() -> String {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    let kib = |key: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    format!(
+        "{:.0} of {:.0} MiB anonymous on huge pages",
+        kib("AnonHugePages:") / 1024.0,
+        kib("Anonymous:") / 1024.0
+    )
+}
+
 fn main() -> anyhow::Result<()> {
     // The server's allocator policy (src/main.rs), so that memory figures are the server's.
     quiver::alloc::limit_arenas();
     let args = Args::parse();
+    if args.pages_ab {
+        // Before any thread starts: the indexers read it after each refresh of a search copy.
+        std::env::set_var("QUIVER_HUGE_PAGES", "0");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -468,27 +527,26 @@ fn main() -> anyhow::Result<()> {
         let p = search_params(q, 64, None, false);
         coll.search(&p);
     }
-    for &ef in &args.efs {
-        let mut lat = Vec::with_capacity(queries.len());
-        let mut recall = 0.0;
+    if args.pages_ab {
+        let mode = format!("in-process, 1 thread, small pages ({})", anon_huge());
+        in_process_sweep(&coll, &queries, &truth, &args.efs, &mode, &mut rows);
         let started = Instant::now();
-        for (i, q) in queries.iter().enumerate() {
-            let p = search_params(q, ef, None, false);
-            let t = Instant::now();
-            let hits = coll.search(&p);
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
-            recall += recall_at(&ids_of(&hits), &truth[i], K);
-        }
+        quiver::alloc::collapse_now();
         let secs = started.elapsed().as_secs_f64();
-        lat.sort_by(f64::total_cmp);
-        rows.push(Row {
-            ef,
-            mode: "in-process, 1 thread".into(),
-            recall: recall / queries.len() as f64,
-            qps: queries.len() as f64 / secs,
-            p50_ms: percentile(&lat, 0.5),
-            p99_ms: percentile(&lat, 0.99),
-        });
+        let mode = format!(
+            "in-process, 1 thread, huge pages ({}, collapsed in {secs:.2} s)",
+            anon_huge()
+        );
+        in_process_sweep(&coll, &queries, &truth, &args.efs, &mode, &mut rows);
+    } else {
+        in_process_sweep(
+            &coll,
+            &queries,
+            &truth,
+            &args.efs,
+            "in-process, 1 thread",
+            &mut rows,
+        );
     }
     if let Some(path) = &args.hnswlib {
         against_hnswlib(path, &rows)?;
@@ -694,8 +752,8 @@ fn against_hnswlib(path: &std::path::Path, rows: &[Row]) -> anyhow::Result<()> {
         "\n## in-process against hnswlib (one thread; {})\n",
         path.display()
     );
-    println!("| ef | quiver recall@10 | quiver q/s | hnswlib recall@10 | hnswlib q/s | hnswlib's speed / quiver's |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("| quiver | ef | quiver recall@10 | quiver q/s | hnswlib recall@10 | hnswlib q/s | hnswlib's speed / quiver's |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let Some(h) = curve.iter().find(|h| h["ef"].as_u64() == Some(r.ef as u64)) else {
             continue;
@@ -703,7 +761,8 @@ fn against_hnswlib(path: &std::path::Path, rows: &[Row]) -> anyhow::Result<()> {
         let (recall, qps) = (h["recall@10"].as_f64(), h["qps_batch_1t"].as_f64());
         if let (Some(recall), Some(qps)) = (recall, qps) {
             println!(
-                "| {} | {:.3} | {:.0} | {recall:.3} | {qps:.0} | {:.2} |",
+                "| {} | {} | {:.3} | {:.0} | {recall:.3} | {qps:.0} | {:.2} |",
+                r.mode,
                 r.ef,
                 r.recall,
                 r.qps,
