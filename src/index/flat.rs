@@ -213,25 +213,18 @@ impl<E: Element> FlatGraph<E> {
         &self.rows[iid as usize]
     }
 
-    /// Asks the CPU to start loading the first cache lines of a vector.
+    /// Asks the CPU to start loading a vector.
     #[inline(always)]
     fn prefetch(&self, iid: u32) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let row = self.row(iid);
-            let bytes = std::mem::size_of_val(row);
-            let base = row.as_ptr() as *const i8;
-            let mut off = 0;
-            while off < bytes {
-                // SAFETY: prefetch is only a hint, and the address lies inside `row`.
-                #[allow(unused_unsafe)]
-                unsafe {
-                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(off))
-                };
-                off += 64;
-            }
-        }
+        let row = self.row(iid);
+        super::prefetch(row.as_ptr().cast(), std::mem::size_of_val(row));
+    }
+
+    /// Asks the CPU to start loading the links of `iid` (their first two cache lines).
+    #[inline(always)]
+    fn prefetch_links(&self, iid: u32) {
+        let at = self.links.as_ptr().wrapping_add(self.offsets[iid as usize]);
+        super::prefetch(at.cast(), 128);
     }
 
     /// Smaller is closer; same order as the graph's distance.
@@ -299,6 +292,10 @@ impl<E: Element> FlatGraph<E> {
             while let Some(Reverse(Scored(dc, c))) = candidates.pop() {
                 if dc > bound && top.len() >= ef {
                     break;
+                }
+                // The next candidate's links load while this one's neighbours are scored.
+                if let Some(Reverse(Scored(_, next))) = candidates.peek() {
+                    self.prefetch_links(*next);
                 }
                 // Mark the unvisited neighbours first and prefetch their vectors, so that the
                 // memory fetches overlap with the distance computations (as hnswlib does).

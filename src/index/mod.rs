@@ -28,7 +28,7 @@ mod quant;
 
 pub use any::{AnyFlat, AnyGraph, Stored};
 pub use flat::FlatGraph;
-pub use kernels::{dot, l2_squared};
+pub use kernels::{dot, l2_squared, prefetch};
 pub use quant::{decode, encode, CodeDistance, Element, CODE_HEADER};
 
 /// hnsw_rs' layer cap.
