@@ -23,8 +23,8 @@ use super::payload_index::PayloadIndex;
 use super::vectors::VectorFile;
 use crate::filter::Filter;
 use crate::index::{
-    encode, lower_priority, score, AnyFlat, AnyGraph, CodeDistance, GraphMeta, Planner, Planning,
-    Scored, Stored, BLOCK,
+    encode, lower_priority, prefetch, score, AnyFlat, AnyGraph, CodeDistance, GraphMeta, Planner,
+    Planning, Scored, Stored, BLOCK,
 };
 use crate::model::{
     ApplyError, CollectionConfig, CollectionInfo, Hit, Metric, PointId, PointRecord, PointWrite,
@@ -1047,7 +1047,22 @@ impl Collection {
                 }
             }
         };
-        let exact_scan = |from: usize, top: &mut TopK| score_ids(&mut (from..n), &accepts, top);
+        // The ids from `from` on, scored exactly. Their vectors lie anywhere in the heap, so each
+        // is prefetched two ids ahead and its loads overlap the dot products before it: at 50k
+        // points the last incomplete block (80 ids outside the graph) took 10-25 % of a search
+        // at ef 16.
+        let prefetch_ahead = |iid: usize| {
+            if let Some(Some(Stored::Full(v))) = st.slots.get(iid + 2).map(|s| s.vector.as_ref()) {
+                prefetch(v.as_ptr().cast(), std::mem::size_of_val(&**v));
+            }
+        };
+        let exact_scan = |from: usize, top: &mut TopK| {
+            score_ids(
+                &mut (from..n).inspect(|&iid| prefetch_ahead(iid)),
+                &accepts,
+                top,
+            )
+        };
         let mut top = TopK::new(p.k);
         let mut use_exact = p.exact || st.live <= self.shared.opts.exact_below || view.empty;
         if let (Some(f), false) = (filter, use_exact) {
