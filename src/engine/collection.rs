@@ -1372,7 +1372,7 @@ impl Shared {
             if graph.flat_lag() >= FREEZE_EVERY || (inserted == 0 && graph.flat_lag() > 0) {
                 graph.freeze();
                 crate::alloc::release_memory();
-                crate::alloc::collapse_huge_pages(inserted > 0);
+                crate::alloc::collapse_huge_pages();
             }
             let caught_up = pending(graph.watermark(), self.next_iid.load(Ordering::Acquire)) == 0;
             if caught_up && self.failure.lock().is_some() {
