@@ -353,10 +353,10 @@ fn build_once(
 ) -> crate::Result<(SnapshotMeta, std::fs::File)> {
     let tmp = dir.join(format!("building-{}", unique()));
     let built = (|| -> crate::Result<(SnapshotMeta, std::fs::File)> {
-        let file = std::fs::File::create(&tmp)?;
+        let file = WriteBehind::new(std::fs::File::create(&tmp)?);
         let mut w = BufWriter::with_capacity(1 << 20, file);
         let (applied, membership) = engine.snapshot(&mut w, applied_in)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
+        let file = w.into_inner().map_err(|e| e.into_error())?.file;
         file.sync_all()?;
         drop(file);
         let id = format!(
@@ -387,6 +387,62 @@ fn build_once(
     built
 }
 
+/// A snapshot file being written, handed to the disk as it grows: every [`WRITE_BEHIND`] bytes
+/// it asks the kernel to start writing out what came before (`sync_file_range`, which does not
+/// wait), so the `fsync` at the end finds little left. Written whole and fsynced at the end, a
+/// snapshot's data reached the disk in one burst that the log's own fsyncs queued behind
+/// (replica lag at 400 writes/s: worst probes 5-21 ms with a snapshot in the run, 4-7 ms
+/// without).
+struct WriteBehind {
+    file: std::fs::File,
+    /// Bytes written, and the offset up to which writeback was asked for.
+    written: u64,
+    flushed: u64,
+}
+
+/// How much a snapshot file grows between two writebacks ([`WriteBehind`]).
+const WRITE_BEHIND: u64 = 4 << 20;
+
+impl WriteBehind {
+    fn new(file: std::fs::File) -> WriteBehind {
+        WriteBehind {
+            file,
+            written: 0,
+            flushed: 0,
+        }
+    }
+}
+
+impl std::io::Write for WriteBehind {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.flushed >= WRITE_BEHIND {
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::fd::AsRawFd;
+                // SAFETY: sync_file_range on our own open file descriptor with plain integers;
+                // it only starts writeback of the range and touches no memory of ours. A failure
+                // is harmless (the final fsync writes everything).
+                unsafe {
+                    libc::sync_file_range(
+                        self.file.as_raw_fd(),
+                        self.flushed as libc::off64_t,
+                        (self.written - self.flushed) as libc::off64_t,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    );
+                }
+            }
+            self.flushed = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         // Never returns an error: see the module doc ("Building never fails").
@@ -394,8 +450,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let mut failures = 0u32;
         loop {
             let (engine, dir, files) = (self.engine.clone(), self.dir.clone(), self.files.clone());
-            let error = match tokio::task::spawn_blocking(move || build_once(&engine, &dir, &files))
-                .await
+            let error = match tokio::task::spawn_blocking(move || {
+                super::in_background(|| build_once(&engine, &dir, &files))
+            })
+            .await
             {
                 Ok(Ok((meta, file))) => {
                     tracing::info!(snapshot = %meta.snapshot_id, "snapshot built");
