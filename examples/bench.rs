@@ -86,6 +86,11 @@ struct Args {
     /// in-process rows are printed beside hnswlib's at the same ef (issue 11).
     #[arg(long)]
     hnswlib: Option<PathBuf>,
+    /// Instead, run `bench_hnswlib.py` (beside the data set's `data/`, in `peers/`) with this
+    /// Python, which needs hnswlib and numpy, right after the in-process sweep, and print the
+    /// same table from its answer.
+    #[arg(long, conflicts_with = "hnswlib")]
+    hnswlib_python: Option<PathBuf>,
     /// The server's snapshot interval in log entries (`--snapshot-logs`; default: the server's).
     #[arg(long)]
     snapshot_logs: Option<u64>,
@@ -515,8 +520,10 @@ fn main() -> anyhow::Result<()> {
         peak_rss_mib()
     );
 
-    // Let the indexer's background graph dump (it follows a large ingest) finish first.
-    std::thread::sleep(Duration::from_secs(3));
+    // Let the indexer's background graph dump (it follows a large ingest) finish first, and the
+    // node's last collapse onto huge pages run (at most `COLLAPSE_EVERY` after the burst): the
+    // sweep measures the node as it settles, not its first seconds.
+    std::thread::sleep(quiver::alloc::COLLAPSE_EVERY + Duration::from_secs(1));
     // In-process sweep, one thread, once the frozen search copy covers the whole graph: until
     // then the points it lacks are scanned exactly (or, more than 8,192 behind, hnsw_rs' own
     // graph is walked), which moved recall at ef 64 between 0.966 and 0.986 from run to run.
@@ -550,6 +557,19 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(path) = &args.hnswlib {
         against_hnswlib(path, &rows)?;
+    }
+    if let Some(python) = &args.hnswlib_python {
+        let out = dir.path().join("hnswlib.json");
+        let script = args.data.join("../../peers/bench_hnswlib.py");
+        println!("\nrunning {} for hnswlib's rows", script.display());
+        let status = std::process::Command::new(python)
+            .arg(&script)
+            .args(["--skip-1t-build", "--runs", "1", "--out"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "{} failed: {status}", script.display());
+        against_hnswlib(&out, &rows)?;
     }
     // HTTP sweeps.
     let qa = Arc::new(queries.clone());
