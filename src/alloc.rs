@@ -124,11 +124,7 @@ impl Collapser {
         let spawned = std::thread::Builder::new()
             .name("huge-pages".into())
             .spawn(move || {
-                // SAFETY: setpriority on the calling thread (who = 0 is the caller on Linux)
-                // with plain integers; it touches no memory of ours.
-                unsafe {
-                    libc::setpriority(libc::PRIO_PROCESS, 0, 19);
-                }
+                crate::priority::set_nice(crate::priority::BACKGROUND);
                 self.run(every)
             });
         if spawned.is_err() {

@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod index;
 pub mod model;
 pub mod node;
+mod priority;
 pub mod proxy;
 pub mod raft;
 pub mod store;

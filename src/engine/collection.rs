@@ -23,12 +23,13 @@ use super::payload_index::PayloadIndex;
 use super::vectors::VectorFile;
 use crate::filter::Filter;
 use crate::index::{
-    encode, lower_priority, prefetch, score, AnyFlat, AnyGraph, CodeDistance, GraphMeta, Planner,
-    Planning, Scored, Stored, BLOCK,
+    encode, prefetch, score, AnyFlat, AnyGraph, CodeDistance, GraphMeta, Planner, Planning, Scored,
+    Stored, BLOCK,
 };
 use crate::model::{
     ApplyError, CollectionConfig, CollectionInfo, Hit, Metric, PointId, PointRecord, PointWrite,
 };
+use crate::priority::lower_priority;
 use crate::store::{CollectionMeta, StoredPoint, WriteBatch};
 use hnsw_rs::prelude::Distance;
 

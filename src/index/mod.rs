@@ -20,6 +20,7 @@ use hnsw_rs::prelude::{Distance, Hnsw};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{CollectionConfig, Metric};
+use crate::priority::lower_priority;
 
 mod any;
 mod flat;
@@ -188,15 +189,6 @@ fn plan_in_spare_time<P: Send>(n: usize, plan: &(dyn Fn(usize) -> P + Sync)) -> 
     (plans, false)
 }
 
-/// Graph building is background work: let request handling and Raft win the CPU from it.
-pub(crate) fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority on the calling thread (who = 0 is the caller on Linux) with a plain
-    // integer; it touches no memory of ours.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-    }
-}
 const BASENAME: &str = "graph";
 
 /// The file of a graph dump that holds every point's data (its vector or its code) in hnsw_rs'

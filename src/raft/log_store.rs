@@ -285,7 +285,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let (log, purging, upto) = (self.log.clone(), self.purging.clone(), log_id.index);
         tokio::task::spawn_blocking(move || {
             let _one = purging.lock();
-            super::in_background(|| {
+            crate::priority::in_background(|| {
                 let first = match log.first() {
                     Ok(Some((k, _))) => index_of(&k),
                     Ok(None) => None,

@@ -41,34 +41,6 @@ openraft::declare_raft_types!(
 );
 
 /// A node id: random, kept in the data dir, never reused.
-/// Runs `f` at nice 19 on the calling (blocking pool) thread, then restores the thread's
-/// priority (also if `f` panics): for Raft's background work (snapshot builds, log purges),
-/// which on a small machine competed with the requests and Raft messages that make writes
-/// visible.
-pub(crate) fn in_background<T>(f: impl FnOnce() -> T) -> T {
-    /// The thread's priority before; put back on drop.
-    struct Restore(i32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            #[cfg(target_os = "linux")]
-            // SAFETY: setpriority on the calling thread (who = 0 is the caller on Linux) with
-            // plain integers; it touches no memory of ours.
-            unsafe {
-                libc::setpriority(libc::PRIO_PROCESS, 0, self.0);
-            }
-        }
-    }
-    #[cfg(target_os = "linux")]
-    // SAFETY: getpriority and setpriority on the calling thread with plain integers; they touch
-    // no memory of ours.
-    let _restore = unsafe {
-        let before = libc::getpriority(libc::PRIO_PROCESS, 0);
-        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
-        Restore(before)
-    };
-    f()
-}
-
 pub type NodeId = u64;
 /// The Raft handle.
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -451,7 +451,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         loop {
             let (engine, dir, files) = (self.engine.clone(), self.dir.clone(), self.files.clone());
             let error = match tokio::task::spawn_blocking(move || {
-                super::in_background(|| build_once(&engine, &dir, &files))
+                crate::priority::in_background(|| build_once(&engine, &dir, &files))
             })
             .await
             {
