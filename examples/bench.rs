@@ -400,21 +400,10 @@ fn in_process_sweep(
     }
 }
 
-/// The process's anonymous memory on huge pages, as `/proc/self/smaps_rollup` says.
+/// The process's anonymous memory on huge pages, in words.
 fn anon_huge() -> String {
-    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-    let kib = |key: &str| {
-        rollup
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    format!(
-        "{:.0} of {:.0} MiB anonymous on huge pages",
-        kib("AnonHugePages:") / 1024.0,
-        kib("Anonymous:") / 1024.0
-    )
+    let (anonymous, huge) = quiver::alloc::anonymous_mib();
+    format!("{huge:.0} of {anonymous:.0} MiB anonymous on huge pages")
 }
 
 fn main() -> anyhow::Result<()> {

@@ -77,10 +77,8 @@ fn main() -> anyhow::Result<()> {
     graph.freeze();
     // As a node's indexer does after each refresh of the search copy.
     quiver::alloc::collapse_now();
-    let huge = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-    if let Some(line) = huge.lines().find(|l| l.starts_with("AnonHugePages:")) {
-        println!("{line} (of the process's anonymous memory)");
-    }
+    let (anonymous, huge) = quiver::alloc::anonymous_mib();
+    println!("{huge:.0} of {anonymous:.0} MiB anonymous memory on huge pages");
     println!(
         "{} points, dim {}, m {}, ef_construction {}, {:?}: built in {:.1} s",
         base.len(),

@@ -171,6 +171,20 @@ pub fn collapse_now() -> usize {
     0
 }
 
+/// The process's anonymous memory and the part of it on huge pages, in MiB, as
+/// `/proc/self/smaps_rollup` reports them (zeros where it cannot be read).
+pub fn anonymous_mib() -> (f64, f64) {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    let mib = |key: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    (mib("Anonymous:"), mib("AnonHugePages:"))
+}
+
 /// The private anonymous read-write mappings (malloc's heaps and large allocations) in `maps`,
 /// the text of `/proc/self/maps`, that hold at least one whole 2 MiB chunk, as the chunks'
 /// range.
