@@ -149,6 +149,12 @@ impl<E: Element> FlatGraph<E> {
         &self.links[self.offsets[i]..self.offsets[i + 1]]
     }
 
+    /// The layer-0 neighbours of `iid`, for tests.
+    #[cfg(test)]
+    pub fn layer0(&self, iid: u32) -> Vec<u32> {
+        self.neighbours(iid).to_vec()
+    }
+
     /// How many points of the copy have no vector of `dim` floats (must be none).
     #[cfg(test)]
     pub fn rows_missing(&self, dim: usize) -> usize {

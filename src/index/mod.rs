@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use hnsw_rs::api::AnnT;
-use hnsw_rs::hnsw::{BlockPlan, Point};
+use hnsw_rs::hnsw::Point;
 use hnsw_rs::hnswio::HnswIo;
 use hnsw_rs::prelude::{Distance, Hnsw};
 use serde::{Deserialize, Serialize};
@@ -43,8 +43,9 @@ pub const BLOCK: u64 = 256;
 
 /// How graphs are built; a dump made by another builder is not loaded (the graph is rebuilt), so
 /// that every node holds the graph this version builds from the log. 0: dumps from before the
-/// field (one point at a time); 2: blocks of [`BLOCK`].
-const BUILDER: u32 = 2;
+/// field (one point at a time); 2: blocks of [`BLOCK`]; 3: full lists cut with the selection
+/// heuristic once a block is linked (they dropped their farthest entry).
+const BUILDER: u32 = 3;
 
 /// Which threads search for a block's candidates (the graph is the same either way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,6 +189,44 @@ fn plan_in_spare_time<P: Send>(n: usize, plan: &(dyn Fn(usize) -> P + Sync)) -> 
     }
     (plans, false)
 }
+
+/// Runs a block's independent pieces of work on threads, returning their results in order (the
+/// graph is the same whichever threads run them).
+trait Spread {
+    fn spread<P: Send>(&mut self, n: usize, work: &(dyn Fn(usize) -> P + Sync)) -> Vec<P>;
+}
+
+/// As [`Planning`] says, noting in `used` when spare-time work was handed to the catch-up
+/// threads.
+struct ByPlanning {
+    planning: Planning,
+    used: Planning,
+}
+
+impl Spread for ByPlanning {
+    fn spread<P: Send>(&mut self, n: usize, work: &(dyn Fn(usize) -> P + Sync)) -> Vec<P> {
+        match self.planning {
+            Planning::Behind => Planning::Behind.plan_all(n, work),
+            Planning::Spare => {
+                let (done, promoted) = plan_in_spare_time(n, work);
+                if promoted {
+                    self.used = Planning::Behind;
+                }
+                done
+            }
+        }
+    }
+}
+
+impl Spread for &rayon::ThreadPool {
+    fn spread<P: Send>(&mut self, n: usize, work: &(dyn Fn(usize) -> P + Sync)) -> Vec<P> {
+        plan_on(self, 0..n, work)
+    }
+}
+
+/// Lists cut per task after a block is linked: a cut costs up to a few hundred distances, a
+/// task of this many about a millisecond, like a task of planning.
+const CUTS_PER_TASK: usize = 32;
 
 const BASENAME: &str = "graph";
 
@@ -514,18 +553,12 @@ impl<E: Element> Graph<E> {
         end: u64,
         planning: Planning,
     ) -> Planning {
-        let mut used = planning;
-        self.insert_block_with(items, end, |n, plan| match planning {
-            Planning::Behind => Planning::Behind.plan_all(n, plan),
-            Planning::Spare => {
-                let (plans, promoted) = plan_in_spare_time(n, plan);
-                if promoted {
-                    used = Planning::Behind;
-                }
-                plans
-            }
-        });
-        used
+        let mut spread = ByPlanning {
+            planning,
+            used: planning,
+        };
+        self.insert_block_with(items, end, &mut spread);
+        spread.used
     }
 
     #[cfg(test)]
@@ -535,19 +568,17 @@ impl<E: Element> Graph<E> {
         end: u64,
         pool: &rayon::ThreadPool,
     ) {
-        self.insert_block_with(items, end, |n, plan| plan_on(pool, 0..n, plan))
+        self.insert_block_with(items, end, &mut &*pool)
     }
 
-    /// Inserts a block, `plan_all(n, plan)` planning its `n` points (`plan(i)` for each `i`, in
-    /// any order or threads: each plan depends only on the graph before the block).
+    /// Inserts a block, `spread` running its independent work on threads: first a plan per point
+    /// (each depends only on the graph before the block), then, once the block is linked, the
+    /// cut of each list it took over its limit (each reads only vectors and its own list).
     fn insert_block_with(
         &self,
         items: &[(u64, Option<Arc<[E]>>)],
         end: u64,
-        plan_all: impl FnOnce(
-            usize,
-            &(dyn Fn(usize) -> BlockPlan<'static, E> + Sync),
-        ) -> Vec<BlockPlan<'static, E>>,
+        spread: &mut impl Spread,
     ) {
         let points: Vec<(&'static [E], usize)> = items
             .iter()
@@ -560,9 +591,16 @@ impl<E: Element> Graph<E> {
         let levels = self.hnsw.draw_levels(points.len());
         let block = self.hnsw.open_block(&points, &levels);
         let hnsw = &self.hnsw;
-        let plans = plan_all(block.len(), &|i| hnsw.plan_block_point(&block, i));
-        let touched = self.hnsw.link_block(block, plans);
-        self.touched.lock().extend(touched);
+        let plans = spread.spread(block.len(), &|i| hnsw.plan_block_point(&block, i));
+        let linked = self.hnsw.link_block(block, plans);
+        let lists = &linked.overfull;
+        spread.spread(lists.len().div_ceil(CUTS_PER_TASK), &|t| {
+            let at = t * CUTS_PER_TASK;
+            for (point, layer) in &lists[at..(at + CUTS_PER_TASK).min(lists.len())] {
+                hnsw.shrink_overfull(point, *layer);
+            }
+        });
+        self.touched.lock().extend(linked.touched);
         self.points
             .fetch_add(points.len() as u64, Ordering::Relaxed);
         self.advance(end);
@@ -1045,7 +1083,7 @@ mod tests {
             assert_eq!(flat.len() as u64, g.len());
             assert_eq!(
                 flat.links_digest(),
-                4396635819136234451,
+                14676865533152018096,
                 "{threads} threads"
             );
         }
@@ -1094,6 +1132,42 @@ mod tests {
                 .count();
         }
         assert!(hits >= 450, "recall@10 {}", hits as f64 / 500.0);
+    }
+
+    /// A list over its limit is cut with the selection heuristic, not by dropping its farthest
+    /// entries: point 0 (on axis 0) has one neighbour in its own direction (point 1, on the
+    /// diagonal of axes 0 and 1) and 40 that lie on one ray towards axis 2, each closer to 0
+    /// than the last, so each links back to 0. Dropping the farthest entries (as hnsw_rs did)
+    /// cut point 1, 0's only way towards axis 1; the heuristic keeps it and drops the ray's
+    /// points that an entry kept before them covers. On a million derived points, whose
+    /// neighbours come in clusters, recall@10 at ef 64 rose from 0.89 to 0.93 (hnswlib 0.95).
+    #[test]
+    fn a_full_list_keeps_its_one_link_in_another_direction() {
+        let dim = 8;
+        let c = CollectionConfig::new(dim, Metric::Cosine);
+        let unit = |x: Vec<f32>| -> SharedVector {
+            let mut x = x;
+            normalize(&mut x);
+            x.into()
+        };
+        let axis = |a: usize, b: usize, t: f32| {
+            let mut x = vec![0.0; dim];
+            x[a] = 1.0;
+            x[b] += t;
+            unit(x)
+        };
+        let mut items = vec![(0, Some(axis(0, 0, 0.0))), (1, Some(axis(0, 1, 1.0)))];
+        items.extend((0..40).map(|k| (2 + k, Some(axis(0, 2, 0.5 - 0.01 * k as f32)))));
+        let n = items.len() as u64;
+        for threads in [1, 3] {
+            let g = Graph::new(&c, n as usize, 0, 0);
+            g.insert_block_in(&items, n, &pool(threads));
+            g.freeze();
+            let flat = g.flat().unwrap();
+            let list = flat.layer0(0);
+            assert!(list.len() <= 2 * c.hnsw.m, "{list:?}");
+            assert!(list.contains(&1), "{threads} threads: {list:?}");
+        }
     }
 
     #[test]

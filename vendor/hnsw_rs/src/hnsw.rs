@@ -297,6 +297,16 @@ pub struct BlockPlan<'b, T: Clone + Send + Sync> {
     layers: Option<Vec<Vec<PointWithOrder<'b, T>>>>,
 }
 
+/// quiver patch: what [`Hnsw::link_block`] did.
+pub struct Linked<'b, T: Clone + Send + Sync> {
+    /// Every point whose lists it changed (the block's own and those given a link back; some
+    /// more than once), for copies that follow the graph.
+    pub touched: Vec<Arc<Point<'b, T>>>,
+    /// The lists (a point and a layer) a link back took over their limit, each once: cut each
+    /// with [`Hnsw::shrink_overfull`] before the graph is searched or extended again.
+    pub overfull: Vec<(Arc<Point<'b, T>>, u8)>,
+}
+
 //===========================================================================================
 
 /// A structure to store neighbours for of a point.
@@ -1315,7 +1325,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         // new_point has been inserted at the beginning in table
         // so that we can call reverse_update_neighborhoodwe consitently
         // now reverse update of neighbours.
-        self.reverse_update_neighborhood_simple(Arc::clone(&new_point), None);
+        self.reverse_update_neighborhood_simple(Arc::clone(&new_point), None, None);
         //
         self.layer_indexed_points.check_entry_point(&new_point);
         //
@@ -1452,15 +1462,12 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
 
     /// quiver patch: links the points of `block` in order, each to the neighbours its plan
     /// chose and back (as `insert` does), and moves the entry point. Serial and cheap: no
-    /// distance is computed here. Returns every point whose lists it changed (the block's own
-    /// and those given a link back; some more than once), for copies that follow the graph.
-    pub fn link_block(
-        &self,
-        block: Block<'b, T>,
-        plans: Vec<BlockPlan<'b, T>>,
-    ) -> Vec<Arc<Point<'b, T>>> {
+    /// distance is computed here. A list that a link back takes over its limit is left so, and
+    /// reported: [`Self::shrink_overfull`] cuts it, on any thread, before the next block.
+    pub fn link_block(&self, block: Block<'b, T>, plans: Vec<BlockPlan<'b, T>>) -> Linked<'b, T> {
         assert_eq!(block.points.len(), plans.len(), "one plan per point");
         let mut touched = block.points.clone();
+        let mut overfull = Vec::new();
         for (point, plan) in block.points.iter().zip(plans) {
             if let Some(layers) = plan.layers {
                 {
@@ -1471,11 +1478,18 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                         }
                     }
                 }
-                self.reverse_update_neighborhood_simple(Arc::clone(point), Some(&mut touched));
+                self.reverse_update_neighborhood_simple(
+                    Arc::clone(point),
+                    Some(&mut touched),
+                    Some(&mut overfull),
+                );
             }
             self.layer_indexed_points.check_entry_point(point);
         }
-        touched
+        // Each list once, in a fixed order.
+        overfull.sort_unstable_by_key(|(p, l)| (p.p_id, *l));
+        overfull.dedup_by_key(|(p, l)| (p.p_id, *l));
+        Linked { touched, overfull }
     }
 
     pub fn parallel_insert(&self, datas: &[(&Vec<T>, usize)]) {
@@ -1500,6 +1514,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         &self,
         new_point: Arc<Point<'b, T>>,
         mut touched: Option<&mut Vec<Arc<Point<'b, T>>>>,
+        mut overfull: Option<&mut Vec<(Arc<Point<'b, T>>, u8)>>,
     ) {
         //  println!("reverse update neighbourhood for  new point {:?} ", new_point.p_id);
         trace!(
@@ -1557,7 +1572,15 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                         // sort and shring if necessary
                         q_point_neighbours[l_n].sort_unstable();
                         if shrink {
-                            q_point_neighbours[l_n].pop();
+                            // quiver patch: a full list is cut back with the selection
+                            // heuristic (it dropped its farthest entry), now or, in a block,
+                            // once the whole block is linked.
+                            match overfull.as_deref_mut() {
+                                Some(later) => later.push((Arc::clone(q_point), l)),
+                                None => {
+                                    self.shrink_diverse(&mut q_point_neighbours[l_n], threshold_shrinking)
+                                }
+                            }
                         }
                     }
                 } // end protection against point identity
@@ -1565,6 +1588,51 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         }
         //   println!("     exitingreverse update neighbourhood for  new point {:?} ", new_point.p_id);
     } // end of reverse_update_neighborhood_simple
+
+    /// quiver patch: cuts a list sorted by distance to its owner down to at most `limit`
+    /// entries with the selection heuristic (hnswlib's `getNeighborsByHeuristic2`, and
+    /// [`Self::select_neighbours`] without extension or kept pruned entries): in order, an entry
+    /// is kept unless an entry kept before it is at most as far from it as the owner is. hnsw_rs
+    /// dropped the farthest entry instead, so that a point's lists filled up with its nearest
+    /// points and lost the links that lead elsewhere: on a million derived points whose
+    /// neighbours come in clusters, recall@10 at ef 64 was 0.89 against hnswlib's 0.95.
+    fn shrink_diverse(&self, list: &mut Vec<PointWithOrder<'b, T>>, limit: usize) {
+        let mut kept = 0;
+        for i in 0..list.len() {
+            if kept >= limit {
+                break;
+            }
+            let ev = list[i].point_ref.data.get_v();
+            let to_owner = list[i].dist_to_ref;
+            if list[..kept]
+                .iter()
+                .all(|s| self.dist_f.eval(ev, s.point_ref.data.get_v()) > to_owner)
+            {
+                list.swap(kept, i);
+                kept += 1;
+            }
+        }
+        list.truncate(kept);
+        list.shrink_to(limit + 1);
+    }
+
+    /// quiver patch: cuts the list of `point` on `layer` that [`Self::link_block`] left over
+    /// its limit (see [`Linked::overfull`]). Reads only vectors, which never change, and that
+    /// one list: the lists of a block may be cut in any order, on any threads, and give the
+    /// same graph. A list already within its limit is left alone.
+    pub fn shrink_overfull(&self, point: &Point<'b, T>, layer: u8) {
+        let limit = if layer > 0 {
+            self.max_nb_connection
+        } else {
+            2 * self.max_nb_connection
+        };
+        let mut lists = point.neighbours.write();
+        if let Some(list) = lists.get_mut(layer as usize) {
+            if list.len() > limit {
+                self.shrink_diverse(list, limit);
+            }
+        }
+    }
 
     pub fn get_point_indexation(&self) -> &PointIndexation<'b, T> {
         &self.layer_indexed_points
