@@ -593,10 +593,9 @@ impl<E: Element> Graph<E> {
         let hnsw = &self.hnsw;
         let plans = spread.spread(block.len(), &|i| hnsw.plan_block_point(&block, i));
         let linked = self.hnsw.link_block(block, plans);
-        let lists = &linked.overfull;
-        spread.spread(lists.len().div_ceil(CUTS_PER_TASK), &|t| {
-            let at = t * CUTS_PER_TASK;
-            for (point, layer) in &lists[at..(at + CUTS_PER_TASK).min(lists.len())] {
+        let tasks: Vec<_> = linked.overfull.chunks(CUTS_PER_TASK).collect();
+        spread.spread(tasks.len(), &|t| {
+            for (point, layer) in tasks[t] {
                 hnsw.shrink_overfull(point, *layer);
             }
         });

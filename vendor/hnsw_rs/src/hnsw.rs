@@ -1434,11 +1434,8 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                 continue;
             }
             let mut candidates = from_positive_binaryheap_to_negative_binary_heap(&mut candidates);
-            let (nb_conn, extend_c) = if l == 0 {
-                (2 * self.max_nb_connection, self.extend_candidates)
-            } else {
-                (self.max_nb_connection, false)
-            };
+            let nb_conn = self.list_limit(l as u8);
+            let extend_c = l == 0 && self.extend_candidates;
             // Extending the candidates reads the neighbours of candidates, which linking the
             // block changes: only the default (no extension) may be planned ahead.
             assert!(!extend_c, "blocks are planned without extended candidates");
@@ -1548,11 +1545,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
                         continue;
                     }
                     // if l < level, update upward chaining, insert does a sort! t_q has a neighbour not yet in global table of points!
-                    let threshold_shrinking = if l_n > 0 {
-                        self.max_nb_connection
-                    } else {
-                        2 * self.max_nb_connection
-                    };
+                    let threshold_shrinking = self.list_limit(l);
                     // quiver patch: a full list grows by one slot, not by doubling (it is pushed
                     // to one past the limit and popped back): doubling left every saturated list
                     // holding twice the memory it uses. Same operations, same graph.
@@ -1589,6 +1582,16 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
         //   println!("     exitingreverse update neighbourhood for  new point {:?} ", new_point.p_id);
     } // end of reverse_update_neighborhood_simple
 
+    /// quiver patch: how many entries a point's list on `layer` holds at most (2m on layer 0,
+    /// m above).
+    fn list_limit(&self, layer: u8) -> usize {
+        if layer == 0 {
+            2 * self.max_nb_connection
+        } else {
+            self.max_nb_connection
+        }
+    }
+
     /// quiver patch: cuts a list sorted by distance to its owner down to at most `limit`
     /// entries with the selection heuristic (hnswlib's `getNeighborsByHeuristic2`, and
     /// [`Self::select_neighbours`] without extension or kept pruned entries): in order, an entry
@@ -1621,11 +1624,7 @@ impl<'b, T: Clone + Send + Sync, D: Distance<T> + Send + Sync> Hnsw<'b, T, D> {
     /// one list: the lists of a block may be cut in any order, on any threads, and give the
     /// same graph. A list already within its limit is left alone.
     pub fn shrink_overfull(&self, point: &Point<'b, T>, layer: u8) {
-        let limit = if layer > 0 {
-            self.max_nb_connection
-        } else {
-            2 * self.max_nb_connection
-        };
+        let limit = self.list_limit(layer);
         let mut lists = point.neighbours.write();
         if let Some(list) = lists.get_mut(layer as usize) {
             if list.len() > limit {
