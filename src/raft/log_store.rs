@@ -184,11 +184,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         // Entries at or below the purge point are gone as far as Raft is concerned, even where
         // a purge that a crash interrupted left some behind ([`LogStore::purge`]).
-        let last = match (last, last_purged) {
-            (Some(l), Some(p)) if l.index <= p.index => Some(p),
-            (None, p) => p,
-            (l, _) => l,
-        };
+        let last = last
+            .filter(|l| last_purged.is_none_or(|p| l.index > p.index))
+            .or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -286,9 +284,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         tokio::task::spawn_blocking(move || {
             let _one = purging.lock();
             crate::priority::in_background(|| {
-                let first = match log.first() {
-                    Ok(Some((k, _))) => index_of(&k),
-                    Ok(None) => None,
+                let first = match LogStore::edge(log.first()) {
+                    Ok(first) => first,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the log to purge it; the next purge retries");
                         None
