@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use quiver::dataset::{read_fvecs, read_ivecs, recall_at};
-use quiver::index::{normalize, AnyGraph, Planning, Stored, BLOCK};
+use quiver::index::{normalize, rescored, score, AnyGraph, Planning, Scored, Stored, BLOCK};
 use quiver::model::{CollectionConfig, HnswConfig, Metric, Quantization};
 
 #[derive(Parser)]
@@ -34,7 +34,8 @@ struct Args {
     /// HNSW ef_construction.
     #[arg(long, default_value_t = HnswConfig::default().ef_construction)]
     ef_construction: usize,
-    /// `none` or `int8` (int8 prints the walk on codes, without rescoring).
+    /// `none`, `int8` or `int8_ram`. A walk over codes (`int8`, `int8_ram`) has its best
+    /// candidates rescored with the vectors, as a node does.
     #[arg(long, default_value = "none")]
     quantization: String,
 }
@@ -50,10 +51,8 @@ fn main() -> anyhow::Result<()> {
     base.iter_mut().chain(queries.iter_mut()).for_each(|v| {
         normalize(v);
     });
-    let quantization = match args.quantization.as_str() {
-        "int8" => Quantization::Int8,
-        _ => Quantization::None,
-    };
+    let quantization: Quantization =
+        serde_json::from_value(serde_json::Value::String(args.quantization.clone()))?;
     let config = CollectionConfig {
         dim: base[0].len(),
         metric: Metric::Cosine,
@@ -88,6 +87,8 @@ fn main() -> anyhow::Result<()> {
         quantization,
         started.elapsed().as_secs_f64()
     );
+    let walks_codes = graph.flat().is_some_and(|f| f.approximate());
+    println!("walk over int8 codes, rescored: {walks_codes}");
     let flat = graph
         .flat()
         .ok_or_else(|| anyhow::anyhow!("no search copy"))?;
@@ -99,8 +100,27 @@ fn main() -> anyhow::Result<()> {
             let t = Instant::now();
             let mut hits = 0.0;
             for (q, gt) in queries.iter().zip(&truth) {
-                let found = flat.search(q, None, K, ef, Some(&keep_all));
-                let ids: Vec<u64> = found.iter().map(|(i, _)| *i).collect();
+                let wanted = if walks_codes { rescored(K, ef) } else { K };
+                let mut found: Vec<Scored<u64>> = flat
+                    .search(q, None, wanted, ef, Some(&keep_all))
+                    .into_iter()
+                    .map(|(i, d)| match walks_codes {
+                        true => {
+                            let s = score(config.metric, q, &base[i as usize]);
+                            Scored(
+                                if config.metric.higher_is_better() {
+                                    -s
+                                } else {
+                                    s
+                                },
+                                i,
+                            )
+                        }
+                        false => Scored(d, i),
+                    })
+                    .collect();
+                found.sort_unstable();
+                let ids: Vec<u64> = found.iter().take(K).map(|s| s.1).collect();
                 hits += recall_at(&ids, gt, K);
             }
             qps[e].push(queries.len() as f64 / t.elapsed().as_secs_f64());

@@ -66,7 +66,8 @@ pub struct ImportArgs {
     /// Create the collection first (idempotent) with this metric; the dimension comes from the file.
     #[arg(long, value_enum)]
     create: Option<MetricArg>,
-    /// With `--create`: keep int8 codes in memory and the full vectors on disk.
+    /// With `--create`: `int8` keeps int8 codes in memory and the full vectors on disk;
+    /// `int8_ram` walks int8 codes and keeps the full vectors in memory (faster search).
     #[arg(long, value_enum, default_value = "none")]
     quantization: QuantizationArg,
     /// Points per request.
@@ -94,6 +95,8 @@ enum MetricArg {
 enum QuantizationArg {
     None,
     Int8,
+    #[value(name = "int8_ram")]
+    Int8Ram,
 }
 
 impl From<QuantizationArg> for Quantization {
@@ -101,6 +104,7 @@ impl From<QuantizationArg> for Quantization {
         match q {
             QuantizationArg::None => Quantization::None,
             QuantizationArg::Int8 => Quantization::Int8,
+            QuantizationArg::Int8Ram => Quantization::Int8Ram,
         }
     }
 }

@@ -212,16 +212,21 @@ mod tests {
             plain
         );
         for metric in [Metric::Cosine, Metric::L2, Metric::Dot] {
-            let q = CollectionConfig {
-                quantization: Quantization::Int8,
-                ..CollectionConfig::new(7, metric)
-            };
-            let bytes = bincode::serialize(&q).unwrap();
-            assert_eq!(bytes.len(), old.len());
-            assert_eq!(bincode::deserialize::<CollectionConfig>(&bytes).unwrap(), q);
-            let json = serde_json::to_value(q).unwrap();
-            assert_eq!(json["quantization"], "int8");
-            assert_eq!(serde_json::from_value::<CollectionConfig>(json).unwrap(), q);
+            for (quantization, name) in [
+                (Quantization::Int8, "int8"),
+                (Quantization::Int8Ram, "int8_ram"),
+            ] {
+                let q = CollectionConfig {
+                    quantization,
+                    ..CollectionConfig::new(7, metric)
+                };
+                let bytes = bincode::serialize(&q).unwrap();
+                assert_eq!(bytes.len(), old.len());
+                assert_eq!(bincode::deserialize::<CollectionConfig>(&bytes).unwrap(), q);
+                let json = serde_json::to_value(q).unwrap();
+                assert_eq!(json["quantization"], name);
+                assert_eq!(serde_json::from_value::<CollectionConfig>(json).unwrap(), q);
+            }
         }
         let json = serde_json::to_value(plain).unwrap();
         assert!(json.get("quantization").is_none());

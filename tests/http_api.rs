@@ -1399,3 +1399,67 @@ async fn int8_collections_answer_with_the_exact_vectors_and_scores() {
     assert_eq!(floats(&b["points"][0]["vector"]), vector(599));
     assert_eq!(floats(&b["points"][1]["vector"]), vector(0));
 }
+
+/// An `int8_ram` collection walks int8 codes and rescores its candidates with the vectors it
+/// holds: its config says so, and its graph answers (searched from the first point) are the
+/// exact answers, with exact scores and the vectors that were written.
+#[tokio::test]
+async fn int8_ram_collections_walk_codes_and_answer_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.exact_below = 0;
+    let h = Harness::with(config, Some(dir)).await;
+    let config = json!({"dim": 8, "metric": "l2", "quantization": "int8_ram"});
+    let (s, b) = h.call("PUT", "/collections/w", Some(config)).await;
+    assert_eq!((s, &b["created"]), (StatusCode::OK, &json!(true)), "{b}");
+    let (s, b) = h.call("GET", "/collections/w", None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["config"]["quantization"], "int8_ram", "{b}");
+    let vector = |i: usize| -> Vec<f32> {
+        (0..8)
+            .map(|j| ((i * 31 + j * 7) as f32 * 0.173).sin() * (1.0 + i as f32 / 100.0))
+            .collect()
+    };
+    let points: Vec<Value> = (0..2_048)
+        .map(|i| json!({"id": i, "vector": vector(i)}))
+        .collect();
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/collections/w/points",
+            Some(json!({ "points": points })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, b) = h.call("GET", "/collections/w", None).await;
+        if b["unindexed"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not indexed: {b}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for qi in 0..20 {
+        let q = vector(5_000 + qi);
+        let mut answers = Vec::new();
+        for exact in [false, true] {
+            let (s, b) = h
+                .call(
+                    "POST",
+                    "/collections/w/points/search",
+                    Some(json!({"vector": q, "k": 5, "with_vector": true, "exact": exact})),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            for hit in b["hits"].as_array().unwrap() {
+                let v = vector(hit["id"].as_u64().unwrap() as usize);
+                let want = quiver::index::l2_squared(&q, &v).sqrt();
+                assert_eq!(hit["score"].as_f64().unwrap() as f32, want, "{hit}");
+                assert_eq!(floats(&hit["vector"]), v, "{hit}");
+            }
+            answers.push(b["hits"].clone());
+        }
+        assert_eq!(answers[0], answers[1], "query {qi}");
+    }
+}

@@ -33,6 +33,13 @@ fn minilm_int8_recall_at_10_after_rescoring_is_at_least_0_95() {
     recall_at_the_default_ef(Quantization::Int8);
 }
 
+/// An `int8_ram` collection walks int8 codes beside its vectors in memory and rescores the
+/// candidates with them: the same recall, exact scores.
+#[test]
+fn minilm_int8_ram_recall_at_10_after_rescoring_is_at_least_0_95() {
+    recall_at_the_default_ef(Quantization::Int8Ram);
+}
+
 fn recall_at_the_default_ef(quantization: Quantization) {
     let data = data_dir();
     assert!(

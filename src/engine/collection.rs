@@ -23,8 +23,8 @@ use super::payload_index::PayloadIndex;
 use super::vectors::VectorFile;
 use crate::filter::Filter;
 use crate::index::{
-    encode, prefetch, score, AnyFlat, AnyGraph, CodeDistance, GraphMeta, Planner, Planning, Scored,
-    Stored, BLOCK,
+    encode, prefetch, rescored, score, AnyFlat, AnyGraph, CodeDistance, GraphMeta, Planner,
+    Planning, Scored, Stored, BLOCK,
 };
 use crate::model::{
     ApplyError, CollectionConfig, CollectionInfo, Hit, Metric, PointId, PointRecord, PointWrite,
@@ -361,18 +361,6 @@ fn dump_due(dirty: u64, len: u64, idle: bool, after: u64) -> bool {
 /// that differs from node to node, and so build different graphs.
 fn pending(wm: u64, next: u64) -> u64 {
     (next / BLOCK * BLOCK).saturating_sub(wm)
-}
-
-/// A quantised search rescores this many candidates per hit wanted...
-const RESCORE_PER_HIT: usize = 4;
-
-/// ... so this many of the best candidates by code (at most `ef`, at least `k`) are read from the
-/// vector file and rescored. An int8 code's distance ranks candidates well enough that the true
-/// top k lies among the best 4k: at 200k derived points, rescoring 2k, 4k or all ef candidates
-/// gave the same recall@10 (0.971 at ef 64, 0.986 at ef 128), and each rescored candidate costs a
-/// read from disk (at 1M, ef 232 read 232 vectors per search).
-fn rescored(k: usize, ef: usize) -> usize {
-    (k * RESCORE_PER_HIT).min(ef).max(k)
 }
 
 /// Collections up to this many live points search at the configured default ef...
@@ -903,10 +891,7 @@ impl Collection {
     /// [`QUICK_POINTS`] points, with no filter, no exact scan, no reads from disk (an unquantised
     /// collection) and at most [`QUICK_TAIL`] points outside the copy, which are scanned exactly.
     pub fn quick_search(&self, p: &SearchParams) -> bool {
-        if p.exact
-            || p.filter.is_some()
-            || self.shared.config.quantization != crate::model::Quantization::None
-        {
+        if p.exact || p.filter.is_some() || self.shared.config.quantization.vectors_on_disk() {
             return false;
         }
         let graph = self.shared.graph.read().clone();
@@ -1113,12 +1098,9 @@ impl Collection {
         // cover (`from`). A graph short of k answers (a selective filter, or many dead points:
         // e.g. an old epoch's graph serving while its rebuild is pending) falls back to the exact
         // answer. A quantised graph's distances are approximate: more than its best k candidates
-        // are rescored with the full vectors ([`rescored`]).
-        let wanted = if graph.quantized() {
-            rescored(p.k, ef)
-        } else {
-            p.k
-        };
+        // are rescored with the full vectors ([`rescored`]), as are those of a search copy that
+        // walks int8 codes of an unquantised collection's vectors.
+        let wanted = |approximate: bool| if approximate { rescored(p.k, ef) } else { p.k };
         let finish = |found: Vec<(u64, f32)>, from: usize, top: &mut TopK| {
             if found.len() < p.k.min(st.live) {
                 exact_scan(0, top);
@@ -1137,6 +1119,7 @@ impl Collection {
             let keep = |iid: u32| (iid as usize) < fw && accepts(iid as usize);
             // Always filter: besides the user's filter, the graph may hold dead points (tombstones,
             // or a whole old epoch while a rebuild is pending).
+            let wanted = wanted(flat.approximate());
             finish(
                 flat.search(q, q_code.as_deref(), wanted, ef, Some(&keep)),
                 fw,
@@ -1145,6 +1128,7 @@ impl Collection {
         } else {
             // No usable frozen copy (a large graph mid-ingest): search hnsw_rs' graph directly.
             let keep = |iid: &usize| *iid < wm && accepts(*iid);
+            let wanted = wanted(graph.quantized());
             // Plain search first, post-filtered (the ef-wide candidate list comes at no extra cost).
             // Only if that leaves fewer than k do we pay for hnsw_rs' filtered walk (which gives up
             // its early exit).

@@ -745,7 +745,7 @@ impl Drop for Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{CollectionConfig, Metric, PointWrite};
+    use crate::model::{CollectionConfig, Metric, PointWrite, Quantization};
 
     fn opts(dir: &Path) -> EngineOptions {
         let mut o = EngineOptions::new(dir);
@@ -756,7 +756,14 @@ mod tests {
     }
 
     fn fill(e: &Engine, name: &str, from: u64, n: u64, index: u64) {
-        let config = CollectionConfig::new(4, Metric::L2);
+        fill_as(e, name, from, n, index, Quantization::None)
+    }
+
+    fn fill_as(e: &Engine, name: &str, from: u64, n: u64, index: u64, q: Quantization) {
+        let config = CollectionConfig {
+            quantization: q,
+            ..CollectionConfig::new(4, Metric::L2)
+        };
         let points = (0..n)
             .map(|i| PointWrite {
                 id: PointId::Num(from + i),
@@ -991,9 +998,20 @@ mod tests {
     /// then writes a whole dump of its own, so that a restart after later deletes still loads.
     #[test]
     fn a_snapshot_ships_each_vector_once_and_the_receiver_loads_its_graph() {
+        snapshot_ships_each_vector_once_and_the_receiver_loads_its_graph(Quantization::None);
+    }
+
+    /// The same for a collection whose walk reads int8 codes: the codes are made from the
+    /// shipped vectors, so leader, receiver and restarted receiver answer alike.
+    #[test]
+    fn an_int8_ram_snapshot_receiver_answers_as_the_leader_before_and_after_a_restart() {
+        snapshot_ships_each_vector_once_and_the_receiver_loads_its_graph(Quantization::Int8Ram);
+    }
+
+    fn snapshot_ships_each_vector_once_and_the_receiver_loads_its_graph(q: Quantization) {
         let src = tempfile::tempdir().unwrap();
         let a = Engine::open(opts(src.path())).unwrap();
-        fill(&a, "c", 0, 1_024, 1);
+        fill_as(&a, "c", 0, 1_024, 1, q);
         let c = a.get("c").unwrap();
         assert!(c.wait_indexed(Duration::from_secs(30)));
         let graph = |dir: &Path, file: &str| dir.join(format!("graphs/{}/{file}", c.id()));
@@ -1051,6 +1069,7 @@ mod tests {
         b.finish_install().unwrap();
         let cb = b.get("c").unwrap();
         assert_eq!(cb.info().unindexed, 0, "the shipped graph was not loaded");
+        assert_eq!(cb.info().config.quantization, q);
         assert_eq!(cb.len(), 924);
         let (da, db) = (a.get("d").unwrap(), b.get("d").unwrap());
         assert_eq!(db.len(), 300);

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 
-use crate::model::{CollectionConfig, Quantization};
+use crate::model::CollectionConfig;
 
 /// One collection's vector file.
 pub struct VectorFile {
@@ -30,7 +30,9 @@ pub struct VectorFile {
 impl VectorFile {
     /// The vector file of collection `id` under `dir`, for a quantised collection.
     pub fn of(id: u64, config: &CollectionConfig, dir: &Path) -> Option<VectorFile> {
-        (config.quantization != Quantization::None)
+        config
+            .quantization
+            .vectors_on_disk()
             .then(|| VectorFile::create(&dir.join(format!("{id}.f32")), config.dim))
     }
 

@@ -19,7 +19,7 @@ impl Stored {
     /// The stored form of `v` for a collection quantised as `q`.
     pub fn of(v: Vec<f32>, q: Quantization) -> Stored {
         match q {
-            Quantization::None => Stored::Full(v.into()),
+            Quantization::None | Quantization::Int8Ram => Stored::Full(v.into()),
             Quantization::Int8 => Stored::Codes(encode(&v).into()),
         }
     }
@@ -87,7 +87,7 @@ impl AnyGraph {
         epoch_since: u64,
     ) -> AnyGraph {
         match config.quantization {
-            Quantization::None => {
+            Quantization::None | Quantization::Int8Ram => {
                 AnyGraph::Full(Graph::new(config, capacity, watermark, epoch_since))
             }
             Quantization::Int8 => {
@@ -103,7 +103,7 @@ impl AnyGraph {
         stored: &dyn Fn(u64) -> Option<Stored>,
     ) -> Option<(AnyGraph, GraphMeta)> {
         match config.quantization {
-            Quantization::None => {
+            Quantization::None | Quantization::Int8Ram => {
                 let full = |i| stored(i).and_then(|s| s.full().cloned());
                 Graph::load(dir, config, &full).map(|(g, m)| (AnyGraph::Full(g), m))
             }
@@ -217,6 +217,15 @@ impl AnyFlat {
         match self {
             AnyFlat::Full(f) => f.watermark(),
             AnyFlat::Codes(f) => f.watermark(),
+        }
+    }
+
+    /// True when the copy's distances are approximate (int8 codes): more than `k` of its
+    /// candidates are rescored.
+    pub fn approximate(&self) -> bool {
+        match self {
+            AnyFlat::Full(f) => f.walks_codes(),
+            AnyFlat::Codes(_) => true,
         }
     }
 

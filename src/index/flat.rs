@@ -16,7 +16,7 @@ use std::sync::Arc;
 use hnsw_rs::hnsw::Point;
 use hnsw_rs::prelude::{Distance, Hnsw};
 
-use super::quant::Element;
+use super::quant::{CodeDistance, Element, CODE_HEADER};
 use super::Scored;
 use crate::model::Metric;
 
@@ -36,6 +36,63 @@ pub struct FlatGraph<E: Element = f32> {
     /// The entry point: its id, its level and its rank on that level (insertion order).
     entry: Option<(u32, usize, i32)>,
     points: usize,
+    /// The walk's own form of the rows, when the walk reads int8 codes instead of `rows`
+    /// ([`Codes`]); `rows` then only rescore.
+    codes: Option<Codes>,
+}
+
+/// Ids per chunk of [`Codes`].
+const CODE_CHUNK: usize = 4096;
+
+/// The int8 codes ([`super::encode`]) of a copy's rows, contiguous in chunks of [`CODE_CHUNK`]
+/// ids, for an unquantised graph's walk: a code is a quarter of a vector and lies at a fixed
+/// place, where a vector is reached through its `Arc` (two dependent loads, the first of which
+/// stalls the prefetch). The walk ranks by code distance, and the caller rescores the best
+/// candidates with the vectors, so answers are exact among them. A chunk wholly below the
+/// previous copy's watermark is shared with that copy: a refresh encodes only new ids.
+#[derive(Clone)]
+struct Codes {
+    /// Bytes per code: the row length plus [`CODE_HEADER`].
+    stride: usize,
+    chunks: Vec<Arc<[u8]>>,
+}
+
+impl Codes {
+    /// The codes of `rows` (an id whose row is not `dim` long gets zeros: no link leads to it),
+    /// taking from `prev` (the codes of the same ids below `prev_wm`) what it holds.
+    fn build<E: Element>(rows: &[Arc<[E]>], dim: usize, prev: Option<(&Codes, usize)>) -> Codes {
+        let stride = dim + CODE_HEADER;
+        let mut chunks = Vec::with_capacity(rows.len().div_ceil(CODE_CHUNK));
+        for (c, ids) in rows.chunks(CODE_CHUNK).enumerate() {
+            let start = c * CODE_CHUNK;
+            let old = prev.and_then(|(p, wm)| p.chunks.get(c).map(|chunk| (chunk, wm)));
+            if let Some((chunk, wm)) = old {
+                if start + ids.len() <= wm && chunk.len() == ids.len() * stride {
+                    chunks.push(chunk.clone());
+                    continue;
+                }
+            }
+            let mut out = vec![0u8; ids.len() * stride];
+            for (i, (row, code)) in ids.iter().zip(out.chunks_exact_mut(stride)).enumerate() {
+                match old {
+                    Some((chunk, wm)) if start + i < wm && chunk.len() >= (i + 1) * stride => {
+                        code.copy_from_slice(&chunk[i * stride..(i + 1) * stride]);
+                    }
+                    _ if row.len() == dim => code.copy_from_slice(&E::code(row)),
+                    _ => {}
+                }
+            }
+            chunks.push(out.into());
+        }
+        Codes { stride, chunks }
+    }
+
+    #[inline(always)]
+    fn row(&self, iid: u32) -> &[u8] {
+        let i = iid as usize;
+        let at = (i % CODE_CHUNK) * self.stride;
+        &self.chunks[i / CODE_CHUNK][at..at + self.stride]
+    }
 }
 
 thread_local! {
@@ -49,8 +106,10 @@ impl<E: Element> FlatGraph<E> {
     /// `prev`, a copy of the same graph at an earlier watermark, only the points in `touched`
     /// (every point whose lists changed since `prev`, as `Hnsw::link_block` reports them) are
     /// read from `hnsw` and the rest is copied from `prev`: at a million points a whole copy read
-    /// every point's lists, every 4,096 inserts. Must not run concurrently with inserts into
-    /// `hnsw` (the indexer calls it between inserts).
+    /// every point's lists, every 4,096 inserts. With `codes`, the walk reads int8 codes of the
+    /// rows ([`Codes`]). Must not run concurrently with inserts into `hnsw` (the indexer calls
+    /// it between inserts).
+    #[allow(clippy::too_many_arguments)]
     pub fn freeze<'b, D2: Distance<E> + Send + Sync>(
         hnsw: &Hnsw<'b, E, D2>,
         mut shared: Vec<Option<Arc<[E]>>>,
@@ -59,6 +118,7 @@ impl<E: Element> FlatGraph<E> {
         watermark: u64,
         prev: Option<&FlatGraph<E>>,
         touched: Vec<Arc<Point<'b, E>>>,
+        codes: bool,
     ) -> FlatGraph<E> {
         let n = watermark as usize;
         let empty: Arc<[E]> = Arc::from(Vec::new());
@@ -130,6 +190,10 @@ impl<E: Element> FlatGraph<E> {
             .take(n)
             .map(|v| v.unwrap_or_else(|| empty.clone()))
             .collect();
+        let codes = codes.then(|| {
+            let old = prev.and_then(|p| p.codes.as_ref().map(|c| (c, prev_wm)));
+            Codes::build(&rows, dim, old)
+        });
         FlatGraph {
             metric,
             watermark,
@@ -139,7 +203,14 @@ impl<E: Element> FlatGraph<E> {
             upper,
             entry,
             points: count,
+            codes,
         }
+    }
+
+    /// True when the walk ranks by int8 codes: its distances are approximate, and the caller
+    /// rescores more than `k` of its candidates.
+    pub fn walks_codes(&self) -> bool {
+        self.codes.is_some()
     }
 
     /// The layer-0 neighbours of `iid`.
@@ -239,7 +310,8 @@ impl<E: Element> FlatGraph<E> {
         E::search_distance(self.metric, q, self.row(iid))
     }
 
-    /// The `k` nearest accepted ids, best first, as (iid, distance in this graph's order).
+    /// The `k` nearest accepted ids, best first, as (iid, distance in this graph's order); with
+    /// codes ([`FlatGraph::walks_codes`]) the distance is the codes'.
     pub fn search(
         &self,
         q: &[E],
@@ -247,17 +319,49 @@ impl<E: Element> FlatGraph<E> {
         ef: usize,
         keep: Option<&dyn Fn(u32) -> bool>,
     ) -> Vec<(u64, f32)> {
+        match &self.codes {
+            Some(codes) => {
+                let code = E::code(q);
+                let d = CodeDistance(self.metric);
+                self.walk(
+                    k,
+                    ef,
+                    keep,
+                    |iid| d.eval(&code, codes.row(iid)),
+                    |iid| super::prefetch(codes.row(iid).as_ptr(), codes.stride),
+                )
+            }
+            None => self.walk(
+                k,
+                ef,
+                keep,
+                |iid| self.dist(q, iid),
+                |iid| self.prefetch(iid),
+            ),
+        }
+    }
+
+    /// The search, over the distance `dist` to the query, `fetch` starting to load what it reads.
+    #[inline(always)]
+    fn walk(
+        &self,
+        k: usize,
+        ef: usize,
+        keep: Option<&dyn Fn(u32) -> bool>,
+        dist: impl Fn(u32) -> f32,
+        fetch: impl Fn(u32),
+    ) -> Vec<(u64, f32)> {
         let Some((mut ep, top_level, _)) = self.entry else {
             return Vec::new();
         };
         let ef = ef.max(k);
-        let mut d_ep = self.dist(q, ep);
+        let mut d_ep = dist(ep);
         for level in (1..=top_level).rev() {
             loop {
                 let mut changed = false;
                 if let Some(nbs) = self.upper.get(&ep).and_then(|u| u.get(level - 1)) {
                     for &nb in nbs {
-                        let d = self.dist(q, nb);
+                        let d = dist(nb);
                         if d < d_ep {
                             d_ep = d;
                             ep = nb;
@@ -311,11 +415,11 @@ impl<E: Element> FlatGraph<E> {
                     if *m != g {
                         *m = g;
                         fresh.push(nb);
-                        self.prefetch(nb);
+                        fetch(nb);
                     }
                 }
                 for &nb in fresh.iter() {
-                    let d = self.dist(q, nb);
+                    let d = dist(nb);
                     if top.len() < ef || d < bound {
                         candidates.push(Reverse(Scored(d, nb)));
                         if accepts(nb) {
@@ -356,7 +460,16 @@ mod tests {
         for (i, v) in data.iter().enumerate() {
             hnsw.insert_slice((v, i));
         }
-        let flat = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 1000, None, Vec::new());
+        let flat = FlatGraph::freeze(
+            &hnsw,
+            Vec::new(),
+            Metric::L2,
+            dim,
+            1000,
+            None,
+            Vec::new(),
+            false,
+        );
         assert_eq!(flat.len(), 1000);
         let mut hits = 0;
         for (i, q) in data.iter().enumerate().step_by(50) {
@@ -369,10 +482,106 @@ mod tests {
         assert_eq!(r.len(), 5);
         assert!(r.iter().all(|(i, _)| i % 2 == 1));
         // A watermark below the graph's size leaves later ids out.
-        let part = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 500, None, Vec::new());
+        let part = FlatGraph::freeze(
+            &hnsw,
+            Vec::new(),
+            Metric::L2,
+            dim,
+            500,
+            None,
+            Vec::new(),
+            false,
+        );
         assert!(part
             .search(&data[900], 10, 64, None)
             .iter()
             .all(|(i, _)| *i < 500));
+    }
+
+    fn rows(n: usize, dim: usize) -> Vec<Arc<[f32]>> {
+        (0..n)
+            .map(|i| {
+                let v: Vec<f32> = (0..dim)
+                    .map(|d| (i as f32 * 0.37 + d as f32 * 1.3).sin())
+                    .collect();
+                Arc::from(v)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn codes_built_on_a_previous_copy_equal_codes_built_whole() {
+        let dim = 6;
+        let mut all = rows(2 * CODE_CHUNK + 100, dim);
+        // An id with no vector gets zeros, and a later copy still has none for it.
+        all[7] = Arc::from(Vec::new());
+        let whole = Codes::build(&all, dim, None);
+        for wm in [0, 5, CODE_CHUNK, CODE_CHUNK + 3, 2 * CODE_CHUNK + 1] {
+            let prev = Codes::build(&all[..wm], dim, None);
+            let next = Codes::build(&all, dim, Some((&prev, wm)));
+            assert_eq!(next.chunks.len(), whole.chunks.len());
+            for (a, b) in next.chunks.iter().zip(&whole.chunks) {
+                assert_eq!(a[..], b[..], "wm {wm}");
+            }
+            // Complete chunks below the watermark are shared, not copied.
+            for c in 0..wm / CODE_CHUNK {
+                assert!(Arc::ptr_eq(&next.chunks[c], &prev.chunks[c]), "wm {wm}");
+            }
+        }
+        assert!(whole.row(7).iter().all(|b| *b == 0));
+        assert_eq!(whole.row(8), &crate::index::encode(&all[8])[..]);
+        let last = (2 * CODE_CHUNK + 99) as u32;
+        assert_eq!(
+            whole.row(last),
+            &crate::index::encode(&all[last as usize])[..]
+        );
+    }
+
+    #[test]
+    fn a_walk_over_codes_ranks_candidates_that_rescore_to_the_exact_answer() {
+        let dim = 16;
+        let hnsw = Hnsw::new(16, 2000, 16, 100, GraphDistance(Metric::Cosine));
+        let data: Vec<Arc<[f32]>> = rows(2000, dim)
+            .into_iter()
+            .map(|v| {
+                let mut v = v.to_vec();
+                crate::index::normalize(&mut v);
+                Arc::from(v)
+            })
+            .collect();
+        for (i, v) in data.iter().enumerate() {
+            hnsw.insert_slice((v, i));
+        }
+        let shared: Vec<Option<Arc<[f32]>>> = data.iter().cloned().map(Some).collect();
+        let flat = FlatGraph::freeze(
+            &hnsw,
+            shared,
+            Metric::Cosine,
+            dim,
+            2000,
+            None,
+            Vec::new(),
+            true,
+        );
+        assert!(flat.walks_codes());
+        let k = 10;
+        let mut exact_hits = 0;
+        for q in data.iter().step_by(97) {
+            let found = flat.search(q, crate::index::rescored(k, 64), 64, None);
+            assert_eq!(found.len(), 40);
+            let mut rescored: Vec<Scored<u64>> = found
+                .iter()
+                .map(|(i, _)| Scored(-crate::index::dot(q, &data[*i as usize]), *i))
+                .collect();
+            rescored.sort_unstable();
+            let mut truth: Vec<Scored<u64>> = (0..data.len())
+                .map(|i| Scored(-crate::index::dot(q, &data[i]), i as u64))
+                .collect();
+            truth.sort_unstable();
+            let got: Vec<u64> = rescored.iter().take(k).map(|s| s.1).collect();
+            let want: Vec<u64> = truth.iter().take(k).map(|s| s.1).collect();
+            exact_hits += usize::from(got == want);
+        }
+        assert!(exact_hits >= 19, "{exact_hits}/21 exact top-10s");
     }
 }

@@ -47,6 +47,19 @@ pub const BLOCK: u64 = 256;
 /// heuristic once a block is linked (they dropped their farthest entry).
 const BUILDER: u32 = 3;
 
+/// A search over int8 codes (a quantised collection's, or a search copy's that walks codes)
+/// rescores this many candidates per hit wanted...
+const RESCORE_PER_HIT: usize = 4;
+
+/// ... so this many of the best candidates by code (at most `ef`, at least `k`) are read from the
+/// vector file and rescored. An int8 code's distance ranks candidates well enough that the true
+/// top k lies among the best 4k: at 200k derived points, rescoring 2k, 4k or all ef candidates
+/// gave the same recall@10 (0.971 at ef 64, 0.986 at ef 128), and each rescored candidate costs a
+/// read from disk (at 1M, ef 232 read 232 vectors per search).
+pub fn rescored(k: usize, ef: usize) -> usize {
+    (k * RESCORE_PER_HIT).min(ef).max(k)
+}
+
 /// Which threads search for a block's candidates (the graph is the same either way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Planning {
@@ -452,6 +465,15 @@ pub struct Graph<E: Element = f32> {
     flat: RwLock<Option<Arc<FlatGraph<E>>>>,
     /// Unique among the graphs of this process ([`Graph::serial`]).
     serial: u64,
+    /// The search copy walks int8 codes of the rows ([`walks_codes`]).
+    codes: bool,
+}
+
+/// True when the search copy of a graph over rows of `E` for `config` walks int8 codes of its
+/// rows and the engine rescores its best candidates with the vectors: an `int8_ram` collection's
+/// graph over its vectors (an `int8` one's rows are codes already).
+fn walks_codes<E: Element>(config: &CollectionConfig) -> bool {
+    E::row_len(config.dim) == config.dim && config.quantization.walks_codes()
 }
 
 /// A number no other graph of this process has.
@@ -487,6 +509,7 @@ impl<E: Element> Graph<E> {
             touched: Mutex::new(Vec::new()),
             untracked: AtomicBool::new(false),
             serial: next_serial(),
+            codes: walks_codes::<E>(config),
         }
     }
 
@@ -661,6 +684,7 @@ impl<E: Element> Graph<E> {
             wm,
             prev.as_deref(),
             touched,
+            self.codes,
         );
         *self.flat.write() = Some(Arc::new(flat));
     }
@@ -771,6 +795,7 @@ impl<E: Element> Graph<E> {
                     touched: Mutex::new(Vec::new()),
                     untracked: AtomicBool::new(false),
                     serial: next_serial(),
+                    codes: walks_codes::<E>(config),
                 };
                 Some((g, meta))
             }

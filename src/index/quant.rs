@@ -31,6 +31,8 @@ pub trait Element:
     fn row_len(dim: usize) -> usize;
     /// The search copy's distance: smaller is closer, in the graph's order.
     fn search_distance(metric: Metric, q: &[Self], row: &[Self]) -> f32;
+    /// The int8 code of a row ([`encode`]; a code is its own).
+    fn code(row: &[Self]) -> Vec<u8>;
 }
 
 impl Element for f32 {
@@ -48,6 +50,9 @@ impl Element for f32 {
             Metric::L2 => l2_squared(q, row),
         }
     }
+    fn code(row: &[f32]) -> Vec<u8> {
+        encode(row)
+    }
 }
 
 impl Element for u8 {
@@ -61,6 +66,9 @@ impl Element for u8 {
     #[inline]
     fn search_distance(metric: Metric, q: &[u8], row: &[u8]) -> f32 {
         CodeDistance(metric).eval(q, row)
+    }
+    fn code(row: &[u8]) -> Vec<u8> {
+        row.to_vec()
     }
 }
 

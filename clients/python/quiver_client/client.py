@@ -476,7 +476,8 @@ class QuiverClient(_ClientBase):
                           quantization: Quantization | None = None) -> WriteResult:
         """PUT /collections/{name}; the same config again is a no-op (``created`` false),
         another one is 409. ``quantization="int8"`` keeps int8 codes in memory and the
-        full vectors on disk (scores stay exact)."""
+        full vectors on disk; ``"int8_ram"`` walks int8 codes with the full vectors in memory
+        (faster search); scores stay exact either way."""
         return self._run(_request_create_collection(name, dim, metric, m, ef_construction,
                                                       quantization))
 
@@ -628,7 +629,8 @@ class AsyncQuiverClient(_ClientBase):
                                 quantization: Quantization | None = None) -> WriteResult:
         """PUT /collections/{name}; the same config again is a no-op (``created`` false),
         another one is 409. ``quantization="int8"`` keeps int8 codes in memory and the
-        full vectors on disk (scores stay exact)."""
+        full vectors on disk; ``"int8_ram"`` walks int8 codes with the full vectors in memory
+        (faster search); scores stay exact either way."""
         return await self._run(_request_create_collection(name, dim, metric, m, ef_construction,
                                                             quantization))
 
