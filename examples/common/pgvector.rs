@@ -46,6 +46,9 @@ pub struct Against {
     /// pgvector's candidate `hnsw.ef_search` values, smallest first.
     #[arg(long, value_delimiter = ',', default_value = "10,12,16,20,24,32,40,64")]
     pub pg_efs: Vec<usize>,
+    /// The quantisation of quiver's collection (`quiver import --quantization`).
+    #[arg(long, default_value = "none")]
+    pub pg_quantization: String,
 }
 
 /// pgvector's standby, as `standby.py` starts it.
@@ -251,7 +254,8 @@ pub async fn measure(bin: &Path, data: &Path, a: &Against) -> anyhow::Result<()>
     output(
         Command::new(bin)
             .args(["import", "--url", &leader.url, "-c", COLLECTION])
-            .args(["--create", "cosine", "--wait-indexed", "--file"])
+            .args(["--create", "cosine", "--wait-indexed"])
+            .args(["--quantization", &a.pg_quantization, "--file"])
             .arg(&base_file),
     )?;
     // The replica takes the load: wait until it holds every point in its graph.
@@ -266,7 +270,8 @@ pub async fn measure(bin: &Path, data: &Path, a: &Against) -> anyhow::Result<()>
         }
     }
     println!(
-        "quiver: {base_len} points imported and indexed on the replica in {:.1} s",
+        "quiver: {base_len} points imported (quantization {}) and indexed on the replica in {:.1} s",
+        a.pg_quantization,
         started.elapsed().as_secs_f64()
     );
     let (q_ef, q_r) = choose("quiver", &a.pg_quiver_efs, a.pg_recall, |ef| {
