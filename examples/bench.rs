@@ -23,10 +23,6 @@ use quiver::engine::SearchParams;
 use quiver::model::{
     CollectionConfig, HnswConfig, Metric, PointId, PointInput, Quantization, SearchRequest,
 };
-
-fn parse_quantization(s: &str) -> Result<Quantization, String> {
-    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|e| e.to_string())
-}
 use quiver::node::Node;
 use quiver_client::Client;
 
@@ -62,7 +58,7 @@ struct Args {
     #[arg(long, default_value_t = HnswConfig::default().m)]
     m: usize,
     /// The collection's quantisation (`none` or `int8`).
-    #[arg(long, default_value = "none", value_parser = parse_quantization)]
+    #[arg(long, default_value = "none", value_parser = common::parse_quantization)]
     quantization: Quantization,
     /// The server's backpressure bound (points outside the graph before writes wait).
     #[arg(long, default_value_t = 20_000)]

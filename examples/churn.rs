@@ -11,6 +11,8 @@
 //! as `quiver derive` does) and delete 50 others, then re-insert those 50 under fresh vectors,
 //! so the live count stays near `--points` while every point is rewritten many times over.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +22,8 @@ use clap::Parser;
 use quiver::config::Config;
 use quiver::dataset::{derived_row, read_fvecs};
 use quiver::model::{
-    CollectionConfig, Consistency, DeleteRequest, Metric, PointId, PointInput, SearchRequest,
+    CollectionConfig, Consistency, DeleteRequest, Metric, PointId, PointInput, Quantization,
+    SearchRequest,
 };
 use quiver::node::Node;
 use quiver_client::Client;
@@ -52,6 +55,9 @@ struct Args {
     /// The node's sled page cache (`--cache-mb`), which fills as the churn writes.
     #[arg(long, default_value_t = 64)]
     cache_mb: u64,
+    /// The collection's quantisation (`none`, `int8` or `int8_ram`).
+    #[arg(long, default_value = "none", value_parser = common::parse_quantization)]
+    quantization: Quantization,
 }
 
 const NAME: &str = "churn";
@@ -114,7 +120,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let client = Client::new(&url, None)?;
-        let config = CollectionConfig::new(dim, Metric::Cosine);
+        let config = CollectionConfig {
+            quantization: args.quantization,
+            ..CollectionConfig::new(dim, Metric::Cosine)
+        };
         client.create_collection(NAME, &config).await?;
         // The initial load: ids 0..points, vectors from the real set.
         let started = Instant::now();

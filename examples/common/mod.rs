@@ -11,6 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A `--quantization` argument, spelled as in a collection's JSON config (`none`, `int8`,
+/// `int8_ram`).
+#[allow(dead_code)]
+pub fn parse_quantization(s: &str) -> Result<quiver::model::Quantization, String> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|e| e.to_string())
+}
+
 // Where the examples that start node processes find the server and the data set (a plain
 // comment: clap would take a doc comment as the help text of every example that uses it).
 #[derive(clap::Args)]
