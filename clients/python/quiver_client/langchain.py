@@ -17,7 +17,7 @@ from langchain_core.vectorstores import VectorStore
 
 from ._balance import Policy
 from .client import AsyncQuiverClient, QuiverClient, QuiverError
-from .types import Condition, Filter, Hit, Metric, Point, PointRecord
+from .types import Condition, Filter, Hit, Metric, Point, PointRecord, Quantization
 
 _BATCH = 256
 
@@ -120,22 +120,27 @@ class QuiverVectorStore(VectorStore):
         urls: str | list[str] = "http://127.0.0.1:7070",
         api_key: str | None = None,
         metric: Metric = "cosine",
+        quantization: Quantization | None = None,
         policy: Policy | str = Policy.POWER_OF_TWO,
         client: QuiverClient | None = None,
     ) -> None:
         self._embedding = embedding
         self.collection_name = collection_name
         self.metric: Metric = metric
+        # How the collection this store creates holds its vectors (None: the server's default).
+        self.quantization: Quantization | None = quantization
         self.client = client or QuiverClient(
             urls, api_key=api_key, policy=policy, read_your_writes=True
         )
         # The async client shares the sync one's nodes, balancer and session token.
         self.async_client = AsyncQuiverClient.sharing(self.client)
         self._dim: int | None = None
-        # An existing collection's metric wins over the argument (scores must be read its way).
+        # An existing collection's metric (and quantisation) win over the arguments (scores must
+        # be read its way).
         info = _unless_missing(self.client.collection, collection_name)
         if info is not None:
             self.metric, self._dim = info["config"]["metric"], info["config"]["dim"]
+            self.quantization = info["config"].get("quantization", "none")
 
     def close(self) -> None:
         """Closes the sync client's connections."""
@@ -190,13 +195,17 @@ class QuiverVectorStore(VectorStore):
         points = self._points(texts, self._embedding.embed_documents(texts), metadatas, ids)
         dim = len(points[0]["vector"])
         if self._dim is None:
-            self.client.create_collection(self.collection_name, dim, self.metric)
+            self.client.create_collection(
+                self.collection_name, dim, self.metric, quantization=self.quantization
+            )
             self._dim = dim
         for start in range(0, len(points), _BATCH):
             batch = points[start : start + _BATCH]
             if _unless_missing(self.client.upsert, self.collection_name, batch) is None:
                 # Dropped meanwhile (by another store on the same collection): create it again.
-                self.client.create_collection(self.collection_name, dim, self.metric)
+                self.client.create_collection(
+                    self.collection_name, dim, self.metric, quantization=self.quantization
+                )
                 self.client.upsert(self.collection_name, batch)
         return [str(p["id"]) for p in points]
 
@@ -215,12 +224,16 @@ class QuiverVectorStore(VectorStore):
         points = self._points(texts, vectors, metadatas, ids)
         dim = len(points[0]["vector"])
         if self._dim is None:
-            await self.async_client.create_collection(self.collection_name, dim, self.metric)
+            await self.async_client.create_collection(
+                self.collection_name, dim, self.metric, quantization=self.quantization
+            )
             self._dim = dim
         for start in range(0, len(points), _BATCH):
             batch = points[start : start + _BATCH]
             if await _aunless_missing(self.async_client.upsert, self.collection_name, batch) is None:
-                await self.async_client.create_collection(self.collection_name, dim, self.metric)
+                await self.async_client.create_collection(
+                    self.collection_name, dim, self.metric, quantization=self.quantization
+                )
                 await self.async_client.upsert(self.collection_name, batch)
         return [str(p["id"]) for p in points]
 

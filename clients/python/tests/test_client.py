@@ -228,3 +228,21 @@ def test_vectorstore_passes_ef_to_the_server(server):
             assert e.value.field == "ef"
     finally:
         store.delete()
+
+
+def test_vectorstore_creates_its_collection_with_the_quantization_asked(server):
+    emb = DeterministicFakeEmbedding(size=16)
+    texts = ["apples are red", "bananas are yellow", "grapes are green"]
+    name = f"q{uuid.uuid4().hex[:8]}"
+    store = QuiverVectorStore.from_texts(texts, emb, collection_name=name, urls=server.url, quantization="int8_ram")
+    try:
+        assert store.client.collection(name)["config"]["quantization"] == "int8_ram"
+        scored = store.similarity_search_with_score("grapes are green", k=1)
+        assert scored[0][0].page_content == "grapes are green"
+        assert scored[0][1] == pytest.approx(1.0, abs=1e-4)  # rescored with the exact vector
+        # A second store on the same collection reads its quantisation from the server.
+        again = QuiverVectorStore(emb, name, urls=server.url)
+        assert again.quantization == "int8_ram"
+        again.close()
+    finally:
+        store.delete()
