@@ -9,12 +9,16 @@
 //! cargo run --release --example walk -- --efs 16,32,64 --rounds 5
 //! ```
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
 use quiver::dataset::{read_fvecs, read_ivecs, recall_at};
-use quiver::index::{normalize, rescored, score, AnyGraph, Planning, Scored, Stored, BLOCK};
+use quiver::index::{
+    badness, normalize, rescored, score, AnyGraph, Planning, Scored, Stored, BLOCK,
+};
 use quiver::model::{CollectionConfig, HnswConfig, Metric, Quantization};
 
 #[derive(Parser)]
@@ -36,8 +40,8 @@ struct Args {
     ef_construction: usize,
     /// `none`, `int8` or `int8_ram`. A walk over codes (`int8`, `int8_ram`) has its best
     /// candidates rescored with the vectors, as a node does.
-    #[arg(long, default_value = "none")]
-    quantization: String,
+    #[arg(long, default_value = "none", value_parser = common::parse_quantization)]
+    quantization: Quantization,
 }
 
 const K: usize = 10;
@@ -51,8 +55,7 @@ fn main() -> anyhow::Result<()> {
     base.iter_mut().chain(queries.iter_mut()).for_each(|v| {
         normalize(v);
     });
-    let quantization: Quantization =
-        serde_json::from_value(serde_json::Value::String(args.quantization.clone()))?;
+    let quantization = args.quantization;
     let config = CollectionConfig {
         dim: base[0].len(),
         metric: Metric::Cosine,
@@ -107,14 +110,7 @@ fn main() -> anyhow::Result<()> {
                     .map(|(i, d)| match walks_codes {
                         true => {
                             let s = score(config.metric, q, &base[i as usize]);
-                            Scored(
-                                if config.metric.higher_is_better() {
-                                    -s
-                                } else {
-                                    s
-                                },
-                                i,
-                            )
+                            Scored(badness(config.metric, s), i)
                         }
                         false => Scored(d, i),
                     })

@@ -23,11 +23,11 @@ use super::payload_index::PayloadIndex;
 use super::vectors::VectorFile;
 use crate::filter::Filter;
 use crate::index::{
-    encode, prefetch, rescored, score, AnyFlat, AnyGraph, CodeDistance, GraphMeta, Planner,
-    Planning, Scored, Stored, BLOCK,
+    badness, encode, prefetch, rescored, score, AnyFlat, AnyGraph, CodeDistance, GraphMeta,
+    Planner, Planning, Scored, Stored, BLOCK,
 };
 use crate::model::{
-    ApplyError, CollectionConfig, CollectionInfo, Hit, Metric, PointId, PointRecord, PointWrite,
+    ApplyError, CollectionConfig, CollectionInfo, Hit, PointId, PointRecord, PointWrite,
 };
 use crate::priority::lower_priority;
 use crate::store::{CollectionMeta, StoredPoint, WriteBatch};
@@ -396,14 +396,6 @@ fn filtered_walk_ef(frac: f64, matches: f64, ef: usize) -> Option<usize> {
         None
     } else {
         Some(((ef as f64 / frac.min(1.0)) as usize).min(crate::model::MAX_K.max(ef)))
-    }
-}
-
-fn badness(metric: Metric, s: f32) -> f32 {
-    if metric.higher_is_better() {
-        -s
-    } else {
-        s
     }
 }
 

@@ -350,6 +350,16 @@ pub fn score(metric: Metric, q: &[f32], v: &[f32]) -> f32 {
     }
 }
 
+/// A score ([`score`]) as a distance: smaller is better under every metric, so that exact
+/// scores and rescored candidates sort as the graph does.
+pub fn badness(metric: Metric, s: f32) -> f32 {
+    if metric.higher_is_better() {
+        -s
+    } else {
+        s
+    }
+}
+
 /// The graph's distance: non-negative (hnsw_rs asserts it) and increasing as points get further.
 /// Cosine vectors are unit length, so `1 - dot`. For raw dot products a strictly decreasing,
 /// overflow-free map of the dot product keeps the order: `1/(1+d)` for `d ≥ 0`, `1-d` below.
