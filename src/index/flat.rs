@@ -50,7 +50,6 @@ const CODE_CHUNK: usize = 4096;
 /// stalls the prefetch). The walk ranks by code distance, and the caller rescores the best
 /// candidates with the vectors, so answers are exact among them. A chunk wholly below the
 /// previous copy's watermark is shared with that copy: a refresh encodes only new ids.
-#[derive(Clone)]
 struct Codes {
     /// Bytes per code: the row length plus [`CODE_HEADER`].
     stride: usize,
@@ -78,7 +77,7 @@ impl Codes {
                     Some((chunk, wm)) if start + i < wm && chunk.len() >= (i + 1) * stride => {
                         code.copy_from_slice(&chunk[i * stride..(i + 1) * stride]);
                     }
-                    _ if row.len() == dim => code.copy_from_slice(&E::code(row)),
+                    _ if row.len() == dim => E::code_into(row, code),
                     _ => {}
                 }
             }
@@ -321,7 +320,8 @@ impl<E: Element> FlatGraph<E> {
     ) -> Vec<(u64, f32)> {
         match &self.codes {
             Some(codes) => {
-                let code = E::code(q);
+                let mut code = vec![0; codes.stride];
+                E::code_into(q, &mut code);
                 let d = CodeDistance(self.metric);
                 self.walk(
                     k,

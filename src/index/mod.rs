@@ -19,7 +19,7 @@ use hnsw_rs::hnswio::HnswIo;
 use hnsw_rs::prelude::{Distance, Hnsw};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{CollectionConfig, Metric};
+use crate::model::{CollectionConfig, Metric, Quantization};
 use crate::priority::lower_priority;
 
 mod any;
@@ -479,11 +479,11 @@ pub struct Graph<E: Element = f32> {
     codes: bool,
 }
 
-/// True when the search copy of a graph over rows of `E` for `config` walks int8 codes of its
-/// rows and the engine rescores its best candidates with the vectors: an `int8_ram` collection's
-/// graph over its vectors (an `int8` one's rows are codes already).
-fn walks_codes<E: Element>(config: &CollectionConfig) -> bool {
-    E::row_len(config.dim) == config.dim && config.quantization.walks_codes()
+/// True when the search copy walks int8 codes of its rows and the engine rescores its best
+/// candidates with the vectors: an `int8_ram` collection's (an `int8` one's rows are codes
+/// already, and its copy walks them).
+fn walks_codes(config: &CollectionConfig) -> bool {
+    config.quantization == Quantization::Int8Ram
 }
 
 /// A number no other graph of this process has.
@@ -519,7 +519,7 @@ impl<E: Element> Graph<E> {
             touched: Mutex::new(Vec::new()),
             untracked: AtomicBool::new(false),
             serial: next_serial(),
-            codes: walks_codes::<E>(config),
+            codes: walks_codes(config),
         }
     }
 
@@ -805,7 +805,7 @@ impl<E: Element> Graph<E> {
                     touched: Mutex::new(Vec::new()),
                     untracked: AtomicBool::new(false),
                     serial: next_serial(),
-                    codes: walks_codes::<E>(config),
+                    codes: walks_codes(config),
                 };
                 Some((g, meta))
             }

@@ -31,8 +31,9 @@ pub trait Element:
     fn row_len(dim: usize) -> usize;
     /// The search copy's distance: smaller is closer, in the graph's order.
     fn search_distance(metric: Metric, q: &[Self], row: &[Self]) -> f32;
-    /// The int8 code of a row ([`encode`]; a code is its own).
-    fn code(row: &[Self]) -> Vec<u8>;
+    /// Writes the int8 code of a row into `out`, `row_len + CODE_HEADER` bytes for a vector
+    /// ([`encode_into`]; a code is its own, `out` as long as it).
+    fn code_into(row: &[Self], out: &mut [u8]);
 }
 
 impl Element for f32 {
@@ -50,8 +51,8 @@ impl Element for f32 {
             Metric::L2 => l2_squared(q, row),
         }
     }
-    fn code(row: &[f32]) -> Vec<u8> {
-        encode(row)
+    fn code_into(row: &[f32], out: &mut [u8]) {
+        encode_into(row, out)
     }
 }
 
@@ -67,13 +68,21 @@ impl Element for u8 {
     fn search_distance(metric: Metric, q: &[u8], row: &[u8]) -> f32 {
         CodeDistance(metric).eval(q, row)
     }
-    fn code(row: &[u8]) -> Vec<u8> {
-        row.to_vec()
+    fn code_into(row: &[u8], out: &mut [u8]) {
+        out.copy_from_slice(row)
     }
 }
 
 /// The int8 code of `v` (see the module docs).
 pub fn encode(v: &[f32]) -> Vec<u8> {
+    let mut out = vec![0; v.len() + CODE_HEADER];
+    encode_into(v, &mut out);
+    out
+}
+
+/// [`encode`] into `out`, which is `v.len() + CODE_HEADER` bytes long: a search copy writes its
+/// codes in place, without an allocation per point.
+pub fn encode_into(v: &[f32], out: &mut [u8]) {
     let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
     let scale = if max > 0.0 && max.is_finite() {
         max / 127.0
@@ -81,14 +90,14 @@ pub fn encode(v: &[f32]) -> Vec<u8> {
         0.0
     };
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-    let mut out = Vec::with_capacity(v.len() + CODE_HEADER);
-    out.extend_from_slice(&scale.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend(v.iter().map(|x| quantize(x * inv)));
-    let squares = dot_i8(&out[CODE_HEADER..], &out[CODE_HEADER..]);
+    let (header, codes) = out.split_at_mut(CODE_HEADER);
+    for (c, x) in codes.iter_mut().zip(v) {
+        *c = quantize(x * inv);
+    }
+    let squares = dot_i8(codes, codes);
     let norm2 = scale * scale * squares as f32;
-    out[4..8].copy_from_slice(&norm2.to_le_bytes());
-    out
+    header[..4].copy_from_slice(&scale.to_le_bytes());
+    header[4..].copy_from_slice(&norm2.to_le_bytes());
 }
 
 /// `y.round().clamp(-127.0, 127.0) as i8` (halves away from zero), bit for bit, for the finite
