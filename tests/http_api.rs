@@ -1302,6 +1302,23 @@ fn floats(v: &Value) -> Vec<f32> {
     serde_json::from_value(v.clone()).unwrap()
 }
 
+/// Point `i`'s 8-dimensional vector in the quantised collections' tests.
+fn wavy(i: usize) -> Vec<f32> {
+    (0..8)
+        .map(|j| ((i * 31 + j * 7) as f32 * 0.173).sin() * (1.0 + i as f32 / 100.0))
+        .collect()
+}
+
+/// Every hit (written as [`wavy`]) carries its exact L2 score for `q` and the vector written.
+fn assert_exact_l2_hits(q: &[f32], hits: &[Value]) {
+    for hit in hits {
+        let v = wavy(hit["id"].as_u64().unwrap() as usize);
+        let want = quiver::index::l2_squared(q, &v).sqrt();
+        assert_eq!(hit["score"].as_f64().unwrap() as f32, want, "{hit}");
+        assert_eq!(floats(&hit["vector"]), v, "{hit}");
+    }
+}
+
 /// Issue 10: an int8 collection keeps codes in memory and its vectors on disk; what a client sees
 /// is unchanged: the vectors it wrote, exact scores, and its config with `quantization`.
 #[tokio::test]
@@ -1335,13 +1352,8 @@ async fn int8_collections_answer_with_the_exact_vectors_and_scores() {
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["config"]["quantization"], "int8", "{b}");
 
-    let vector = |i: usize| -> Vec<f32> {
-        (0..8)
-            .map(|j| ((i * 31 + j * 7) as f32 * 0.173).sin() * (1.0 + i as f32 / 100.0))
-            .collect()
-    };
     let points: Vec<Value> = (0..600)
-        .map(|i| json!({"id": i, "vector": vector(i), "payload": {"i": i}}))
+        .map(|i| json!({"id": i, "vector": wavy(i), "payload": {"i": i}}))
         .collect();
     let (s, b) = h
         .call(
@@ -1351,7 +1363,7 @@ async fn int8_collections_answer_with_the_exact_vectors_and_scores() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let q: Vec<f32> = vector(1_000);
+    let q: Vec<f32> = wavy(1_000);
     for exact in [false, true] {
         let (s, b) = h
             .call(
@@ -1363,13 +1375,7 @@ async fn int8_collections_answer_with_the_exact_vectors_and_scores() {
         assert_eq!(s, StatusCode::OK, "{b}");
         let hits = b["hits"].as_array().unwrap();
         assert_eq!(hits.len(), 5, "{b}");
-        for hit in hits {
-            let i = hit["id"].as_u64().unwrap() as usize;
-            let v = vector(i);
-            let want = quiver::index::l2_squared(&q, &v).sqrt();
-            assert_eq!(hit["score"].as_f64().unwrap() as f32, want, "{hit}");
-            assert_eq!(floats(&hit["vector"]), v, "{hit}");
-        }
+        assert_exact_l2_hits(&q, hits);
     }
     // A selective filter is scanned on the codes, and the shortlist rescored: the same top k as
     // the exact answer.
@@ -1396,8 +1402,8 @@ async fn int8_collections_answer_with_the_exact_vectors_and_scores() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    assert_eq!(floats(&b["points"][0]["vector"]), vector(599));
-    assert_eq!(floats(&b["points"][1]["vector"]), vector(0));
+    assert_eq!(floats(&b["points"][0]["vector"]), wavy(599));
+    assert_eq!(floats(&b["points"][1]["vector"]), wavy(0));
 }
 
 /// An `int8_ram` collection walks int8 codes and rescores its candidates with the vectors it
@@ -1415,13 +1421,8 @@ async fn int8_ram_collections_walk_codes_and_answer_exactly() {
     let (s, b) = h.call("GET", "/collections/w", None).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["config"]["quantization"], "int8_ram", "{b}");
-    let vector = |i: usize| -> Vec<f32> {
-        (0..8)
-            .map(|j| ((i * 31 + j * 7) as f32 * 0.173).sin() * (1.0 + i as f32 / 100.0))
-            .collect()
-    };
     let points: Vec<Value> = (0..2_048)
-        .map(|i| json!({"id": i, "vector": vector(i)}))
+        .map(|i| json!({"id": i, "vector": wavy(i)}))
         .collect();
     let (s, b) = h
         .call(
@@ -1441,7 +1442,7 @@ async fn int8_ram_collections_walk_codes_and_answer_exactly() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     for qi in 0..20 {
-        let q = vector(5_000 + qi);
+        let q = wavy(5_000 + qi);
         let mut answers = Vec::new();
         for exact in [false, true] {
             let (s, b) = h
@@ -1452,12 +1453,7 @@ async fn int8_ram_collections_walk_codes_and_answer_exactly() {
                 )
                 .await;
             assert_eq!(s, StatusCode::OK, "{b}");
-            for hit in b["hits"].as_array().unwrap() {
-                let v = vector(hit["id"].as_u64().unwrap() as usize);
-                let want = quiver::index::l2_squared(&q, &v).sqrt();
-                assert_eq!(hit["score"].as_f64().unwrap() as f32, want, "{hit}");
-                assert_eq!(floats(&hit["vector"]), v, "{hit}");
-            }
+            assert_exact_l2_hits(&q, b["hits"].as_array().unwrap());
             answers.push(b["hits"].clone());
         }
         assert_eq!(answers[0], answers[1], "query {qi}");
