@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hnsw_rs::hnsw::Point;
 use hnsw_rs::prelude::{Distance, Hnsw};
@@ -21,16 +22,17 @@ use super::Scored;
 use crate::model::Metric;
 
 /// The frozen graph over rows of `E` (the vectors, or their int8 codes).
+#[derive(Clone)]
 pub struct FlatGraph<E: Element = f32> {
     metric: Metric,
     watermark: u64,
     /// `rows[iid]`: the vector of internal id `iid`, shared with the collection's point table
     /// (an empty slice for ids absent from the graph, which no link leads to).
     rows: Vec<Arc<[E]>>,
-    /// Layer-0 neighbours of `iid`: `links[offsets[iid]..offsets[iid + 1]]`. `usize`, since the
-    /// link count passes u32 at about 17M points with m = 128 (review L6).
-    offsets: Vec<usize>,
-    links: Vec<u32>,
+    /// Layer-0 neighbours, [`CHUNK`] ids per chunk. A refresh replaces the chunks that hold a
+    /// point whose list changed one at a time, so that it never holds a second copy of all
+    /// links (at a million points the copy made beside the old one was the ingest's peak).
+    chunks: Vec<Arc<Links>>,
     /// Upper-layer neighbours of the few nodes above layer 0; `upper[&iid][l - 1]` is layer `l`.
     upper: HashMap<u32, Vec<Vec<u32>>>,
     /// The entry point: its id, its level and its rank on that level (insertion order).
@@ -41,15 +43,109 @@ pub struct FlatGraph<E: Element = f32> {
     codes: Option<Codes>,
 }
 
-/// Ids per chunk of [`Codes`].
-const CODE_CHUNK: usize = 4096;
+/// Ids per chunk of links and of [`Codes`].
+const CHUNK: usize = 4096;
 
-/// The int8 codes ([`super::encode`]) of a copy's rows, contiguous in chunks of [`CODE_CHUNK`]
-/// ids, for an unquantised graph's walk: a code is a quarter of a vector and lies at a fixed
-/// place, where a vector is reached through its `Arc` (two dependent loads, the first of which
-/// stalls the prefetch). The walk ranks by code distance, and the caller rescores the best
-/// candidates with the vectors, so answers are exact among them. A chunk wholly below the
-/// previous copy's watermark is shared with that copy: a refresh encodes only new ids.
+/// The layer-0 links of the ids of one chunk, in CSR form: those of the chunk's `i`-th id are
+/// `links[offsets[i]..offsets[i + 1]]`.
+#[derive(Default)]
+struct Links {
+    offsets: Vec<u32>,
+    links: Vec<u32>,
+}
+
+impl Links {
+    #[inline(always)]
+    fn of(&self, i: usize) -> &[u32] {
+        &self.links[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+
+    /// Ids in the chunk.
+    fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+}
+
+/// How long a refresh waits for the searches that still walk the copy before it copies the
+/// copy instead of changing it in place.
+const UNSHARE_WAIT: Duration = Duration::from_millis(100);
+
+/// A copy taken out of service for a refresh: itself once the searches that walk it are done,
+/// or a clone (sharing its chunks) if one runs on past [`UNSHARE_WAIT`].
+pub fn unshared<E: Element>(mut copy: Arc<FlatGraph<E>>) -> FlatGraph<E> {
+    let since = Instant::now();
+    loop {
+        match Arc::try_unwrap(copy) {
+            Ok(copy) => return copy,
+            Err(shared) if since.elapsed() >= UNSHARE_WAIT => return (*shared).clone(),
+            Err(shared) => copy = shared,
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// The points a refresh reads from the graph (every point whose lists changed since the
+/// copy's watermark, or all of them), their lists read before the copy is taken out of service.
+pub struct Listed<'b, E: Element> {
+    /// (iid, level, rank), ascending, with the point.
+    points: Vec<(u32, usize, i32, Arc<Point<'b, E>>)>,
+    /// The layer-0 links of `points[j]`: `links[ends[j]..ends[j + 1]]`.
+    ends: Vec<usize>,
+    links: Vec<u32>,
+    /// The upper lists of those of `points` above layer 0.
+    upper: Vec<(u32, Vec<Vec<u32>>)>,
+}
+
+impl<'b, E: Element> Listed<'b, E> {
+    /// Reads the lists of `points` below id `n`, in id order. Must not run concurrently with
+    /// inserts into their graph (the indexer calls it between inserts).
+    pub fn read(points: impl IntoIterator<Item = Arc<Point<'b, E>>>, n: usize) -> Self {
+        // Each point's id is read once: sorting by a key read through the pointer loaded two
+        // points per comparison.
+        let mut points: Vec<_> = points
+            .into_iter()
+            .map(|p| (p.get_origin_id(), p))
+            .filter(|(iid, _)| *iid < n)
+            .collect();
+        points.sort_unstable_by_key(|(iid, _)| *iid);
+        points.dedup_by_key(|(iid, _)| *iid);
+        let mut listed = Listed {
+            points: Vec::with_capacity(points.len()),
+            ends: Vec::with_capacity(points.len() + 1),
+            links: Vec::new(),
+            upper: Vec::new(),
+        };
+        listed.ends.push(0);
+        for (iid, point) in points {
+            // The lists hold their neighbours' ids: a point's lists are read without loading
+            // its neighbours.
+            let (level, rank) = (point.get_point_id().0 as usize, point.get_point_id().1);
+            let mut ups: Vec<Vec<u32>> = Vec::new();
+            point.for_each_layer_ids(|l, ids| {
+                let ids = ids.filter(|&d| d < n).map(|d| d as u32);
+                if l == 0 {
+                    listed.links.extend(ids);
+                } else if l <= level {
+                    ups.push(ids.collect());
+                }
+            });
+            listed.ends.push(listed.links.len());
+            if level > 0 {
+                listed.upper.push((iid as u32, ups));
+            }
+            listed.points.push((iid as u32, level, rank, point));
+        }
+        listed
+    }
+}
+
+/// The int8 codes ([`super::encode`]) of a copy's rows, contiguous in chunks of [`CHUNK`] ids,
+/// for an unquantised graph's walk: a code is a quarter of a vector and lies at a fixed place,
+/// where a vector is reached through its `Arc` (two dependent loads, the first of which stalls
+/// the prefetch). The walk ranks by code distance, and the caller rescores the best candidates
+/// with the vectors, so answers are exact among them. A refresh encodes only new ids: complete
+/// chunks are never rebuilt (and are shared with a copy's clone).
+#[derive(Clone)]
 struct Codes {
     /// Bytes per code: the row length plus [`CODE_HEADER`].
     stride: usize,
@@ -57,40 +153,46 @@ struct Codes {
 }
 
 impl Codes {
-    /// The codes of `rows` (an id whose row is not `dim` long gets zeros: no link leads to it),
-    /// taking from `prev` (the codes of the same ids below `prev_wm`) what it holds.
-    fn build<E: Element>(rows: &[Arc<[E]>], dim: usize, prev: Option<(&Codes, usize)>) -> Codes {
-        let stride = dim + CODE_HEADER;
-        let mut chunks = Vec::with_capacity(rows.len().div_ceil(CODE_CHUNK));
-        for (c, ids) in rows.chunks(CODE_CHUNK).enumerate() {
-            let start = c * CODE_CHUNK;
-            let old = prev.and_then(|(p, wm)| p.chunks.get(c).map(|chunk| (chunk, wm)));
-            if let Some((chunk, wm)) = old {
-                if start + ids.len() <= wm && chunk.len() == ids.len() * stride {
-                    chunks.push(chunk.clone());
-                    continue;
-                }
+    fn new(dim: usize) -> Codes {
+        Codes {
+            stride: dim + CODE_HEADER,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Extends the codes of `rows[..from]` to all of `rows` (an id whose row is not `dim` long
+    /// gets zeros: no link leads to it).
+    fn extend<E: Element>(&mut self, rows: &[Arc<[E]>], dim: usize, from: usize) {
+        let stride = self.stride;
+        for c in from / CHUNK..rows.len().div_ceil(CHUNK) {
+            let start = c * CHUNK;
+            let ids = &rows[start..rows.len().min(start + CHUNK)];
+            let old = self.chunks.get(c);
+            if old.is_some_and(|o| o.len() == ids.len() * stride) {
+                continue;
             }
             let mut out = vec![0u8; ids.len() * stride];
             for (i, (row, code)) in ids.iter().zip(out.chunks_exact_mut(stride)).enumerate() {
                 match old {
-                    Some((chunk, wm)) if start + i < wm && chunk.len() >= (i + 1) * stride => {
+                    Some(chunk) if start + i < from && chunk.len() >= (i + 1) * stride => {
                         code.copy_from_slice(&chunk[i * stride..(i + 1) * stride]);
                     }
                     _ if row.len() == dim => E::code_into(row, code),
                     _ => {}
                 }
             }
-            chunks.push(out.into());
+            match self.chunks.get_mut(c) {
+                Some(chunk) => *chunk = out.into(),
+                None => self.chunks.push(out.into()),
+            }
         }
-        Codes { stride, chunks }
     }
 
     #[inline(always)]
     fn row(&self, iid: u32) -> &[u8] {
         let i = iid as usize;
-        let at = (i % CODE_CHUNK) * self.stride;
-        &self.chunks[i / CODE_CHUNK][at..at + self.stride]
+        let at = (i % CHUNK) * self.stride;
+        &self.chunks[i / CHUNK][at..at + self.stride]
     }
 }
 
@@ -100,110 +202,112 @@ thread_local! {
 }
 
 impl<E: Element> FlatGraph<E> {
-    /// Copies the links of `hnsw`, which holds every inserted id below `watermark`; `shared[iid]`
-    /// is the vector of `iid` when the caller has it (else the point's own data is copied). With
-    /// `prev`, a copy of the same graph at an earlier watermark, only the points in `touched`
-    /// (every point whose lists changed since `prev`, as `Hnsw::link_block` reports them) are
-    /// read from `hnsw` and the rest is copied from `prev`: at a million points a whole copy read
-    /// every point's lists, every 4,096 inserts. With `codes`, the walk reads int8 codes of the
-    /// rows ([`Codes`]). Must not run concurrently with inserts into `hnsw` (the indexer calls
-    /// it between inserts).
-    #[allow(clippy::too_many_arguments)]
+    /// A copy of no point; with `codes`, its walk reads int8 codes of the rows ([`Codes`]).
+    pub fn empty(metric: Metric, dim: usize, codes: bool) -> FlatGraph<E> {
+        FlatGraph {
+            metric,
+            watermark: 0,
+            rows: Vec::new(),
+            chunks: Vec::new(),
+            upper: HashMap::new(),
+            entry: None,
+            points: 0,
+            codes: codes.then(|| Codes::new(dim)),
+        }
+    }
+
+    /// A whole copy of `hnsw` up to `watermark` ([`FlatGraph::refresh`] of an empty copy).
     pub fn freeze<'b, D2: Distance<E> + Send + Sync>(
         hnsw: &Hnsw<'b, E, D2>,
-        mut shared: Vec<Option<Arc<[E]>>>,
+        rows: Vec<Option<Arc<[E]>>>,
         metric: Metric,
         dim: usize,
         watermark: u64,
-        prev: Option<&FlatGraph<E>>,
-        touched: Vec<Arc<Point<'b, E>>>,
         codes: bool,
     ) -> FlatGraph<E> {
+        let listed = Listed::read(hnsw.get_point_indexation(), watermark as usize);
+        let mut copy = FlatGraph::empty(metric, dim, codes);
+        copy.refresh(listed, rows, dim, watermark);
+        copy
+    }
+
+    /// Moves the copy to `watermark`: `listed` holds every point of the graph whose lists
+    /// changed since the copy's watermark (all of them for an empty copy), `rows` the vectors of
+    /// the ids from the copy's watermark on as the caller has them (a point the caller lacks,
+    /// such as a reloaded point the collection no longer has, takes its vector from the graph).
+    /// Only the chunks of links that hold a listed id are rebuilt, each replaced before the
+    /// next is built: the same copy as a whole one made at `watermark`, without a second copy
+    /// of all links in memory.
+    pub fn refresh(
+        &mut self,
+        listed: Listed<'_, E>,
+        rows: Vec<Option<Arc<[E]>>>,
+        dim: usize,
+        watermark: u64,
+    ) {
         let n = watermark as usize;
+        let from = self.watermark as usize;
+        if n <= from {
+            return;
+        }
         let empty: Arc<[E]> = Arc::from(Vec::new());
-        shared.resize(n, None);
-        let prev = prev.filter(|p| p.watermark <= watermark);
-        // The points to read, in id order, so that the links are written in place. The lists
-        // hold their neighbours' ids: a point's lists are read without loading its neighbours.
-        // Each point's id is read once: sorting by a key read through the pointer loaded two
-        // points per comparison.
-        let listed: Vec<_> = match prev {
-            Some(_) => touched,
-            None => hnsw.get_point_indexation().into_iter().collect(),
-        };
-        let mut points: Vec<(usize, Arc<Point<'b, E>>)> = listed
-            .into_iter()
-            .map(|p| (p.get_origin_id(), p))
-            .filter(|(iid, _)| *iid < n)
-            .collect();
-        points.sort_unstable_by_key(|(iid, _)| *iid);
-        points.dedup_by_key(|(iid, _)| *iid);
-        let prev_wm = prev.map_or(0, |p| p.watermark as usize);
-        let mut offsets = Vec::with_capacity(n + 1);
-        let mut links: Vec<u32> = Vec::with_capacity(prev.map_or(0, |p| p.links_hint(watermark)));
-        let mut upper = prev.map_or_else(HashMap::new, |p| p.upper.clone());
-        // hnsw_rs' entry point: the first point inserted on the top level.
-        let mut entry = prev.and_then(|p| p.entry);
-        let mut count = prev.map_or(0, |p| p.points);
-        let mut next = points.iter().peekable();
-        shared.truncate(n);
-        for (iid, row) in shared.iter_mut().enumerate() {
-            offsets.push(links.len());
-            let Some((_, point)) = next.next_if(|(id, _)| *id == iid) else {
-                if let Some(p) = prev.filter(|_| iid < prev_wm) {
-                    links.extend_from_slice(p.neighbours(iid as u32));
-                    // A vector the caller lacks (a reloaded point the collection no longer has)
-                    // was copied from the graph into the previous copy: keep it.
-                    if row.as_ref().is_none_or(|v| v.len() != dim) && p.rows[iid].len() == dim {
-                        *row = Some(p.rows[iid].clone());
-                    }
-                }
+        let mut rows = rows.into_iter();
+        self.rows.reserve(n - from);
+        self.rows
+            .extend((from..n).map(|_| rows.next().flatten().unwrap_or_else(|| empty.clone())));
+        for (iid, level, rank, point) in &listed.points {
+            let iid = *iid as usize;
+            if iid >= from {
+                self.points += 1;
+            }
+            if self.rows[iid].len() != dim {
+                self.rows[iid] = Arc::from(point.get_v());
+            }
+            // hnsw_rs' entry point: the first point inserted on the top level.
+            if self
+                .entry
+                .is_none_or(|(_, l, r)| *level > l || (*level == l && *rank < r))
+            {
+                self.entry = Some((iid as u32, *level, *rank));
+            }
+        }
+        self.upper.extend(listed.upper);
+        let mut next = listed.points.iter().enumerate().peekable();
+        for c in 0..n.div_ceil(CHUNK) {
+            let start = c * CHUNK;
+            let end = n.min(start + CHUNK);
+            let old = self.chunks.get(c).cloned().unwrap_or_default();
+            let changed = next.peek().is_some_and(|(_, p)| (p.0 as usize) < end);
+            if !changed && old.len() == end - start {
                 continue;
+            }
+            // The lists of the chunk's ids: the graph's for a listed id, else the copy's.
+            let lists: Vec<&[u32]> = (start..end)
+                .map(|iid| match next.next_if(|(_, p)| p.0 as usize == iid) {
+                    Some((j, _)) => &listed.links[listed.ends[j]..listed.ends[j + 1]],
+                    None if iid < from => old.of(iid - start),
+                    None => &[],
+                })
+                .collect();
+            let mut chunk = Links {
+                offsets: Vec::with_capacity(lists.len() + 1),
+                links: Vec::with_capacity(lists.iter().map(|l| l.len()).sum()),
             };
-            if iid >= prev_wm {
-                count += 1;
+            for l in lists {
+                chunk.offsets.push(chunk.links.len() as u32);
+                chunk.links.extend_from_slice(l);
             }
-            if row.as_ref().is_none_or(|v| v.len() != dim) {
-                *row = Some(Arc::from(point.get_v()));
-            }
-            let (level, rank) = (point.get_point_id().0 as usize, point.get_point_id().1);
-            let mut ups: Vec<Vec<u32>> = Vec::new();
-            point.for_each_layer_ids(|l, ids| {
-                let ids = ids.filter(|&d| d < n).map(|d| d as u32);
-                if l == 0 {
-                    links.extend(ids);
-                } else if l <= level {
-                    ups.push(ids.collect());
-                }
-            });
-            if level > 0 {
-                upper.insert(iid as u32, ups);
-            }
-            if entry.is_none_or(|(_, l, r)| level > l || (level == l && rank < r)) {
-                entry = Some((iid as u32, level, rank));
+            chunk.offsets.push(chunk.links.len() as u32);
+            drop(old);
+            match self.chunks.get_mut(c) {
+                Some(slot) => *slot = Arc::new(chunk),
+                None => self.chunks.push(Arc::new(chunk)),
             }
         }
-        offsets.push(links.len());
-        let rows: Vec<Arc<[E]>> = shared
-            .into_iter()
-            .take(n)
-            .map(|v| v.unwrap_or_else(|| empty.clone()))
-            .collect();
-        let codes = codes.then(|| {
-            let old = prev.and_then(|p| p.codes.as_ref().map(|c| (c, prev_wm)));
-            Codes::build(&rows, dim, old)
-        });
-        FlatGraph {
-            metric,
-            watermark,
-            rows,
-            offsets,
-            links,
-            upper,
-            entry,
-            points: count,
-            codes,
+        if let Some(codes) = &mut self.codes {
+            codes.extend(&self.rows, dim, from);
         }
+        self.watermark = watermark;
     }
 
     /// True when the walk ranks by int8 codes: its distances are approximate, and the caller
@@ -216,7 +320,7 @@ impl<E: Element> FlatGraph<E> {
     #[inline]
     fn neighbours(&self, iid: u32) -> &[u32] {
         let i = iid as usize;
-        &self.links[self.offsets[i]..self.offsets[i + 1]]
+        self.chunks[i / CHUNK].of(i % CHUNK)
     }
 
     /// The layer-0 neighbours of `iid`, for tests.
@@ -229,7 +333,7 @@ impl<E: Element> FlatGraph<E> {
     #[cfg(test)]
     pub fn rows_missing(&self, dim: usize) -> usize {
         (0..self.rows.len())
-            .filter(|&i| self.offsets[i + 1] > self.offsets[i] && self.rows[i].len() != dim)
+            .filter(|&i| !self.neighbours(i as u32).is_empty() && self.rows[i].len() != dim)
             .count()
     }
 
@@ -243,9 +347,10 @@ impl<E: Element> FlatGraph<E> {
                 h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
             }
         };
-        for w in self.offsets.windows(2) {
-            eat(w[1] as u64 - w[0] as u64);
-            self.links[w[0]..w[1]].iter().for_each(|&l| eat(l as u64));
+        for iid in 0..self.rows.len() as u32 {
+            let links = self.neighbours(iid);
+            eat(links.len() as u64);
+            links.iter().for_each(|&l| eat(l as u64));
         }
         let mut upper: Vec<_> = self.upper.iter().collect();
         upper.sort_by_key(|(iid, _)| **iid);
@@ -260,13 +365,6 @@ impl<E: Element> FlatGraph<E> {
         eat(ep as u64);
         eat(top as u64);
         h
-    }
-
-    /// Room for the links of a copy up to `watermark`, from this copy's links per point: the
-    /// next copy allocates its links once instead of growing them by doubling.
-    pub fn links_hint(&self, watermark: u64) -> usize {
-        let per_point = self.links.len() / self.points.max(1) + 1;
-        self.links.len() + watermark.saturating_sub(self.watermark) as usize * per_point
     }
 
     /// Ids below this are covered.
@@ -299,7 +397,12 @@ impl<E: Element> FlatGraph<E> {
     /// Asks the CPU to start loading the links of `iid` (their first two cache lines).
     #[inline(always)]
     fn prefetch_links(&self, iid: u32) {
-        let at = self.links.as_ptr().wrapping_add(self.offsets[iid as usize]);
+        let i = iid as usize;
+        let chunk = &self.chunks[i / CHUNK];
+        let at = chunk
+            .links
+            .as_ptr()
+            .wrapping_add(chunk.offsets[i % CHUNK] as usize);
         super::prefetch(at.cast(), 128);
     }
 
@@ -378,7 +481,7 @@ impl<E: Element> FlatGraph<E> {
         VISITED.with(|cell| {
             let mut guard = cell.borrow_mut();
             let (marks, generation) = &mut *guard;
-            let n = self.offsets.len() - 1;
+            let n = self.rows.len();
             if marks.len() < n {
                 marks.resize(n, 0);
             }
@@ -460,16 +563,7 @@ mod tests {
         for (i, v) in data.iter().enumerate() {
             hnsw.insert_slice((v, i));
         }
-        let flat = FlatGraph::freeze(
-            &hnsw,
-            Vec::new(),
-            Metric::L2,
-            dim,
-            1000,
-            None,
-            Vec::new(),
-            false,
-        );
+        let flat = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 1000, false);
         assert_eq!(flat.len(), 1000);
         let mut hits = 0;
         for (i, q) in data.iter().enumerate().step_by(50) {
@@ -482,16 +576,7 @@ mod tests {
         assert_eq!(r.len(), 5);
         assert!(r.iter().all(|(i, _)| i % 2 == 1));
         // A watermark below the graph's size leaves later ids out.
-        let part = FlatGraph::freeze(
-            &hnsw,
-            Vec::new(),
-            Metric::L2,
-            dim,
-            500,
-            None,
-            Vec::new(),
-            false,
-        );
+        let part = FlatGraph::freeze(&hnsw, Vec::new(), Metric::L2, dim, 500, false);
         assert!(part
             .search(&data[900], 10, 64, None)
             .iter()
@@ -510,27 +595,33 @@ mod tests {
     }
 
     #[test]
-    fn codes_built_on_a_previous_copy_equal_codes_built_whole() {
+    fn codes_extended_from_a_previous_copy_equal_codes_built_whole() {
         let dim = 6;
-        let mut all = rows(2 * CODE_CHUNK + 100, dim);
+        let mut all = rows(2 * CHUNK + 100, dim);
         // An id with no vector gets zeros, and a later copy still has none for it.
         all[7] = Arc::from(Vec::new());
-        let whole = Codes::build(&all, dim, None);
-        for wm in [0, 5, CODE_CHUNK, CODE_CHUNK + 3, 2 * CODE_CHUNK + 1] {
-            let prev = Codes::build(&all[..wm], dim, None);
-            let next = Codes::build(&all, dim, Some((&prev, wm)));
+        let build = |rows: &[Arc<[f32]>]| {
+            let mut c = Codes::new(dim);
+            c.extend(rows, dim, 0);
+            c
+        };
+        let whole = build(&all);
+        for wm in [0, 5, CHUNK, CHUNK + 3, 2 * CHUNK + 1] {
+            let prev = build(&all[..wm]);
+            let mut next = prev.clone();
+            next.extend(&all, dim, wm);
             assert_eq!(next.chunks.len(), whole.chunks.len());
             for (a, b) in next.chunks.iter().zip(&whole.chunks) {
                 assert_eq!(a[..], b[..], "wm {wm}");
             }
-            // Complete chunks below the watermark are shared, not copied.
-            for c in 0..wm / CODE_CHUNK {
+            // Complete chunks below the watermark are kept, not rebuilt.
+            for c in 0..wm / CHUNK {
                 assert!(Arc::ptr_eq(&next.chunks[c], &prev.chunks[c]), "wm {wm}");
             }
         }
         assert!(whole.row(7).iter().all(|b| *b == 0));
         assert_eq!(whole.row(8), &crate::index::encode(&all[8])[..]);
-        let last = (2 * CODE_CHUNK + 99) as u32;
+        let last = (2 * CHUNK + 99) as u32;
         assert_eq!(
             whole.row(last),
             &crate::index::encode(&all[last as usize])[..]
@@ -553,16 +644,7 @@ mod tests {
             hnsw.insert_slice((v, i));
         }
         let shared: Vec<Option<Arc<[f32]>>> = data.iter().cloned().map(Some).collect();
-        let flat = FlatGraph::freeze(
-            &hnsw,
-            shared,
-            Metric::Cosine,
-            dim,
-            2000,
-            None,
-            Vec::new(),
-            true,
-        );
+        let flat = FlatGraph::freeze(&hnsw, shared, Metric::Cosine, dim, 2000, true);
         assert!(flat.walks_codes());
         let k = 10;
         let mut exact_hits = 0;

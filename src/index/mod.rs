@@ -29,6 +29,7 @@ mod quant;
 
 pub use any::{AnyFlat, AnyGraph, Stored};
 pub use flat::FlatGraph;
+use flat::Listed;
 pub use kernels::{dot, l2_squared, prefetch};
 pub use quant::{decode, encode, CodeDistance, Element, CODE_HEADER};
 
@@ -670,33 +671,45 @@ impl<E: Element> Graph<E> {
 
     /// Refreshes the frozen search copy to cover everything inserted so far. Only the thread that
     /// inserts may call it (the copy must not race an insert).
+    ///
+    /// The copy is changed in place ([`FlatGraph::refresh`]): the lists it needs are read first,
+    /// while searches still walk it; then it is taken out of service, and once the searches that
+    /// hold it are done (searches that start meanwhile walk hnsw_rs' graph, which holds the same
+    /// links), its touched chunks are rebuilt one by one and it is put back. At a million points
+    /// a new copy made beside the old one held both for a moment, the peak of an int8 ingest.
     pub fn freeze(&self) {
         let wm = self.watermark();
-        if self
-            .flat
-            .read()
-            .as_ref()
-            .is_some_and(|f| f.watermark() >= wm)
-        {
+        let current = self.flat.read().as_ref().map(|f| f.watermark());
+        if current.is_some_and(|w| w >= wm) {
             return;
         }
-        let rows = self.vectors.read().clone();
         let touched = std::mem::take(&mut *self.touched.lock());
-        let prev = match self.untracked.swap(false, Ordering::AcqRel) {
-            true => None,
-            false => self.flat(),
+        let whole = self.untracked.swap(false, Ordering::AcqRel) || current.is_none();
+        let listed = match whole {
+            true => Listed::read(self.hnsw.get_point_indexation(), wm as usize),
+            false => Listed::read(touched, wm as usize),
         };
-        let flat = FlatGraph::freeze(
-            &self.hnsw,
-            rows,
-            self.metric,
-            self.dim,
-            wm,
-            prev.as_deref(),
-            touched,
-            self.codes,
-        );
-        *self.flat.write() = Some(Arc::new(flat));
+        let taken = match whole {
+            true => None,
+            false => self.flat.write().take(),
+        };
+        let (mut copy, listed) = match taken {
+            Some(copy) => (flat::unshared(copy), listed),
+            None if whole => (FlatGraph::empty(self.metric, self.dim, self.codes), listed),
+            // Only this thread replaces the copy, so it was there; were it not, read everything.
+            None => (
+                FlatGraph::empty(self.metric, self.dim, self.codes),
+                Listed::read(self.hnsw.get_point_indexation(), wm as usize),
+            ),
+        };
+        let from = copy.watermark() as usize;
+        let rows = {
+            let vectors = self.vectors.read();
+            let to = (wm as usize).min(vectors.len());
+            vectors.get(from..to).map_or_else(Vec::new, <[_]>::to_vec)
+        };
+        copy.refresh(listed, rows, self.dim, wm);
+        *self.flat.write() = Some(Arc::new(copy));
     }
 
     /// The frozen search copy, if one was made; it covers ids below its own watermark.
@@ -1120,6 +1133,58 @@ mod tests {
                 14676865533152018096,
                 "{threads} threads"
             );
+        }
+    }
+
+    /// Issue 10: a refresh changes the search copy in place, chunk by chunk, once no search
+    /// holds it, and copies it when one does: either way the copy equals one made whole at the
+    /// same watermark, and a search that holds the old copy keeps walking exactly that copy.
+    #[test]
+    fn search_copies_refreshed_in_place_equal_whole_ones() {
+        for quantization in [Quantization::None, Quantization::Int8Ram] {
+            let mut c = CollectionConfig::new(8, Metric::Cosine);
+            c.quantization = quantization;
+            let v = |i: u64| wave(8, i * 61, 5, 0.0237, 0.07);
+            let g = Graph::new(&c, 12_000, 0, 0);
+            let p = pool(2);
+            let whole = |g: &Graph| {
+                let rows = g.vectors.read().clone();
+                FlatGraph::freeze(&g.hnsw, rows, c.metric, 8, g.watermark(), g.codes)
+            };
+            let mut held = None;
+            // 11,520 ids: three chunks of links, refreshed every seventh block.
+            for b in 0..45 {
+                let items: Vec<_> = (b * BLOCK..(b + 1) * BLOCK)
+                    .map(|i| (i, (i % 13 != 4).then(|| v(i))))
+                    .collect();
+                g.insert_block_in(&items, (b + 1) * BLOCK, &p);
+                if b % 7 != 6 {
+                    continue;
+                }
+                g.freeze();
+                let copy = g.flat().unwrap();
+                assert_eq!(copy.links_digest(), whole(&g).links_digest(), "block {b}");
+                let q = v(b * 1_000 + 77);
+                assert_eq!(
+                    copy.search(&q, 10, 48, None),
+                    whole(&g).search(&q, 10, 48, None)
+                );
+                // Every other refresh, a search holds the copy through the next one.
+                held = match held.take() {
+                    Some((old, digest, wm)) => {
+                        let old: Arc<FlatGraph> = old;
+                        assert_eq!((old.links_digest(), old.watermark()), (digest, wm));
+                        None
+                    }
+                    None => Some((copy.clone(), copy.links_digest(), copy.watermark())),
+                };
+            }
+            drop(held);
+            g.freeze();
+            let copy = g.flat().unwrap();
+            assert_eq!(copy.watermark(), 45 * BLOCK);
+            assert_eq!(copy.links_digest(), whole(&g).links_digest());
+            assert_eq!(copy.walks_codes(), quantization == Quantization::Int8Ram);
         }
     }
 
