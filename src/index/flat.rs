@@ -48,7 +48,6 @@ const CHUNK: usize = 4096;
 
 /// The layer-0 links of the ids of one chunk, in CSR form: those of the chunk's `i`-th id are
 /// `links[offsets[i]..offsets[i + 1]]`.
-#[derive(Default)]
 struct Links {
     offsets: Vec<u32>,
     links: Vec<u32>,
@@ -276,17 +275,19 @@ impl<E: Element> FlatGraph<E> {
         for c in 0..n.div_ceil(CHUNK) {
             let start = c * CHUNK;
             let end = n.min(start + CHUNK);
-            let old = self.chunks.get(c).cloned().unwrap_or_default();
+            let old = self.chunks.get(c).map(|chunk| &**chunk);
             let changed = next.peek().is_some_and(|(_, p)| (p.0 as usize) < end);
-            if !changed && old.len() == end - start {
+            if !changed && old.is_some_and(|o| o.len() == end - start) {
                 continue;
             }
             // The lists of the chunk's ids: the graph's for a listed id, else the copy's.
             let lists: Vec<&[u32]> = (start..end)
                 .map(|iid| match next.next_if(|(_, p)| p.0 as usize == iid) {
                     Some((j, _)) => &listed.links[listed.ends[j]..listed.ends[j + 1]],
-                    None if iid < from => old.of(iid - start),
-                    None => &[],
+                    None => match old {
+                        Some(old) if iid < from => old.of(iid - start),
+                        _ => &[],
+                    },
                 })
                 .collect();
             let mut chunk = Links {
@@ -298,7 +299,6 @@ impl<E: Element> FlatGraph<E> {
                 chunk.links.extend_from_slice(l);
             }
             chunk.offsets.push(chunk.links.len() as u32);
-            drop(old);
             match self.chunks.get_mut(c) {
                 Some(slot) => *slot = Arc::new(chunk),
                 None => self.chunks.push(Arc::new(chunk)),
