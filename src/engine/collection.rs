@@ -8,7 +8,11 @@
 //!   searched exactly, which makes a write searchable as soon as it is applied.
 //! - A rebuild is decided inside `apply` (deterministically, when tombstones pass a ratio of the
 //!   epoch's points): the new graph gets the live points of that moment plus every later iid.
-//!   It is built on its own thread while the old graph keeps serving, then swapped in.
+//!   It is built on its own thread while the old graph keeps serving, then swapped in. One
+//!   build runs at a time and is never abandoned for a newer epoch: an epoch decided meanwhile
+//!   waits (replacing any that waited before it) and is built next. Which intermediate epochs a
+//!   node builds depends on its speed, but each built graph is a function of the log, and a
+//!   settled node serves the last epoch's graph, the same everywhere.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::path::PathBuf;
@@ -168,6 +172,7 @@ impl View {
 }
 
 struct RebuildJob {
+    /// [`Control::generation`] when the build started.
     generation: u64,
     base: Vec<(u64, Stored)>,
     since: u64,
@@ -176,9 +181,16 @@ struct RebuildJob {
 #[derive(Default)]
 struct Control {
     stop: bool,
+    /// Moves when the graph is reset after a failure: a build started before belongs to a graph
+    /// that is gone and is dropped.
     generation: u64,
+    /// The newest epoch decided and not yet being built.
     job: Option<RebuildJob>,
+    /// A build in flight.
+    building: bool,
+    /// A finished build, with the generation it started under, for the indexer to swap in.
     built: Option<(u64, AnyGraph)>,
+    /// Some epoch is decided and not yet swapped in.
     rebuilding: bool,
     /// With `stop`: exit without the final dump (the collection is being destroyed).
     discard: bool,
@@ -209,6 +221,8 @@ struct Shared {
     faults: AtomicU64,
     /// Indexer and rebuild failures since the collection was opened.
     failures: AtomicU64,
+    /// Rebuilt graphs swapped in since the collection was opened.
+    rebuilds: AtomicU64,
 }
 
 /// A collection. Dropping it does not stop its indexer: call [`Collection::close`].
@@ -539,6 +553,7 @@ impl Collection {
             failure: Mutex::new(None),
             faults: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            rebuilds: AtomicU64::new(0),
         });
         let s = shared.clone();
         let handle = std::thread::Builder::new()
@@ -757,6 +772,17 @@ impl Collection {
     /// Indexer and rebuild failures since the collection was opened.
     pub fn indexer_failures(&self) -> u64 {
         self.shared.failures.load(Ordering::Acquire)
+    }
+
+    /// Rebuilt graphs swapped in since the collection was opened.
+    pub fn rebuilds(&self) -> u64 {
+        self.shared.rebuilds.load(Ordering::Acquire)
+    }
+
+    /// Whether a graph rebuild is running (tests).
+    #[cfg(test)]
+    pub(crate) fn rebuild_in_flight(&self) -> bool {
+        self.shared.ctl.lock().building
     }
 
     /// Test hook: makes the indexer's next `n` inserts panic, to exercise its recovery.
@@ -1232,12 +1258,14 @@ impl Shared {
         }
     }
 
-    fn submit_rebuild(&self, mut job: RebuildJob) {
+    /// Queues an epoch's build, replacing one that waited (a newer epoch makes it moot). A build
+    /// in flight is left to finish: under a churn that decides epochs faster than a build takes,
+    /// abandoning it for each newer one meant that no build ever finished, and the memory of the
+    /// dead points was never handed back (issue 10).
+    fn submit_rebuild(&self, job: RebuildJob) {
         let mut ctl = self.ctl.lock();
-        ctl.generation += 1;
-        job.generation = ctl.generation;
         ctl.job = Some(job);
-        ctl.built = None;
+        ctl.rebuilding = true;
         self.wake.notify_all();
     }
 
@@ -1309,7 +1337,8 @@ impl Shared {
                     // `unfrozen`: a graph loaded from a dump (at start, or from a snapshot) has
                     // no search copy yet; without this the node searched through hnsw_rs, about
                     // 1.6x slower, until new points arrived.
-                    if ctl.stop || ctl.job.is_some() || ctl.built.is_some() || pending || unfrozen {
+                    let startable = ctl.job.is_some() && !ctl.building;
+                    if ctl.stop || startable || ctl.built.is_some() || pending || unfrozen {
                         break;
                     }
                     if std::mem::take(&mut ctl.redump) {
@@ -1328,9 +1357,10 @@ impl Shared {
                     }
                     return;
                 }
-                let job = ctl.job.take();
-                if job.is_some() {
-                    ctl.rebuilding = true;
+                let mut job = if ctl.building { None } else { ctl.job.take() };
+                if let Some(job) = job.as_mut() {
+                    ctl.building = true;
+                    job.generation = ctl.generation;
                 }
                 let built = match ctl.built.take() {
                     Some((g, graph)) if g == ctl.generation => Some(graph),
@@ -1408,12 +1438,15 @@ impl Shared {
             .spawn(move || {
                 lower_priority();
                 let started = Instant::now();
+                let cancelled = || {
+                    s.cancel.load(Ordering::Acquire) || s.ctl.lock().generation != job.generation
+                };
                 let build = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let g = AnyGraph::new(&s.config, job.base.len(), 0, job.since);
                     // The base in blocks of BLOCK points, by position (the base is the same list
                     // on every node).
                     for block in job.base.chunks(BLOCK as usize) {
-                        if s.cancel.load(Ordering::Acquire) || s.ctl.lock().generation != job.generation {
+                        if cancelled() {
                             return None;
                         }
                         let items: Vec<(u64, Option<Stored>)> =
@@ -1422,11 +1455,20 @@ impl Shared {
                         g.insert_block(&items, end, Planning::Behind);
                     }
                     g.advance(job.since);
+                    // Catch up with the serving graph here, not in `swap_in` on the indexer's
+                    // thread, which meanwhile keeps the tail indexed: under a churn, catching up
+                    // there left the indexer behind by `--max-unindexed` and writes waited.
+                    // Twice, as the serving graph moves on meanwhile; `swap_in` does the rest.
+                    for _ in 0..2 {
+                        let target = s.graph.read().watermark();
+                        if !s.catch_up(&g, target, &cancelled) {
+                            return None;
+                        }
+                    }
                     Some(g)
                 }));
                 let g = match build {
-                    Ok(Some(g)) => g,
-                    Ok(None) => return,
+                    Ok(g) => g,
                     Err(panic) => {
                         // The old graph keeps serving; the next apply that crosses the ratio
                         // decides a rebuild again.
@@ -1434,36 +1476,43 @@ impl Shared {
                         tracing::error!(collection = %s.name, error = %why, "graph rebuild failed; keeping the current graph");
                         metrics::counter!("quiver_indexer_failures_total", "collection" => s.name.clone()).increment(1);
                         s.failures.fetch_add(1, Ordering::AcqRel);
-                        let mut ctl = s.ctl.lock();
-                        if ctl.generation == job.generation {
-                            ctl.rebuilding = ctl.job.is_some();
-                            s.progress.notify_all();
-                        }
-                        return;
+                        None
                     }
                 };
-                tracing::info!(collection = %s.name, points = job.base.len(), secs = started.elapsed().as_secs_f64(), "graph rebuilt");
                 let mut ctl = s.ctl.lock();
-                if ctl.generation == job.generation {
-                    ctl.built = Some((job.generation, g));
-                    s.wake.notify_all();
+                ctl.building = false;
+                match g {
+                    Some(g) if ctl.generation == job.generation => {
+                        tracing::info!(collection = %s.name, points = job.base.len(), secs = started.elapsed().as_secs_f64(), "graph rebuilt");
+                        ctl.built = Some((job.generation, g));
+                    }
+                    _ => ctl.rebuilding = ctl.job.is_some(),
                 }
+                // The indexer swaps the graph in, or starts the epoch that waited.
+                s.wake.notify_all();
+                s.progress.notify_all();
             });
         if spawned.is_err() {
             tracing::error!(collection = %self.name, "cannot spawn rebuild thread");
-            self.ctl.lock().rebuilding = false;
+            let mut ctl = self.ctl.lock();
+            ctl.building = false;
+            ctl.rebuilding = ctl.job.is_some();
         }
     }
 
-    /// Brings a rebuilt graph up to the current one's watermark, swaps it in, frees dead vectors.
-    fn swap_in(&self, new: AnyGraph) {
+    /// Inserts into the rebuilt graph `g` the ids from its watermark up to `target`, block by block
+    /// as the serving graph got them (its watermark is a block's end, or an epoch's start), so
+    /// that `g` is the same whichever thread inserts them and wherever it pauses. False when
+    /// `stop` said so first.
+    fn catch_up(&self, g: &AnyGraph, target: u64, stop: &dyn Fn() -> bool) -> bool {
         loop {
-            let target = self.graph.read().watermark();
-            let from = new.watermark();
+            let from = g.watermark();
             if from >= target {
-                break;
+                return true;
             }
-            // Block by block, as the current graph got them (its watermark is a block's end).
+            if stop() {
+                return false;
+            }
             let end = ((from / BLOCK + 1) * BLOCK).min(target);
             let block: Vec<(u64, Option<Stored>)> = {
                 let st = self.state.read();
@@ -1471,8 +1520,15 @@ impl Shared {
                     .map(|i| (i, st.slots[i as usize].vector.clone()))
                     .collect()
             };
-            new.insert_block(&block, end, Planning::Behind);
+            g.insert_block(&block, end, Planning::Behind);
         }
+    }
+
+    /// Brings a rebuilt graph up to the current one's watermark, swaps it in, frees dead vectors.
+    fn swap_in(&self, new: AnyGraph) {
+        // Only the indexer (this thread) moves the serving graph's watermark.
+        let target = self.graph.read().watermark();
+        self.catch_up(&new, target, &|| false);
         new.freeze();
         let since = new.epoch_since();
         let old = std::mem::replace(&mut *self.graph.write(), Arc::new(new));
@@ -1486,8 +1542,11 @@ impl Shared {
         st.version += 1;
         drop(st);
         crate::alloc::release_memory();
+        self.rebuilds.fetch_add(1, Ordering::AcqRel);
+        metrics::counter!("quiver_graph_rebuilds_total", "collection" => self.name.clone())
+            .increment(1);
         let mut ctl = self.ctl.lock();
-        ctl.rebuilding = ctl.job.is_some();
+        ctl.rebuilding = ctl.job.is_some() || ctl.building;
         self.progress.notify_all();
     }
 

@@ -746,6 +746,7 @@ impl Drop for Engine {
 mod tests {
     use super::*;
     use crate::model::{CollectionConfig, Metric, PointWrite, Quantization};
+    use std::time::Instant;
 
     fn opts(dir: &Path) -> EngineOptions {
         let mut o = EngineOptions::new(dir);
@@ -788,6 +789,44 @@ mod tests {
             ),
         ];
         e.apply(&cmds).unwrap();
+    }
+
+    /// Issue 10: an epoch decided while a rebuild is in flight waits for that rebuild instead of
+    /// abandoning it. Under a churn that decides epochs faster than a build takes, abandoning
+    /// meant that no build finished and the dead points' memory was never handed back.
+    #[test]
+    fn a_rebuild_in_flight_finishes_when_a_newer_epoch_is_decided() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(opts(dir.path())).unwrap();
+        fill(&e, "c", 0, 6_000, 1);
+        assert!(e.wait_indexed(Duration::from_secs(120)));
+        let c = e.get("c").unwrap();
+        // Each round replaces a third of the points: past `rebuild_ratio`, a new epoch.
+        let replace = |round: u64, index: u64| {
+            let points = (0..2_000)
+                .map(|i| PointWrite {
+                    id: PointId::Num(round * 2_000 + i),
+                    vector: vec![i as f32, round as f32, 2.0, 0.5],
+                    payload: None,
+                })
+                .collect();
+            let cmd = Command::Upsert {
+                collection: "c".into(),
+                points,
+            };
+            e.apply(&[(index, cmd)]).unwrap();
+        };
+        replace(0, 3);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !c.rebuild_in_flight() {
+            assert!(Instant::now() < deadline, "the first rebuild never started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        replace(1, 4);
+        assert_eq!(c.info().tombstones, 0, "the second round decided an epoch");
+        assert!(e.wait_indexed(Duration::from_secs(120)));
+        assert_eq!(c.rebuilds(), 2, "both epochs were built and swapped in");
+        assert_eq!(c.info().points, 6_000);
     }
 
     /// Issue 10: after a restart with a complete graph dump, searches walk the frozen search copy
