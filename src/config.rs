@@ -35,6 +35,13 @@ pub struct Config {
     /// Rebuild a graph when deleted points exceed this fraction of it.
     #[arg(long, env = "QUIVER_REBUILD_RATIO", default_value_t = EngineOptions::REBUILD_RATIO)]
     pub rebuild_ratio: f64,
+    /// The leader compacts a collection (rebuilds its graph without its tombstones, on every
+    /// node at the same log index) once it has taken no write for this long, in seconds (0: off).
+    #[arg(long, env = "QUIVER_COMPACT_IDLE_SECS", default_value_t = 30)]
+    pub compact_idle_secs: u64,
+    /// ... if its tombstones are at least this fraction of its graph's points.
+    #[arg(long, env = "QUIVER_COMPACT_RATIO", default_value_t = 0.02)]
+    pub compact_ratio: f64,
     /// Collections with at most this many points are searched exactly.
     #[arg(long, env = "QUIVER_EXACT_BELOW", default_value_t = EngineOptions::EXACT_BELOW)]
     pub exact_below: usize,
@@ -183,6 +190,10 @@ impl Config {
         anyhow::ensure!(
             self.rebuild_ratio > 0.0 && self.rebuild_ratio < 1.0,
             "--rebuild-ratio must be in (0, 1)"
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.compact_ratio),
+            "--compact-ratio must be in [0, 1)"
         );
         anyhow::ensure!(
             self.max_body_bytes >= 1024,

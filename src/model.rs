@@ -63,6 +63,16 @@ pub enum Command {
     Batch(Vec<Command>),
     /// Changes nothing (Raft's blank and membership entries still advance the applied index).
     Noop,
+    /// Rebuild a collection's graph without its tombstones now, whatever `rebuild_ratio` says:
+    /// the memory of deleted and replaced points is handed back once the rebuild is swapped in.
+    /// The leader proposes it when a collection with tombstones has been idle for a while
+    /// (`--compact-idle-secs`), and `POST /collections/{name}/compact` on demand. It goes
+    /// through the log so that every node starts the rebuild at the same index and builds the
+    /// same graph (a timer on each node would not). (Last: bincode numbers variants in order.)
+    Compact {
+        /// Collection name.
+        collection: String,
+    },
 }
 
 /// Largest log entry the writer makes, in bytes (as estimated by [`Command::size_hint`]).
@@ -158,6 +168,11 @@ pub enum Reply {
     Batch(Vec<Reply>),
     /// The reply to `Command::Noop`.
     Noop,
+    /// A compaction was applied.
+    Compacted {
+        /// Tombstones the rebuild that it started drops (0: there were none, nothing started).
+        tombstones: usize,
+    },
 }
 
 /// Why a command was rejected at apply time. Deterministic: every replica rejects it the same way.

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{router, AppState};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, CompactionPolicy};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::raft::{LogStore, Network, NodeId, PeerClient, PeerHealth, Raft, StateMachine};
@@ -468,6 +468,14 @@ async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let writer = Writer::start(cluster.raft.clone(), config.max_batch_points);
+    cluster.spawn_compaction(
+        &engine,
+        writer.clone(),
+        CompactionPolicy {
+            idle: Duration::from_secs(config.compact_idle_secs),
+            ratio: config.compact_ratio,
+        },
+    );
     let state = AppState {
         engine: engine.clone(),
         writer,

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use quiver::model::{CollectionConfig, Consistency, Metric, PointId, PointInput, SearchRequest};
+use quiver::model::{
+    CollectionConfig, Consistency, DeleteRequest, Metric, PointId, PointInput, SearchRequest,
+};
 use quiver_client::{Client, ClientError};
 
 mod common;
@@ -86,6 +88,56 @@ async fn leader_and_two_learners_replicate_and_forward_writes() {
     // A replica that leaves is removed from the membership.
     c.leave_and_stop().await.unwrap();
     wait_members(&a, 2).await;
+    for n in [b, a] {
+        n.stop().await.unwrap();
+    }
+}
+
+/// Issue 10: once a churned collection goes idle, the leader proposes a compaction through the
+/// log; every node drops its tombstones at the same index and, once rebuilt, the leader and its
+/// replica give identical graph answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_collection_is_compacted_on_every_node() {
+    let tweak = |c: &mut quiver::config::Config| {
+        c.compact_idle_secs = 1;
+        c.exact_below = 0;
+    };
+    let (a, _da) = start(None, false, tweak).await;
+    let (b, _db) = start(Some(&a.url()), false, tweak).await;
+    wait_members(&a, 2).await;
+    let ca = Client::new(&a.url(), None).unwrap();
+    ca.create_collection("r", &config4()).await.unwrap();
+    ca.upsert("r", points(0, 1_000)).await.unwrap();
+    // 10 % replaced and deleted: below `--rebuild-ratio`, so only a compaction drops them.
+    ca.upsert("r", points(0, 50)).await.unwrap();
+    let ids = (500..550).map(PointId::Num).collect();
+    let del = DeleteRequest {
+        ids: Some(ids),
+        filter: None,
+    };
+    ca.delete_points("r", &del).await.unwrap();
+    assert_eq!(a.engine.info("r").unwrap().tombstones, 100);
+
+    eventually("both nodes compacted", || async {
+        wait_applied(&b, a.cluster.applied()).await;
+        [&a, &b]
+            .iter()
+            .all(|n| n.engine.info("r").unwrap().tombstones == 0)
+    })
+    .await;
+    let last = a.cluster.applied();
+    wait_applied(&b, last).await;
+    for n in [&a, &b] {
+        assert!(n.engine.wait_indexed(WAIT));
+        assert_eq!(n.engine.info("r").unwrap().points, 950);
+    }
+    let mut q = query(last);
+    q.exact = false;
+    q.cache = false;
+    let cb = Client::new(&b.url(), None).unwrap();
+    let want = ca.search("r", &q).await.unwrap().hits;
+    assert_eq!(want.len(), 10);
+    assert_eq!(cb.search("r", &q).await.unwrap().hits, want);
     for n in [b, a] {
         n.stop().await.unwrap();
     }

@@ -486,6 +486,70 @@ async fn every_bad_input_is_a_4xx_naming_the_field() {
     h.node.stop().await.unwrap();
 }
 
+/// `POST /collections/{name}/compact` drops the tombstones at once (the leader's idle duty is off
+/// here), answers how many, and changes no answer.
+#[tokio::test]
+async fn compact_drops_tombstones_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_test(dir.path());
+    config.compact_idle_secs = 0;
+    config.exact_below = 0;
+    let h = Harness::with(config, Some(dir)).await;
+    h.call(
+        "PUT",
+        "/collections/c",
+        Some(json!({"dim": 3, "metric": "l2"})),
+    )
+    .await;
+    let points: Vec<Value> = (0..600)
+        .map(|i| json!({"id": i, "vector": [i as f32, (i % 7) as f32, 1.0]}))
+        .collect();
+    let (s, b) = h
+        .call(
+            "PUT",
+            "/collections/c/points",
+            Some(json!({"points": points})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let gone: Vec<u64> = (0..600).step_by(10).collect();
+    let (s, b) = h
+        .call(
+            "POST",
+            "/collections/c/points/delete",
+            Some(json!({"ids": gone})),
+        )
+        .await;
+    assert_eq!((s, &b["deleted"]), (StatusCode::OK, &json!(60)));
+    let search = json!({"vector": [300.0, 3.0, 1.0], "k": 10, "cache": false});
+    let (_, before) = h
+        .call("POST", "/collections/c/points/search", Some(search.clone()))
+        .await;
+
+    let (s, b) = h.call("POST", "/collections/c/compact", None).await;
+    assert_eq!((s, &b["compacted"]), (StatusCode::OK, &json!(60)), "{b}");
+    let (_, info) = h.call("GET", "/collections/c", None).await;
+    assert_eq!(
+        (&info["points"], &info["tombstones"]),
+        (&json!(540), &json!(0))
+    );
+    assert!(h
+        .node
+        .engine
+        .wait_indexed(std::time::Duration::from_secs(30)));
+    let (_, after) = h
+        .call("POST", "/collections/c/points/search", Some(search))
+        .await;
+    assert_eq!(after["hits"], before["hits"]);
+
+    // Nothing left to drop; an unknown collection is a 404 naming it.
+    let (s, b) = h.call("POST", "/collections/c/compact", None).await;
+    assert_eq!((s, &b["compacted"]), (StatusCode::OK, &json!(0)));
+    let (s, b) = h.call("POST", "/collections/nope/compact", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    h.node.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn selective_filter_returns_the_true_top_k() {
     let dir = tempfile::tempdir().unwrap();

@@ -406,6 +406,17 @@ impl Client {
         .await
     }
 
+    /// `POST /collections/{name}/compact`: rebuilds the collection's graph without its
+    /// tombstones now (the leader also does so by itself once a collection is idle).
+    pub async fn compact(&self, name: &str) -> Result<WriteResponse, ClientError> {
+        self.write(
+            Method::POST,
+            &format!("/collections/{name}/compact", name = urlencode(name)),
+            None,
+        )
+        .await
+    }
+
     /// `GET /collections/{name}` (session consistency).
     pub async fn collection(&self, name: &str) -> Result<CollectionInfo, ClientError> {
         self.collection_with(name, None).await

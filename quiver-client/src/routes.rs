@@ -55,6 +55,7 @@ pub enum Endpoint {
     CreateCollection,
     GetCollection,
     DeleteCollection,
+    Compact,
     Upsert,
     DeletePoints,
     GetPoints,
@@ -106,6 +107,7 @@ pub const ROUTES: &[Route] = {
         route(CreateCollection, "PUT", "/collections/{name}", Write),
         route(GetCollection, "GET", "/collections/{name}", Read),
         route(DeleteCollection, "DELETE", "/collections/{name}", Write),
+        route(Compact, "POST", "/collections/{name}/compact", Write),
         route(Upsert, "PUT", "/collections/{name}/points", Write),
         route(
             DeletePoints,
@@ -193,6 +195,7 @@ mod tests {
         assert_eq!(k("GET", "/collections/c/points/search"), Kind::Read);
         assert_eq!(k("HEAD", "/collections/c"), Kind::Read);
         assert_eq!(k("DELETE", "/collections/c"), Kind::Write);
+        assert_eq!(k("POST", "/collections/c/compact"), Kind::Write);
         assert_eq!(k("GET", "/healthz"), Kind::Open);
         assert_eq!(k("POST", "/cluster/join"), Kind::Membership);
         assert_eq!(k("GET", "/cluster/join"), Kind::Membership);

@@ -779,6 +779,10 @@ pub struct WriteResponse {
     /// Whether this request created the collection (false: it already existed, same config).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub created: Option<bool>,
+    /// Tombstones a compaction drops: a rebuild of the graph without them started at `index`
+    /// on every node (0: there were none, nothing started).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub compacted: Option<usize>,
 }
 
 /// `GET /collections`.

@@ -32,6 +32,7 @@ use crate::model::{Consistency, ConsistencyLevel};
         create_collection,
         get_collection,
         delete_collection,
+        compact_collection,
         upsert_points,
         get_point,
         get_points,
@@ -334,6 +335,7 @@ pub async fn create_collection(
         upserted: None,
         deleted: None,
         created: Some(created),
+        compacted: None,
     }))
 }
 
@@ -369,6 +371,29 @@ pub async fn delete_collection(
         upserted: None,
         deleted: None,
         created: None,
+        compacted: None,
+    }))
+}
+
+#[utoipa::path(post, path = "/collections/{name}/compact", params(("name" = String, Path, description = "Collection name")),
+    responses((status = 200, description = "A rebuild of the graph without the collection's tombstones started at `index` on every node (`compacted`: how many it drops; 0 when there were none)", body = WriteResponse),
+        NoCollection, CommonErrors, WriteErrors))]
+pub async fn compact_collection(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<WriteResponse>> {
+    state.engine.get(&name)?;
+    let (index, reply) = write(&state, Command::Compact { collection: name }).await?;
+    let compacted = match reply {
+        Reply::Compacted { tombstones } => tombstones,
+        _ => 0,
+    };
+    Ok(Json(WriteResponse {
+        index,
+        upserted: None,
+        deleted: None,
+        created: None,
+        compacted: Some(compacted),
     }))
 }
 
@@ -445,6 +470,7 @@ pub async fn upsert_points(
         upserted: Some(upserted),
         deleted: None,
         created: None,
+        compacted: None,
     }))
 }
 
@@ -572,6 +598,7 @@ pub async fn delete_points(
         upserted: None,
         deleted: Some(deleted),
         created: None,
+        compacted: None,
     }))
 }
 

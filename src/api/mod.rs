@@ -264,6 +264,7 @@ fn handler(route: &Route) -> MethodRouter<AppState> {
         E::CreateCollection => on(m, create_collection),
         E::GetCollection => on(m, get_collection),
         E::DeleteCollection => on(m, delete_collection),
+        E::Compact => on(m, compact_collection),
         E::Upsert => on(m, upsert_points),
         E::DeletePoints => on(m, delete_points),
         E::GetPoints => on(m, get_points),

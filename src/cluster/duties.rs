@@ -1,12 +1,60 @@
-//! Background duties: logging leader changes, expiring learners that vanished (leader only),
-//! and the snapshot policy.
+//! Background duties: logging leader changes, expiring learners that vanished and compacting
+//! idle collections (leader only), and the snapshot policy.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Cluster;
+use crate::engine::Engine;
+use crate::model::{Command, Reply};
 use crate::raft::NodeId;
+use crate::writer::Writer;
+
+/// When the leader compacts a collection: once it has held tombstones of at least `ratio` of its
+/// graph epoch's points (and at least one) without a write for `idle`.
+#[derive(Clone, Copy, Debug)]
+pub struct CompactionPolicy {
+    /// How long a collection must go without a write.
+    pub idle: Duration,
+    /// Least share of tombstones in the graph epoch's points.
+    pub ratio: f64,
+}
+
+/// What the compaction duty remembers between its ticks: each collection's version and since
+/// when it has held it.
+#[derive(Default)]
+struct IdleSince(HashMap<String, (u64, Instant)>);
+
+impl IdleSince {
+    /// The collections due for compaction at `now`, given each one's name, version, tombstones
+    /// and epoch points ([`crate::engine::Collection::churn`]). Forgets collections that are
+    /// gone.
+    fn due(
+        &mut self,
+        now: Instant,
+        collections: Vec<(String, (u64, u64, u64))>,
+        policy: CompactionPolicy,
+    ) -> Vec<String> {
+        let mut seen = HashMap::with_capacity(collections.len());
+        let mut due = Vec::new();
+        for (name, (version, tombstones, epoch)) in collections {
+            let since = match self.0.get(&name) {
+                Some(&(v, t)) if v == version => t,
+                _ => now,
+            };
+            if now.duration_since(since) >= policy.idle
+                && tombstones > 0
+                && tombstones as f64 >= policy.ratio * epoch as f64
+            {
+                due.push(name.clone());
+            }
+            seen.insert(name, (version, since));
+        }
+        self.0 = seen;
+        due
+    }
+}
 
 impl Cluster {
     /// Logs each change of leader (or of term) as this node sees it, once: the line an operator
@@ -77,6 +125,57 @@ impl Cluster {
         });
     }
 
+    /// Leader duty: proposes `Command::Compact` for each collection the policy finds idle with
+    /// tombstones, so that the memory of deleted and replaced points is handed back once a
+    /// churn stops, and not only when tombstones pass `--rebuild-ratio`. Through the log, so
+    /// that every node rebuilds at the same index and builds the same graph. Off when
+    /// `policy.idle` is zero.
+    pub fn spawn_compaction(
+        self: &Arc<Self>,
+        engine: &Arc<Engine>,
+        writer: Writer,
+        policy: CompactionPolicy,
+    ) {
+        if policy.idle.is_zero() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let engine = Arc::downgrade(engine);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1).min(policy.idle));
+            let mut idle = IdleSince::default();
+            loop {
+                tick.tick().await;
+                let Some(c) = me.upgrade() else { return };
+                if !c.is_leader() {
+                    // A new leader's clock starts afresh: it saw none of the writes before.
+                    idle = IdleSince::default();
+                    continue;
+                }
+                let Some(states) = engine
+                    .upgrade()
+                    .map(|e| e.each(|col| (col.name().to_string(), col.churn())))
+                else {
+                    return;
+                };
+                for name in idle.due(Instant::now(), states, policy) {
+                    let cmd = Command::Compact {
+                        collection: name.clone(),
+                    };
+                    match writer.write(cmd).await {
+                        Ok((index, Reply::Compacted { tombstones })) if tombstones > 0 => {
+                            tracing::info!(collection = %name, tombstones, index, "idle collection compacted");
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(collection = %name, error = %e, "could not propose a compaction")
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     /// Snapshot policy: once `logs` entries have been applied since the last snapshot, build one,
     /// but not more often than every `min_interval` (a snapshot writes the whole state, so with
     /// small entries a per-count policy alone would rewrite it many times a second).
@@ -101,5 +200,40 @@ impl Cluster {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_collection_is_compacted_once_idle_with_enough_tombstones() {
+        let policy = CompactionPolicy {
+            idle: Duration::from_secs(30),
+            ratio: 0.05,
+        };
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let mut idle = IdleSince::default();
+        let state = |v, tomb, epoch| vec![("a".to_string(), (v, tomb, epoch))];
+        assert!(idle.due(at(0), state(1, 10, 100), policy).is_empty());
+        assert!(idle.due(at(29), state(1, 10, 100), policy).is_empty());
+        assert_eq!(idle.due(at(30), state(1, 10, 100), policy), ["a"]);
+        // A write restarts the clock.
+        assert!(idle.due(at(31), state(2, 11, 100), policy).is_empty());
+        assert!(idle.due(at(60), state(2, 11, 100), policy).is_empty());
+        assert_eq!(idle.due(at(61), state(2, 11, 100), policy), ["a"]);
+        // Too few tombstones, or none, never.
+        assert!(idle.due(at(200), state(2, 4, 100), policy).is_empty());
+        let none = CompactionPolicy {
+            ratio: 0.0,
+            ..policy
+        };
+        assert!(idle.due(at(300), state(2, 0, 100), none).is_empty());
+        assert_eq!(idle.due(at(300), state(2, 1, 100), none), ["a"]);
+        // A collection that is gone is forgotten; one created again under its name starts anew.
+        assert!(idle.due(at(301), vec![], policy).is_empty());
+        assert!(idle.due(at(302), state(2, 50, 100), policy).is_empty());
     }
 }

@@ -5,7 +5,7 @@
 //! - [`reads`]: read consistency (min_index, bounded staleness, linearizable);
 //! - [`membership`]: join, leave, promote (serialised on the leader) and the calls that ask
 //!   for them;
-//! - [`duties`]: background work (leader log, learner expiry, snapshot policy).
+//! - [`duties`]: background work (leader log, learner expiry, compaction, snapshot policy).
 //!
 //! Every outbound call that carries the cluster secret goes through one [`PeerClient`].
 
@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::raft::{NodeId, PeerClient, PeerHealth, Raft};
 
 pub use crate::model::{ClusterStatus, MemberInfo};
+pub use duties::CompactionPolicy;
 pub use membership::{JoinRequest, MemberRequest};
 pub use status::{fatal_of, quorum_fresh};
 

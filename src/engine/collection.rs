@@ -7,12 +7,12 @@
 //!   the same log build the same graph. Ids at or above the graph's watermark are the "tail" and are
 //!   searched exactly, which makes a write searchable as soon as it is applied.
 //! - A rebuild is decided inside `apply` (deterministically, when tombstones pass a ratio of the
-//!   epoch's points): the new graph gets the live points of that moment plus every later iid.
-//!   It is built on its own thread while the old graph keeps serving, then swapped in. One
-//!   build runs at a time and is never abandoned for a newer epoch: an epoch decided meanwhile
-//!   waits (replacing any that waited before it) and is built next. Which intermediate epochs a
-//!   node builds depends on its speed, but each built graph is a function of the log, and a
-//!   settled node serves the last epoch's graph, the same everywhere.
+//!   epoch's points, or on `Command::Compact`): the new graph gets the live points of that moment
+//!   plus every later iid. It is built on its own thread while the old graph keeps serving, then
+//!   swapped in. One build runs at a time and is never abandoned for a newer epoch: an epoch
+//!   decided meanwhile waits (replacing any that waited before it) and is built next. Which
+//!   intermediate epochs a node builds depends on its speed, but each built graph is a function
+//!   of the log, and a settled node serves the last epoch's graph, the same everywhere.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::path::PathBuf;
@@ -569,6 +569,11 @@ impl Collection {
         }
     }
 
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
     /// The collection id (unique for the store's lifetime; names can be reused).
     pub fn id(&self) -> u64 {
         self.shared.id
@@ -734,10 +739,41 @@ impl Collection {
         {
             return None;
         }
+        Some(self.new_epoch(st))
+    }
+
+    /// Starts a new graph epoch: a graph of the live points of this moment, built beside the
+    /// current one, which the indexer then brings up to date and swaps in.
+    fn new_epoch(&self, st: &mut State) -> RebuildJob {
         let since = st.slots.len() as u64;
         st.epoch_since = since;
         st.epoch_total = st.live as u64;
-        Some(self.shared.rebuild_job(st, since))
+        self.shared.rebuild_job(st, since)
+    }
+
+    /// Applies `Command::Compact`: starts a new graph epoch now if the collection holds any
+    /// tombstone, below `rebuild_ratio` too. Decided from applied state only, so every node that
+    /// applies the command starts the same rebuild. Returns the tombstones it drops.
+    pub fn compact(&self, batch: &mut WriteBatch) -> usize {
+        let mut st = self.shared.state.write();
+        let tombstones = st.tombstones();
+        if tombstones == 0 {
+            return 0;
+        }
+        let job = self.new_epoch(&mut st);
+        batch.put_collection(self.shared.id, &self.meta(&st));
+        drop(st);
+        self.shared.submit_rebuild(job);
+        metrics::counter!("quiver_compactions_total", "collection" => self.shared.name.clone())
+            .increment(1);
+        tombstones as usize
+    }
+
+    /// What the leader's compaction duty looks at: the collection's version (it moves on every
+    /// write), its tombstones and the points of its current graph epoch.
+    pub fn churn(&self) -> (u64, u64, u64) {
+        let st = self.shared.state.read();
+        (st.version, st.tombstones(), st.epoch_total)
     }
 
     /// Blocks until the graph lags the applied points by at most `max_unindexed`, or `timeout`.

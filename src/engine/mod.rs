@@ -434,6 +434,12 @@ impl Engine {
                 };
                 Reply::Deleted { count }
             }
+            Command::Compact { collection } => match self.get(&collection) {
+                Ok(c) => Reply::Compacted {
+                    tombstones: c.compact(batch),
+                },
+                Err(_) => Reply::Rejected(ApplyError::CollectionNotFound(collection)),
+            },
             Command::Noop => Reply::Noop,
             Command::Batch(cmds) => Reply::Batch(
                 cmds.into_iter()

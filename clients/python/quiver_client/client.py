@@ -204,6 +204,10 @@ def _request_delete_collection(name: str, missing_ok: bool) -> _Request[WriteRes
     return _Request("write", "DELETE", f"/collections/{name}", missing_codes=codes)
 
 
+def _request_compact(name: str) -> _Request[WriteResult]:
+    return _Request("write", "POST", f"/collections/{name}/compact")
+
+
 def _request_collection(core: _Core, name: str, consistency: Consistency | None) -> _Request[CollectionInfo]:
     return _Request("read", "GET", f"/collections/{name}", params=_read_params(core, consistency))
 
@@ -485,6 +489,11 @@ class QuiverClient(_ClientBase):
         """DELETE /collections/{name}; None when it did not exist and `missing_ok`."""
         return self._run(_request_delete_collection(name, missing_ok))
 
+    def compact(self, name: str) -> WriteResult:
+        """POST /collections/{name}/compact: rebuild its graph without its tombstones now, on every
+        node at the same log index; ``compacted`` says how many it drops."""
+        return self._run(_request_compact(name))
+
     def collection(self, name: str, consistency: Consistency | None = None) -> CollectionInfo:
         """GET /collections/{name}: config, points, tombstones, unindexed, index."""
         return self._run(_request_collection(self._core, name, consistency))
@@ -637,6 +646,10 @@ class AsyncQuiverClient(_ClientBase):
     async def delete_collection(self, name: str, missing_ok: bool = True) -> WriteResult | None:
         """DELETE /collections/{name}; None when it did not exist and `missing_ok`."""
         return await self._run(_request_delete_collection(name, missing_ok))
+
+    async def compact(self, name: str) -> WriteResult:
+        """POST /collections/{name}/compact (see :meth:`QuiverClient.compact`)."""
+        return await self._run(_request_compact(name))
 
     async def collection(self, name: str, consistency: Consistency | None = None) -> CollectionInfo:
         """GET /collections/{name}: config, points, tombstones, unindexed, index."""

@@ -159,11 +159,13 @@ class _WriteIndex(TypedDict):
 
 class WriteResult(_WriteIndex, total=False):
     """The answer to every write: its log index (pass it as ``min_index`` to read it back),
-    plus ``created`` (create), ``upserted`` (upsert) or ``deleted`` (delete points)."""
+    plus ``created`` (create), ``upserted`` (upsert), ``deleted`` (delete points) or
+    ``compacted`` (compact: tombstones the rebuild drops)."""
 
     upserted: int
     deleted: int
     created: bool
+    compacted: int
 
 
 class _HitRequired(TypedDict):

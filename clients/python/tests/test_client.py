@@ -25,6 +25,21 @@ def test_bad_input_names_the_field(server):
         assert c.get_point(name, 12345) is None
 
 
+def test_compact_drops_tombstones(server):
+    with QuiverClient(server.url, read_your_writes=True) as c:
+        name = f"t{uuid.uuid4().hex[:8]}"
+        c.create_collection(name, 3, "l2")
+        c.upsert(name, _points(30))
+        c.delete_points(name, ids=[1, 2, 3])
+        assert c.collection(name)["tombstones"] == 3
+        w = c.compact(name)
+        assert w["compacted"] == 3 and w["index"] > 0
+        info = c.collection(name)
+        assert (info["points"], info["tombstones"]) == (27, 0)
+        assert c.compact(name)["compacted"] == 0
+        c.delete_collection(name)
+
+
 @pytest.mark.parametrize("policy", list(Policy))
 def test_reads_spread_over_replicas_and_see_own_writes(cluster, policy):
     leader, replicas = cluster
