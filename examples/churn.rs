@@ -1,8 +1,11 @@
 //! Churn soak (issue 10): a collection under replacing upserts and deletes for minutes, sampling
 //! resident memory, live points, tombstones, graph lag and recall@10 against exact search; then
-//! the same once the churn stops. Prints figures; asserts nothing.
+//! the same once the churn stops. Prints figures; asserts nothing. The node is the release
+//! binary (`--bin`, build it first), run as a process of its own: its resident memory is what
+//! the table shows.
 //!
 //! ```text
+//! cargo build --release --bin quiver
 //! cargo run --release --example churn -- --points 20000 --secs 240 --clients 3
 //! cargo run --release --example churn -- --points 20000 --secs 120 --clients 3 --rate 1500
 //! ```
@@ -19,13 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use quiver::config::Config;
+use common::NodeProcess;
 use quiver::dataset::{derived_row, read_fvecs};
 use quiver::model::{
     CollectionConfig, Consistency, DeleteRequest, Metric, PointId, PointInput, Quantization,
     SearchRequest,
 };
-use quiver::node::Node;
 use quiver_client::Client;
 
 #[derive(Parser)]
@@ -55,6 +57,12 @@ struct Args {
     /// The node's sled page cache (`--cache-mb`), which fills as the churn writes.
     #[arg(long, default_value_t = 64)]
     cache_mb: u64,
+    /// The server binary.
+    #[arg(long, default_value = "target/release/quiver")]
+    bin: PathBuf,
+    /// More `quiver serve` flags, space-separated.
+    #[arg(long, default_value = "")]
+    node_args: String,
     /// The collection's quantisation (`none`, `int8` or `int8_ram`).
     #[arg(long, default_value = "none", value_parser = common::parse_quantization)]
     quantization: Quantization,
@@ -63,19 +71,8 @@ struct Args {
 const NAME: &str = "churn";
 const PER_REQUEST: usize = 50;
 
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// One line of figures: memory, counts, graph lag and recall@10 of graph search against exact.
-async fn sample(client: &Client, queries: &[Vec<f32>], t: f64, rewritten: u64) {
+async fn sample(node: &NodeProcess, client: &Client, queries: &[Vec<f32>], t: f64, rewritten: u64) {
     let info = client.collection(NAME).await.unwrap();
     let at = Some(Consistency::MinIndex {
         min_index: info.index,
@@ -94,7 +91,7 @@ async fn sample(client: &Client, queries: &[Vec<f32>], t: f64, rewritten: u64) {
     }
     println!(
         "| {t:6.0} | {:7.0} | {:6} | {:10} | {:9} | {:9} | {:.3} |",
-        rss_mib(),
+        node.rss_mib(),
         info.points,
         info.tombstones,
         info.unindexed,
@@ -103,23 +100,28 @@ async fn sample(client: &Client, queries: &[Vec<f32>], t: f64, rewritten: u64) {
     );
 }
 
+/// Waits until every complete block of the collection is in the graph.
+async fn wait_indexed(client: &Client) -> anyhow::Result<()> {
+    while client.collection(NAME).await?.unindexed > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
-    // The server's allocator policy (src/main.rs), so that memory figures are the server's.
-    quiver::alloc::limit_arenas();
     let args = Args::parse();
-    let base = read_fvecs(&args.data.join("base.fvecs"), None)?;
+    let base = Arc::new(read_fvecs(&args.data.join("base.fvecs"), None)?);
     let queries: Vec<Vec<f32>> = read_fvecs(&args.data.join("queries.fvecs"), Some(20))?;
     let dim = base[0].len();
     let dir = tempfile::tempdir()?;
-    let server_rt = tokio::runtime::Runtime::new()?;
-    let mut config = Config::for_test(dir.path());
-    config.log = "warn".into();
-    config.cache_mb = args.cache_mb;
-    let node = server_rt.block_on(Node::start(config))?;
-    let url = node.url();
+    // The node is a process of its own (the release binary with its defaults), so that the
+    // memory figures are the server's alone, not the client's vectors and buffers as well.
+    let flags = format!("--cache-mb {} {}", args.cache_mb, args.node_args);
+    let node = NodeProcess::spawn(&args.bin, dir.path(), None, &flags)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let client = Client::new(&url, None)?;
+        common::wait_ready(&node.url, Duration::from_secs(30)).await?;
+        let client = Client::new(&node.url, None)?;
         let config = CollectionConfig {
             quantization: args.quantization,
             ..CollectionConfig::new(dim, Metric::Cosine)
@@ -137,17 +139,16 @@ fn main() -> anyhow::Result<()> {
                 .collect();
             client.upsert(NAME, points).await?;
         }
-        let engine = node.engine.clone();
-        tokio::task::spawn_blocking(move || engine.wait_indexed(Duration::from_secs(3600))).await?;
+        wait_indexed(&client).await?;
         println!(
             "loaded and indexed {} points in {:.1} s; resident {:.0} MiB (a fresh load)",
             args.points,
             started.elapsed().as_secs_f64(),
-            rss_mib()
+            node.rss_mib()
         );
         println!("\n| t (s) | RSS MiB | points | tombstones | unindexed | rewritten | recall@10 |");
         println!("|---:|---:|---:|---:|---:|---:|---:|");
-        sample(&client, &queries, 0.0, 0).await;
+        sample(&node, &client, &queries, 0.0, 0).await;
 
         let stop = Arc::new(AtomicBool::new(false));
         let rewritten = Arc::new(AtomicU64::new(0));
@@ -206,7 +207,14 @@ fn main() -> anyhow::Result<()> {
         while started.elapsed() < Duration::from_secs(args.secs) {
             tokio::time::sleep(Duration::from_secs(args.every)).await;
             let t = started.elapsed().as_secs_f64();
-            sample(&client, &queries, t, rewritten.load(Ordering::Relaxed)).await;
+            sample(
+                &node,
+                &client,
+                &queries,
+                t,
+                rewritten.load(Ordering::Relaxed),
+            )
+            .await;
         }
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
@@ -221,10 +229,17 @@ fn main() -> anyhow::Result<()> {
         let quiet = Instant::now();
         while quiet.elapsed() < Duration::from_secs(args.after) {
             tokio::time::sleep(Duration::from_secs(args.every)).await;
-            sample(&client, &queries, started.elapsed().as_secs_f64(), total).await;
+            sample(
+                &node,
+                &client,
+                &queries,
+                started.elapsed().as_secs_f64(),
+                total,
+            )
+            .await;
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    server_rt.block_on(node.stop())?;
+    drop(node);
     Ok(())
 }
