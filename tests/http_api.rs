@@ -1191,6 +1191,16 @@ async fn a_min_index_past_the_log_is_a_400_at_once() {
         StatusCode::BAD_REQUEST,
         "min_index",
     );
+    // Past the schema's range whichever level wins (linearizable would ignore it).
+    for query in [
+        "consistency=linearizable&min_index=2432902008176639999",
+        "consistency=linearizable&max_lag_ms=9007199254740993",
+    ] {
+        let (s, b) = h.call("GET", &format!("/collections?{query}"), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {b}");
+        let field = query.split(['&', '=']).nth(2).unwrap();
+        assert_eq!(b["error"]["field"], field, "{b}");
+    }
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
     // A token that exists is served.
     let (_, health) = h.call("GET", "/healthz", None).await;

@@ -587,6 +587,18 @@ pub struct ReadParams {
 }
 
 impl ReadParams {
+    /// A parameter past [`MAX_TOKEN`], as `(field, reason)`: out of the schema's range whichever
+    /// level wins (a `min_index` beside `consistency=linearizable` was accepted).
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        [
+            ("min_index", self.min_index),
+            ("max_lag_ms", self.max_lag_ms),
+        ]
+        .into_iter()
+        .find(|(_, v)| v.is_some_and(|v| v > MAX_TOKEN))
+        .map(|(field, _)| (field, format!("must be at most {MAX_TOKEN}")))
+    }
+
     /// The consistency these parameters ask for (the strictest given wins).
     pub fn consistency(&self) -> Consistency {
         if let Some(ConsistencyLevel::Linearizable) = self.consistency {

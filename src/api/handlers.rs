@@ -198,6 +198,14 @@ fn known_log_end(state: &AppState) -> u64 {
     last_log.max(state.cluster.committed())
 }
 
+/// [`read_at`] for the query parameters of a read without a body, each checked first.
+async fn read_query(state: &AppState, read: &ReadParams) -> Result<u64> {
+    if let Some((field, why)) = read.problem() {
+        return Err(Error::invalid(field, why));
+    }
+    read_at(state, &read.consistency(), "").await
+}
+
 /// Makes a read meet its consistency and returns the index it is served at. `at` prefixes the
 /// field names in errors (`consistency.` for bodies, nothing for query parameters).
 ///
@@ -310,7 +318,7 @@ pub async fn list_collections(
     State(state): State<AppState>,
     ApiQuery(read): ApiQuery<ReadParams>,
 ) -> Result<Json<CollectionList>> {
-    let index = read_at(&state, &read.consistency(), "").await?;
+    let index = read_query(&state, &read).await?;
     let engine = state.engine.clone();
     let collections = blocking(move || Ok(engine.list())).await?;
     Ok(Json(CollectionList { collections, index }))
@@ -347,7 +355,7 @@ pub async fn get_collection(
     ApiPath(name): ApiPath<String>,
     ApiQuery(read): ApiQuery<ReadParams>,
 ) -> Result<Json<CollectionInfo>> {
-    let index = read_at(&state, &read.consistency(), "").await?;
+    let index = read_query(&state, &read).await?;
     let engine = state.engine.clone();
     let mut info = blocking(move || engine.info(&name)).await?;
     info.index = index;
@@ -486,7 +494,7 @@ pub async fn get_point(
     ApiPath((name, id)): ApiPath<(String, String)>,
     ApiQuery(read): ApiQuery<ReadParams>,
 ) -> Result<Json<PointResponse>> {
-    let index = read_at(&state, &read.consistency(), "").await?;
+    let index = read_query(&state, &read).await?;
     // A path segment of digits may name an integer id or a string id made of digits. Off the
     // async workers: the lookup takes the collection's state lock (review M7).
     let engine = state.engine.clone();
