@@ -46,6 +46,58 @@ pub const MAX_NORM_SQUARED: f64 = f32::MAX as f64 / 8.0;
 /// [`MAX_NORM_SQUARED`]; the OpenAPI schema advertises it, the server checks the norm itself.
 pub const VECTOR_ELEMENT_BOUND: f64 = 1e16;
 
+/// Serde helper for the vectors of requests: each element is read as the JSON number it is (an
+/// `f64`) and must lie within ±[`VECTOR_ELEMENT_BOUND`], as the schema says, before it becomes an
+/// `f32`, which cannot tell the bound from numbers just past it (1e16 + 2 was accepted). An error
+/// names the element (`vector[3]`). Binary formats read plain `f32`s.
+pub mod vector {
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+    use serde::Deserialize;
+    use std::fmt;
+
+    use super::{MAX_DIM, VECTOR_ELEMENT_BOUND};
+
+    /// One element, checked against the bound.
+    struct Element(f32);
+
+    impl<'de> Deserialize<'de> for Element {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            if !d.is_human_readable() {
+                return f32::deserialize(d).map(Element);
+            }
+            let x = f64::deserialize(d)?;
+            if x.abs() <= VECTOR_ELEMENT_BOUND {
+                Ok(Element(x as f32))
+            } else {
+                Err(D::Error::custom(format!(
+                    "{x} is out of range: elements must be within ±{VECTOR_ELEMENT_BOUND:e}"
+                )))
+            }
+        }
+    }
+
+    struct Elements;
+
+    impl<'de> Visitor<'de> for Elements {
+        type Value = Vec<f32>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of numbers")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<f32>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_DIM));
+            while let Some(Element(x)) = seq.next_element()? {
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+
+    /// A request's vector.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        d.deserialize_seq(Elements)
+    }
+}
+
 /// Why a vector cannot be indexed: `Some((position, reason))`, where `position` is the element at
 /// fault (a non-finite value) or `None` for the vector as a whole (its norm is too large for its
 /// distances to be finite). The one rule for every metric, checked by the API before a write
@@ -505,6 +557,7 @@ pub struct PointInput {
     pub id: PointId,
     /// The embedding, of the collection's dimension.
     #[schema(schema_with = crate::schema::vector)]
+    #[serde(deserialize_with = "vector::deserialize")]
     pub vector: Vec<f32>,
     /// Any JSON object.
     #[serde(default)]
@@ -619,6 +672,7 @@ impl ReadParams {
 pub struct SearchRequest {
     /// Query vector, of the collection's dimension.
     #[schema(schema_with = crate::schema::vector)]
+    #[serde(deserialize_with = "vector::deserialize")]
     pub vector: Vec<f32>,
     /// Number of neighbours wanted (1..=10000).
     #[serde(default = "default_k", deserialize_with = "int::usize")]
