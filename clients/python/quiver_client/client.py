@@ -648,7 +648,8 @@ class AsyncQuiverClient(_ClientBase):
         return await self._run(_request_delete_collection(name, missing_ok))
 
     async def compact(self, name: str) -> WriteResult:
-        """POST /collections/{name}/compact (see :meth:`QuiverClient.compact`)."""
+        """POST /collections/{name}/compact: rebuild its graph without its tombstones now, on every
+        node at the same log index; ``compacted`` says how many it drops."""
         return await self._run(_request_compact(name))
 
     async def collection(self, name: str, consistency: Consistency | None = None) -> CollectionInfo:

@@ -76,7 +76,7 @@ def conforms(value: object, tp: Any, at: str = "result") -> None:
 def test_sync_and_async_clients_have_the_same_endpoints() -> None:
     shared = [n for n, f in vars(AsyncQuiverClient).items()
               if inspect.iscoroutinefunction(f) and not n.startswith("_") and n != "aclose"]
-    assert len(shared) == 12, shared  # refresh and the 11 endpoints
+    assert len(shared) == 13, shared  # refresh and the 12 endpoints
     for name in shared:
         sync, coro = getattr(QuiverClient, name), getattr(AsyncQuiverClient, name)
         assert not inspect.iscoroutinefunction(sync), name
