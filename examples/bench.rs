@@ -125,19 +125,9 @@ fn peak_rss_mib() -> f64 {
     status_mib("VmHWM:")
 }
 
-/// A memory line of /proc/self/status (`VmHWM:`, `VmRSS:`) in MiB.
+/// A memory line of this process's status (`VmHWM:`, `VmRSS:`) in MiB.
 fn status_mib(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with(key)).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+    common::status_mib("/proc/self/status", key)
 }
 
 /// A search whose filter keeps 1 % of the points (a range over the `row` payload), at ef 64:

@@ -70,15 +70,22 @@ impl NodeProcess {
     /// The process's resident memory (`VmRSS`) in MiB; 0 when it cannot be read (off Linux).
     #[allow(dead_code)]
     pub fn rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            })
-            .map_or(0.0, |kb| kb / 1024.0)
+        status_mib(&format!("/proc/{}/status", self.child.id()), "VmRSS:")
     }
+}
+
+/// A memory line (`VmHWM:`, `VmRSS:`) of a `/proc/*/status` file in MiB; 0 when it cannot be
+/// read (off Linux).
+#[allow(dead_code)]
+pub fn status_mib(status: &str, key: &str) -> f64 {
+    std::fs::read_to_string(status)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 impl Drop for NodeProcess {
