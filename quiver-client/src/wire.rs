@@ -851,6 +851,20 @@ pub struct WriteResponse {
     pub compacted: Option<usize>,
 }
 
+impl WriteResponse {
+    /// The answer to a write applied at `index` that reports nothing else; set the field of
+    /// the write's kind on it.
+    pub fn at(index: u64) -> WriteResponse {
+        WriteResponse {
+            index,
+            upserted: None,
+            deleted: None,
+            created: None,
+            compacted: None,
+        }
+    }
+}
+
 /// `GET /collections`.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct CollectionList {

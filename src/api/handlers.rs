@@ -339,11 +339,8 @@ pub async fn create_collection(
     let (index, reply) = write(&state, Command::CreateCollection { name, config }).await?;
     let created = matches!(reply, Reply::Created { created: true });
     Ok(Json(WriteResponse {
-        index,
-        upserted: None,
-        deleted: None,
         created: Some(created),
-        compacted: None,
+        ..WriteResponse::at(index)
     }))
 }
 
@@ -374,13 +371,7 @@ pub async fn delete_collection(
     if matches!(reply, Reply::Dropped { existed: false }) {
         return Err(Error::CollectionNotFound(name));
     }
-    Ok(Json(WriteResponse {
-        index,
-        upserted: None,
-        deleted: None,
-        created: None,
-        compacted: None,
-    }))
+    Ok(Json(WriteResponse::at(index)))
 }
 
 #[utoipa::path(post, path = "/collections/{name}/compact", params(("name" = String, Path, description = "Collection name")),
@@ -397,11 +388,8 @@ pub async fn compact_collection(
         _ => 0,
     };
     Ok(Json(WriteResponse {
-        index,
-        upserted: None,
-        deleted: None,
-        created: None,
         compacted: Some(compacted),
+        ..WriteResponse::at(index)
     }))
 }
 
@@ -474,11 +462,8 @@ pub async fn upsert_points(
         _ => 0,
     };
     Ok(Json(WriteResponse {
-        index,
         upserted: Some(upserted),
-        deleted: None,
-        created: None,
-        compacted: None,
+        ..WriteResponse::at(index)
     }))
 }
 
@@ -602,11 +587,8 @@ pub async fn delete_points(
         _ => 0,
     };
     Ok(Json(WriteResponse {
-        index,
-        upserted: None,
         deleted: Some(deleted),
-        created: None,
-        compacted: None,
+        ..WriteResponse::at(index)
     }))
 }
 
