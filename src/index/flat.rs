@@ -172,15 +172,9 @@ impl Codes {
             if old.is_some_and(|o| o.len() == ids.len() * stride) {
                 continue;
             }
-            if !ids.iter().any(|row| row.len() == dim) {
-                let empty: Arc<[u8]> = Arc::from(Vec::new());
-                match self.chunks.get_mut(c) {
-                    Some(chunk) => *chunk = empty,
-                    None => self.chunks.push(empty),
-                }
-                continue;
-            }
-            let mut out = vec![0u8; ids.len() * stride];
+            // Empty when the copy holds none of the chunk's ids.
+            let held = ids.iter().any(|row| row.len() == dim);
+            let mut out = vec![0u8; if held { ids.len() * stride } else { 0 }];
             for (i, (row, code)) in ids.iter().zip(out.chunks_exact_mut(stride)).enumerate() {
                 match old {
                     Some(chunk) if start + i < from && chunk.len() >= (i + 1) * stride => {
