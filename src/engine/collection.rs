@@ -914,8 +914,9 @@ impl Collection {
         self.shared.failures.load(Ordering::Acquire)
     }
 
-    /// Rebuilt graphs swapped in since the collection was opened.
-    pub fn rebuilds(&self) -> u64 {
+    /// Rebuilt graphs swapped in since the collection was opened (tests).
+    #[cfg(test)]
+    pub(crate) fn rebuilds(&self) -> u64 {
         self.shared.rebuilds.load(Ordering::Acquire)
     }
 
