@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
     let flat = graph
         .flat()
         .ok_or_else(|| anyhow::anyhow!("no search copy"))?;
-    let keep_all = |_: u32| true;
+    let keep_all = |_: u64| true;
     let mut qps: Vec<Vec<f64>> = vec![Vec::new(); args.efs.len()];
     let mut recall = vec![0.0; args.efs.len()];
     for _ in 0..args.rounds {

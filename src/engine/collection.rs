@@ -1274,7 +1274,7 @@ impl Collection {
         if let Some(flat) = &view.flat {
             // The frozen copy covers ids below its watermark; everything above is scanned exactly.
             let fw = (flat.watermark() as usize).min(n);
-            let keep = |iid: u32| (iid as usize) < fw && accepts(iid as usize);
+            let keep = |iid: u64| (iid as usize) < fw && accepts(iid as usize);
             // Always filter: besides the user's filter, the graph may hold dead points (tombstones,
             // or a whole old epoch while a rebuild is pending).
             let wanted = wanted(flat.approximate());
@@ -1285,7 +1285,7 @@ impl Collection {
             );
         } else {
             // No usable frozen copy (a large graph mid-ingest): search hnsw_rs' graph directly.
-            let keep = |iid: &usize| *iid < wm && accepts(*iid);
+            let keep = |iid: u64| (iid as usize) < wm && accepts(iid as usize);
             let wanted = wanted(graph.quantized());
             // Plain search first, post-filtered (the ef-wide candidate list comes at no extra cost).
             // Only if that leaves fewer than k do we pay for hnsw_rs' filtered walk (which gives up
@@ -1293,7 +1293,7 @@ impl Collection {
             let mut found: Vec<(u64, f32)> = graph
                 .search(q, q_code.as_deref(), ef, ef, None)
                 .into_iter()
-                .filter(|(iid, _)| keep(&(*iid as usize)))
+                .filter(|(iid, _)| keep(*iid))
                 .take(wanted)
                 .collect();
             if found.len() < p.k && found.len() < st.live {

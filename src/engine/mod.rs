@@ -517,8 +517,29 @@ impl Engine {
             };
             // The dump's data file repeats the vector (or code) of every point shipped above;
             // those are left out (`slim_dump_data`), the receiver's graph shares its points'.
-            // `points` is in internal id order.
-            let shipped = |iid: u64| points.binary_search_by_key(&iid, |p| p.0).is_ok();
+            // The data file names the graph's points by their numbers, whose internal ids the
+            // dump's ids file holds; `points` is in internal id order.
+            let mut files = files;
+            let ids = match files
+                .iter_mut()
+                .find(|(name, _)| name == crate::index::DUMP_IDS_FILE)
+            {
+                Some((_, file)) => crate::index::read_dump_ids(file)?,
+                None => None,
+            };
+            let Some(ids) = ids else {
+                tracing::warn!(
+                    collection = c.id(),
+                    "graph dump has no readable ids; not shipped (the receiver rebuilds)"
+                );
+                continue;
+            };
+            let shipped = |p: u64| {
+                usize::try_from(p)
+                    .ok()
+                    .and_then(|p| ids.get(p))
+                    .is_some_and(|iid| points.binary_search_by_key(iid, |point| point.0).is_ok())
+            };
             for (name, mut file) in files {
                 let name_in = format!("{}/{name}", c.id());
                 let intact = if name == crate::index::DUMP_DATA_FILE {

@@ -166,7 +166,7 @@ impl AnyGraph {
         code: Option<&[u8]>,
         k: usize,
         ef: usize,
-        keep: Option<&dyn Fn(&usize) -> bool>,
+        keep: Option<&dyn Fn(u64) -> bool>,
     ) -> Vec<(u64, f32)> {
         match self {
             AnyGraph::Full(g) => g.search(q, k, ef, keep),
@@ -237,7 +237,7 @@ impl AnyFlat {
         code: Option<&[u8]>,
         k: usize,
         ef: usize,
-        keep: Option<&dyn Fn(u32) -> bool>,
+        keep: Option<&dyn Fn(u64) -> bool>,
     ) -> Vec<(u64, f32)> {
         match self {
             AnyFlat::Full(f) => f.search(q, k, ef, keep),

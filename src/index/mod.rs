@@ -45,8 +45,13 @@ pub const BLOCK: u64 = 256;
 /// How graphs are built; a dump made by another builder is not loaded (the graph is rebuilt), so
 /// that every node holds the graph this version builds from the log. 0: dumps from before the
 /// field (one point at a time); 2: blocks of [`BLOCK`]; 3: full lists cut with the selection
-/// heuristic once a block is linked (they dropped their farthest entry).
-const BUILDER: u32 = 3;
+/// heuristic once a block is linked (they dropped their farthest entry); 4: points numbered
+/// densely in insertion order, their internal ids in [`DUMP_IDS_FILE`].
+const BUILDER: u32 = 4;
+
+/// The file of a graph dump that holds the internal id of each of the graph's points, in their
+/// order (little-endian `u64`s).
+pub const DUMP_IDS_FILE: &str = "ids.bin";
 
 /// A search over int8 codes (a quantised collection's, or a search copy's that walks codes)
 /// rescores this many candidates per hit wanted...
@@ -250,13 +255,13 @@ const BASENAME: &str = "graph";
 pub const DUMP_DATA_FILE: &str = "graph.hnsw.data";
 
 /// Copies the data file of a graph dump from `src` into `out` (or, with `out` None, only counts
-/// the bytes that would be written), leaving out the data of every point for which `shipped` is
-/// true: its entry keeps its header with a length of 0. A snapshot carries every live point's
-/// vector, so the dump's copy of it is dead weight: at 1M × 384 floats it is 1.5 GB of a 3.4 GB
-/// snapshot. The receiver's load takes such a point's data from the point it holds (its graph
-/// shares the vector); a point it holds no vector for fails the load (hnsw_rs refuses an entry
-/// of the wrong length), and the graph is then rebuilt from the points. Returns the bytes
-/// written or counted.
+/// the bytes that would be written), leaving out the data of every point for whose number in
+/// the graph `shipped` is true: its entry keeps its header with a length of 0. A snapshot
+/// carries every live point's vector, so the dump's copy of it is dead weight: at 1M × 384
+/// floats it is 1.5 GB of a 3.4 GB snapshot. The receiver's load takes such a point's data
+/// from the point it holds (its graph shares the vector); a point it holds no vector for fails
+/// the load (hnsw_rs refuses an entry of the wrong length), and the graph is then rebuilt from
+/// the points. Returns the bytes written or counted.
 pub fn slim_dump_data(
     src: &mut std::fs::File,
     shipped: &dyn Fn(u64) -> bool,
@@ -405,12 +410,22 @@ fn graph_distance(
     }
 }
 
-/// Records `v` as the vector of id `i` in a graph's `vectors`.
-fn keep_in<E>(vectors: &mut Vec<Option<Arc<[E]>>>, i: usize, v: Arc<[E]>) {
-    if vectors.len() <= i {
-        vectors.resize(i + 1, None);
+/// Reads the internal ids of a dump's points ([`DUMP_IDS_FILE`]) from `file`, which is left at
+/// its start; `None` when they are not ascending (a damaged file).
+pub fn read_dump_ids(file: &mut std::fs::File) -> std::io::Result<Option<Vec<u64>>> {
+    use std::io::{Read, Seek};
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    if bytes.len() % 8 != 0 {
+        return Ok(None);
     }
-    vectors[i] = Some(v);
+    let ids: Vec<u64> = bytes
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+        .collect();
+    Ok(ids.windows(2).all(|w| w[0] < w[1]).then_some(ids))
 }
 
 /// What a dumped graph covers; written beside the hnsw_rs files.
@@ -456,6 +471,13 @@ pub type SharedVector = Arc<[f32]>;
 /// The graph holds no copy of a row: hnsw_rs' points refer to the collection's own `Arc<[E]>`
 /// (vendor/hnsw_rs/PATCHES.md, `insert_borrowed`), which `vectors` keeps alive, and the frozen
 /// search copy shares them too. Each vector was held three times (issue 10).
+///
+/// The graph numbers its points densely in insertion order (hnsw_rs' data ids, the search
+/// copy's rows), and `ids` maps each number to the collection's internal id. Internal ids are
+/// never reused, so under churn arrays indexed by them grew with every write ever made (24 bytes
+/// per write in the graph and its copy, whatever the live points), and past 2^32 writes the
+/// copy's `u32` links could not name them. Both orders agree (ids ascend), so a graph is built
+/// as it was when internal ids were its data ids.
 pub struct Graph<E: Element = f32> {
     // Declared before `vectors`, so dropped before them: hnsw_rs' points borrow their data.
     hnsw: Hnsw<'static, E, E::Dist>,
@@ -464,8 +486,11 @@ pub struct Graph<E: Element = f32> {
     touched: Mutex<Vec<Arc<Point<'static, E>>>>,
     /// Points were inserted one at a time (tests), unreported: the next copy reads them all.
     untracked: AtomicBool,
-    /// `vectors[iid]`: the row of every inserted id (what hnsw_rs' points refer to).
+    /// `vectors[p]`: the row of point `p` (what hnsw_rs' points refer to); `None` for a
+    /// reloaded point whose row the collection lacked (it keeps the dump's copy).
     vectors: RwLock<Vec<Option<Arc<[E]>>>>,
+    /// `ids[p]`: the internal id of point `p`, ascending.
+    ids: RwLock<Vec<u64>>,
     metric: Metric,
     watermark: AtomicU64,
     /// First internal id of this graph's epoch.
@@ -517,6 +542,7 @@ impl<E: Element> Graph<E> {
             dim: E::row_len(config.dim),
             flat: RwLock::new(None),
             vectors: RwLock::new(Vec::new()),
+            ids: RwLock::new(Vec::new()),
             touched: Mutex::new(Vec::new()),
             untracked: AtomicBool::new(false),
             serial: next_serial(),
@@ -534,8 +560,25 @@ impl<E: Element> Graph<E> {
         unsafe { &*Arc::as_ptr(v) }
     }
 
-    fn keep(&self, id: u64, v: &Arc<[E]>) {
-        keep_in(&mut self.vectors.write(), id as usize, v.clone());
+    /// Numbers the points of `items` that have a row (ascending ids, above every id the graph
+    /// holds) after the graph's last point, keeping their rows: what hnsw_rs inserts, as (row,
+    /// number).
+    fn number<'i>(
+        &self,
+        items: impl IntoIterator<Item = (u64, &'i Arc<[E]>)>,
+    ) -> Vec<(&'static [E], usize)> {
+        let mut ids = self.ids.write();
+        let mut vectors = self.vectors.write();
+        items
+            .into_iter()
+            .map(|(iid, v)| {
+                debug_assert!(ids.last().is_none_or(|&last| last < iid));
+                let p = ids.len();
+                ids.push(iid);
+                vectors.push(Some(v.clone()));
+                (Self::borrow_for_graph(v), p)
+            })
+            .collect()
     }
 
     /// The next internal id this graph expects.
@@ -564,9 +607,9 @@ impl<E: Element> Graph<E> {
     /// blocks ([`Graph::insert_block`]), which build a different graph.
     #[cfg(test)]
     pub fn insert(&self, id: u64, vector: &Arc<[E]>) {
-        self.keep(id, vector);
-        self.hnsw
-            .insert_borrowed(Self::borrow_for_graph(vector), id as usize);
+        for (row, p) in self.number([(id, vector)]) {
+            self.hnsw.insert_borrowed(row, p);
+        }
         self.untracked.store(true, Ordering::Release);
         self.points.fetch_add(1, Ordering::Relaxed);
         self.advance(id + 1);
@@ -614,14 +657,11 @@ impl<E: Element> Graph<E> {
         end: u64,
         spread: &mut impl Spread,
     ) {
-        let points: Vec<(&'static [E], usize)> = items
-            .iter()
-            .filter_map(|(id, v)| v.as_ref().map(|v| (id, v)))
-            .map(|(id, v)| {
-                self.keep(*id, v);
-                (Self::borrow_for_graph(v), *id as usize)
-            })
-            .collect();
+        let points = self.number(
+            items
+                .iter()
+                .filter_map(|(id, v)| v.as_ref().map(|v| (*id, v))),
+        );
         let levels = self.hnsw.draw_levels(points.len());
         let block = self.hnsw.open_block(&points, &levels);
         let hnsw = &self.hnsw;
@@ -646,26 +686,29 @@ impl<E: Element> Graph<E> {
 
     /// Approximate k nearest neighbours, as (internal id, distance), best first.
     ///
-    /// Without `keep` this is hnsw_rs' plain search. With it, hnsw_rs' filtered search, which
-    /// gives up its early exit and walks much further: use it only when post-filtering a plain
-    /// search could not supply k accepted points.
+    /// Without `keep` (which is given internal ids) this is hnsw_rs' plain search. With it,
+    /// hnsw_rs' filtered search, which gives up its early exit and walks much further: use it
+    /// only when post-filtering a plain search could not supply k accepted points.
     pub fn search(
         &self,
         q: &[E],
         k: usize,
         ef: usize,
-        keep: Option<&dyn Fn(&usize) -> bool>,
+        keep: Option<&dyn Fn(u64) -> bool>,
     ) -> Vec<(u64, f32)> {
         let found = match keep {
             None => self.hnsw.search(q, k, ef.max(k)),
             Some(keep) => {
-                let filter: &dyn Fn(&usize) -> bool = keep;
+                let ids = self.ids.read();
+                let filter = |p: &usize| ids.get(*p).is_some_and(|&iid| keep(iid));
+                let filter: &dyn Fn(&usize) -> bool = &filter;
                 self.hnsw.search_filter(q, k, ef.max(k), Some(&filter))
             }
         };
+        let ids = self.ids.read();
         found
             .into_iter()
-            .map(|n| (n.d_id as u64, n.distance))
+            .filter_map(|n| Some((*ids.get(n.d_id)?, n.distance)))
             .collect()
     }
 
@@ -685,9 +728,11 @@ impl<E: Element> Graph<E> {
         }
         let touched = std::mem::take(&mut *self.touched.lock());
         let whole = self.untracked.swap(false, Ordering::AcqRel) || current.is_none();
+        // Only this thread inserts: every point numbered so far is in the graph.
+        let n = self.ids.read().len();
         let listed = match whole {
-            true => Listed::read(self.hnsw.get_point_indexation(), wm as usize),
-            false => Listed::read(touched, wm as usize),
+            true => Listed::read(self.hnsw.get_point_indexation(), n),
+            false => Listed::read(touched, n),
         };
         let taken = match whole {
             true => None,
@@ -699,16 +744,21 @@ impl<E: Element> Graph<E> {
             // Only this thread replaces the copy, so it was there; were it not, read everything.
             None => (
                 FlatGraph::empty(self.metric, self.dim, self.codes),
-                Listed::read(self.hnsw.get_point_indexation(), wm as usize),
+                Listed::read(self.hnsw.get_point_indexation(), n),
             ),
         };
-        let from = copy.watermark() as usize;
-        let rows = {
-            let vectors = self.vectors.read();
-            let to = (wm as usize).min(vectors.len());
-            vectors.get(from..to).map_or_else(Vec::new, <[_]>::to_vec)
-        };
-        copy.refresh(listed, rows, self.dim, wm);
+        let from = copy.points_numbered();
+        let rows = self
+            .vectors
+            .read()
+            .get(from..n)
+            .map_or_else(Vec::new, <[_]>::to_vec);
+        let ids = self
+            .ids
+            .read()
+            .get(from..n)
+            .map_or_else(Vec::new, <[_]>::to_vec);
+        copy.refresh(listed, rows, &ids, self.dim, wm);
         *self.flat.write() = Some(Arc::new(copy));
     }
 
@@ -744,6 +794,13 @@ impl<E: Element> Graph<E> {
         if !self.is_empty() {
             self.hnsw.file_dump(tmp.path(), BASENAME)?;
         }
+        let ids: Vec<u8> = self
+            .ids
+            .read()
+            .iter()
+            .flat_map(|iid| iid.to_le_bytes())
+            .collect();
+        std::fs::write(tmp.path().join(DUMP_IDS_FILE), ids)?;
         std::fs::write(tmp.path().join("meta.json"), serde_json::to_vec(meta)?)?;
         for entry in std::fs::read_dir(tmp.path())? {
             std::fs::File::open(entry?.path())?.sync_all()?;
@@ -777,11 +834,16 @@ impl<E: Element> Graph<E> {
         if meta.config != *config || meta.builder != BUILDER {
             return None;
         }
+        let ids = std::fs::File::open(dir.join(DUMP_IDS_FILE))
+            .and_then(|mut f| read_dump_ids(&mut f))
+            .ok()
+            .flatten()
+            .filter(|ids| ids.last().is_none_or(|&last| last < meta.watermark))?;
         if !dir.join(format!("{BASENAME}.hnsw.graph")).exists() {
-            return Some((
-                Graph::new(config, 0, meta.watermark, meta.epoch_since),
-                meta,
-            ));
+            return ids.is_empty().then(|| {
+                let g = Graph::new(config, 0, meta.watermark, meta.epoch_since);
+                (g, meta)
+            });
         }
         let dir_owned: PathBuf = dir.to_path_buf();
         let metric = config.metric;
@@ -790,10 +852,14 @@ impl<E: Element> Graph<E> {
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // The loaded graph borrows its reader; the reader is small, so leak it to get 'static.
             let io: &'static HnswIo = Box::leak(Box::new(HnswIo::new(&dir_owned, BASENAME)));
-            let share = |origin: usize| -> Option<&'static [E]> {
-                let v = vector(origin as u64).filter(|v| v.len() == row_len)?;
+            let share = |p: usize| -> Option<&'static [E]> {
+                let v = vector(*ids.get(p)?).filter(|v| v.len() == row_len)?;
                 let borrowed = Self::borrow_for_graph(&v);
-                keep_in(&mut kept.write(), origin, v);
+                let mut kept = kept.write();
+                if kept.len() <= p {
+                    kept.resize(p + 1, None);
+                }
+                kept[p] = Some(v);
                 Some(borrowed)
             };
             io.load_hnsw_with_dist_shared::<E, E::Dist>(E::distance(metric), Some(&share))
@@ -802,6 +868,12 @@ impl<E: Element> Graph<E> {
             Ok(Ok(mut hnsw)) => {
                 hnsw.set_searching_mode(false);
                 let n = hnsw.get_nb_point() as u64;
+                if n != ids.len() as u64 {
+                    tracing::warn!(dir = %dir.display(), points = n, ids = ids.len(), "graph dump's ids do not match its points; rebuilding");
+                    return None;
+                }
+                let mut kept = kept.into_inner();
+                kept.resize(ids.len(), None);
                 // The reloaded generator starts at its seed: move it past the levels the dumped
                 // points drew, so later points get the levels they get on a node that never
                 // reloaded (identical graphs from the same log; vendor/hnsw_rs/PATCHES.md).
@@ -814,7 +886,8 @@ impl<E: Element> Graph<E> {
                     points: AtomicU64::new(n),
                     dim: row_len,
                     flat: RwLock::new(None),
-                    vectors: kept,
+                    vectors: RwLock::new(kept),
+                    ids: RwLock::new(ids),
                     touched: Mutex::new(Vec::new()),
                     untracked: AtomicBool::new(false),
                     serial: next_serial(),
@@ -1148,8 +1221,8 @@ mod tests {
             let g = Graph::new(&c, 12_000, 0, 0);
             let p = pool(2);
             let whole = |g: &Graph| {
-                let rows = g.vectors.read().clone();
-                FlatGraph::freeze(&g.hnsw, rows, c.metric, 8, g.watermark(), g.codes)
+                let (rows, ids) = (g.vectors.read().clone(), g.ids.read().clone());
+                FlatGraph::freeze(&g.hnsw, rows, &ids, c.metric, 8, g.watermark(), g.codes)
             };
             let mut held = None;
             // 11,520 ids: three chunks of links, refreshed every seventh block.
@@ -1291,5 +1364,64 @@ mod tests {
         assert_eq!(flat.len(), 50);
         assert_eq!(flat.search(&[20.0, 1.0, 0.0, 2.0], 1, 16, None)[0].0, 20);
         assert!(Graph::<f32>::load(&path, &cfg(Metric::Dot), &|_| None).is_none());
+    }
+
+    /// Issue 10: a graph's arrays follow its points, not the internal ids it has seen. Under
+    /// churn ids are never reused, so a rebuilt graph's few live points lie far apart, and past
+    /// 2^32 writes they no longer fit the copy's `u32` links: here 600 points with ids 1,000
+    /// apart from 2^33 on, searched through the graph, its copy, and a dump reloaded with the
+    /// collection's rows. Each finds its own id, and the copy holds 600 rows (before, it held a
+    /// row per id below the watermark and named points by their ids cut to 32 bits).
+    #[test]
+    fn points_far_apart_are_numbered_densely() {
+        let c = CollectionConfig::new(16, Metric::Cosine);
+        let v = |i: u64| wave(16, i * 7, 5, 0.0113, 0.03);
+        let base = 1u64 << 33;
+        let iid = |i: u64| base + i * 1_000;
+        let g = Graph::new(&c, 600, base, base);
+        for b in 0..3 {
+            let items: Vec<_> = (b * 200..(b + 1) * 200)
+                .map(|i| (iid(i), Some(v(i))))
+                .collect();
+            g.insert_block(&items, iid((b + 1) * 200), Planning::Spare);
+        }
+        g.freeze();
+        let flat = g.flat().unwrap();
+        assert_eq!((flat.len(), flat.points_numbered()), (600, 600));
+        let finds_itself =
+            |found: Vec<(u64, f32)>, i: u64| found.first().map(|f| f.0) == Some(iid(i));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1");
+        g.dump(&path, &GraphMeta::new(1, g.watermark(), base, c))
+            .unwrap();
+        let rows: std::collections::HashMap<u64, SharedVector> =
+            (0..600).map(|i| (iid(i), v(i))).collect();
+        let (h, _) = Graph::load(&path, &c, &|id| rows.get(&id).cloned()).unwrap();
+        h.freeze();
+        let reloaded = h.flat().unwrap();
+        assert_eq!(reloaded.links_digest(), flat.links_digest());
+        for i in (0..600).step_by(37) {
+            assert!(finds_itself(g.search(&v(i), 1, 32, None), i), "graph, {i}");
+            assert!(
+                finds_itself(flat.search(&v(i), 1, 32, None), i),
+                "copy, {i}"
+            );
+            assert!(
+                finds_itself(reloaded.search(&v(i), 1, 32, None), i),
+                "reloaded, {i}"
+            );
+            // Filters see internal ids too.
+            let odd = |id: u64| (id - base) / 1_000 % 2 == 1;
+            let found = flat.search(&v(i), 5, 32, Some(&odd));
+            assert!(
+                found.len() == 5 && found.iter().all(|(id, _)| odd(*id)),
+                "{found:?}"
+            );
+            let found = g.search(&v(i), 5, 32, Some(&odd));
+            assert!(
+                found.len() == 5 && found.iter().all(|(id, _)| odd(*id)),
+                "{found:?}"
+            );
+        }
     }
 }
