@@ -140,7 +140,9 @@ impl Slots {
 
     /// Drops the vectors of the dead points below `since` (the graph that serves from now on does
     /// not hold them), then releases the complete chunks below it that hold no live point.
-    fn release_dead(&mut self, since: usize) {
+    /// Returns the ids of the chunks it released.
+    fn release_dead(&mut self, since: usize) -> Vec<std::ops::Range<u64>> {
+        let mut released = Vec::new();
         let full = (since / SLOT_CHUNK).min(self.len / SLOT_CHUNK);
         for (c, chunk) in self.chunks.iter_mut().enumerate() {
             let Some(slots) = chunk else { continue };
@@ -155,8 +157,11 @@ impl Slots {
             }
             if c < full && slots.iter().all(|s| s.ext.is_none()) {
                 *chunk = None;
+                let start = (c * SLOT_CHUNK) as u64;
+                released.push(start..start + SLOT_CHUNK as u64);
             }
         }
+        released
     }
 }
 
@@ -1675,9 +1680,12 @@ impl Shared {
         let old = std::mem::replace(&mut *self.graph.write(), Arc::new(new));
         drop(old);
         let mut st = self.state.write();
-        st.slots.release_dead(since as usize);
+        let released = st.slots.release_dead(since as usize);
         st.version += 1;
         drop(st);
+        if let Some(file) = &self.full {
+            released.into_iter().for_each(|ids| file.forget(ids));
+        }
         crate::alloc::release_memory();
         self.rebuilds.fetch_add(1, Ordering::AcqRel);
         metrics::counter!("quiver_graph_rebuilds_total", "collection" => self.name.clone())

@@ -856,6 +856,35 @@ mod tests {
         assert_eq!(c.info().points, 6_000);
     }
 
+    /// Issue 10: once a rebuild no longer needs the vectors of a chunk of dead points, an int8
+    /// collection's vector file gives their disk space back (it grew with every write until
+    /// the next start), and the live points' rows still read back.
+    #[test]
+    fn released_chunks_give_their_vector_file_space_back() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let e = Engine::open(opts(dir.path())).unwrap();
+        fill_as(&e, "c", 0, 3 * 1_024, 1, Quantization::Int8);
+        assert!(e.wait_indexed(Duration::from_secs(60)));
+        let c = e.get("c").unwrap();
+        let file = dir.path().join(format!("vectors/{}.f32", c.id()));
+        let used = || std::fs::metadata(&file).unwrap().blocks() * 512;
+        // 3,072 rows of 4 floats: 48 KiB.
+        assert!(used() >= 48 << 10, "{}", used());
+        // Two thirds dead: past `rebuild_ratio`, a rebuild; it releases the two dead chunks.
+        let selector = DeleteSelector::Ids((0..2 * 1_024).map(PointId::Num).collect());
+        let cmd = Command::Delete {
+            collection: "c".into(),
+            selector,
+        };
+        e.apply(&[(3, cmd)]).unwrap();
+        assert!(e.wait_indexed(Duration::from_secs(60)));
+        assert_eq!(c.rebuilds(), 1);
+        assert!(used() <= 16 << 10, "{}", used());
+        let got = c.get(&PointId::Num(2_500), true).unwrap();
+        assert_eq!(got.vector, vec![2_500.0, 1.0, 1.0, 0.5]);
+    }
+
     /// Issue 10: after a restart with a complete graph dump, searches walk the frozen search copy
     /// again at once (they went through hnsw_rs, 1.6x slower, until new points arrived).
     #[test]

@@ -124,6 +124,34 @@ impl VectorFile {
         self.get_into(iid, &mut bytes, &mut out).then_some(out)
     }
 
+    /// Hands the disk space of the rows of `ids` back (a hole punched in the file; the rows then
+    /// read as zeros): the chunk of the point table that held them was released, so no point
+    /// of theirs is read again. Without it the file grew with every write until the next start
+    /// rewrote it (1.5 KB per replacing upsert at 384 dimensions).
+    pub fn forget(&self, ids: std::ops::Range<u64>) {
+        self.spilled.lock().retain(|iid, _| !ids.contains(iid));
+        let Some(file) = &self.file else { return };
+        let (start, end) = (self.offset(ids.start), self.offset(ids.end));
+        let (Ok(at), Ok(len)) = (i64::try_from(start), i64::try_from(end - start)) else {
+            return;
+        };
+        // SAFETY: fallocate takes the descriptor of a file this struct owns and two integers;
+        // it touches no memory of ours.
+        let punched = unsafe {
+            use std::os::fd::AsRawFd;
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                at,
+                len,
+            )
+        };
+        if punched != 0 {
+            // A file system without holes keeps the rows: they take space, and nothing reads them.
+            tracing::debug!(file = %self.path.display(), error = %std::io::Error::last_os_error(), "cannot punch a hole in the vector file");
+        }
+    }
+
     /// Removes the file (the collection was dropped).
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
@@ -236,5 +264,31 @@ mod tests {
         rows.put(1, &[2.0, 2.5]);
         rows.flush();
         assert_eq!(f.get(1).unwrap(), vec![2.0, 2.5]);
+        f.forget(0..1);
+        assert!(f.get(1).unwrap() == vec![2.0, 2.5] && f.get(0).is_none());
+    }
+
+    /// Issue 10: the rows of a released chunk of the point table give their disk space back,
+    /// and the rows around them stay as they were.
+    #[test]
+    fn forgotten_rows_give_their_disk_space_back() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.f32");
+        let f = VectorFile::create(&path, 384);
+        let row = |iid: u64| -> Vec<f32> { (0..384).map(|d| (iid * 384 + d) as f32).collect() };
+        let mut rows = f.rows();
+        for iid in 0..3 * 1024 {
+            rows.put(iid, &row(iid));
+        }
+        drop(rows);
+        let used = || std::fs::metadata(&path).unwrap().blocks() * 512;
+        let before = used();
+        f.forget(1024..2048);
+        // 1,024 rows of 1,536 bytes: 1.5 MiB.
+        assert!(before - used() >= 1536 * 1024, "{before} -> {}", used());
+        assert_eq!(f.get(1023).unwrap(), row(1023));
+        assert_eq!(f.get(2048).unwrap(), row(2048));
+        assert_eq!(f.get(1500).unwrap(), vec![0.0; 384]);
     }
 }
