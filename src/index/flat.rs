@@ -8,8 +8,8 @@
 //! stamped visited list reused per thread, filter applied to results while the walk keeps its
 //! early exit). The copy covers ids below its `watermark`; the engine searches the rest exactly.
 //!
-//! The copy, like its graph, numbers its points densely in insertion order (`ids` maps each
-//! number to the collection's internal id): internal ids are never reused, so arrays indexed by
+//! The copy, like its graph, numbers its points densely in insertion order (each row holds its
+//! point's internal id): internal ids are never reused, so arrays indexed by
 //! them grew with every write ever made, and past 2^32 writes they would no longer fit a `u32`.
 
 use std::cell::RefCell;
@@ -32,10 +32,9 @@ use crate::model::Metric;
 pub struct FlatGraph<E: Element = f32> {
     metric: Metric,
     watermark: u64,
-    /// `rows[p]`: the vector of the graph's point `p`, shared with the collection's point table.
-    rows: Vec<Arc<[E]>>,
-    /// `ids[p]`: the internal id of point `p`, ascending.
-    ids: Vec<u64>,
+    /// `rows[p]`: the vector of the graph's point `p`, shared with the collection's point table,
+    /// and its internal id (ascending).
+    rows: Vec<Row<E>>,
     /// Layer-0 neighbours, [`CHUNK`] points per chunk. A refresh replaces the chunks that hold a
     /// point whose list changed one at a time, so that it never holds a second copy of all
     /// links (at a million points the copy made beside the old one was the ingest's peak).
@@ -49,6 +48,21 @@ pub struct FlatGraph<E: Element = f32> {
     /// The walk's own form of the rows, when the walk reads int8 codes instead of `rows`
     /// ([`Codes`]); `rows` then only rescore.
     codes: Option<Codes>,
+}
+
+/// A point of the copy: its vector and its internal id, side by side, so that the walk, which
+/// has just read the handle to score the point, finds the id the filter wants in the same
+/// cache line.
+#[derive(Clone)]
+struct Row<E> {
+    v: Arc<[E]>,
+    iid: u64,
+}
+
+impl<E> AsRef<[E]> for Row<E> {
+    fn as_ref(&self) -> &[E] {
+        &self.v
+    }
 }
 
 /// Points per chunk of links and of [`Codes`].
@@ -170,7 +184,7 @@ impl Codes {
 
     /// Extends the codes of `rows[..from]` to all of `rows` (a point whose row is not `dim`
     /// long gets zeros).
-    fn extend<E: Element>(&mut self, rows: &[Arc<[E]>], dim: usize, from: usize) {
+    fn extend<E: Element, R: AsRef<[E]>>(&mut self, rows: &[R], dim: usize, from: usize) {
         let stride = self.stride;
         for c in from / CHUNK..rows.len().div_ceil(CHUNK) {
             let start = c * CHUNK;
@@ -185,7 +199,7 @@ impl Codes {
                     Some(chunk) if start + i < from && chunk.len() >= (i + 1) * stride => {
                         code.copy_from_slice(&chunk[i * stride..(i + 1) * stride]);
                     }
-                    _ if row.len() == dim => E::code_into(row, code),
+                    _ if row.as_ref().len() == dim => E::code_into(row.as_ref(), code),
                     _ => {}
                 }
             }
@@ -224,7 +238,6 @@ impl<E: Element> FlatGraph<E> {
             metric,
             watermark: 0,
             rows: Vec::new(),
-            ids: Vec::new(),
             chunks: Vec::new(),
             upper: HashMap::new(),
             entry: None,
@@ -276,9 +289,10 @@ impl<E: Element> FlatGraph<E> {
         let empty: Arc<[E]> = Arc::from(Vec::new());
         let mut rows = rows.into_iter();
         self.rows.reserve(ids.len());
-        self.rows
-            .extend((from..n).map(|_| rows.next().flatten().unwrap_or_else(|| empty.clone())));
-        self.ids.extend_from_slice(ids);
+        self.rows.extend(ids.iter().map(|&iid| Row {
+            v: rows.next().flatten().unwrap_or_else(|| empty.clone()),
+            iid,
+        }));
         for (p, level, rank, point) in &listed.points {
             let p = *p as usize;
             if p >= n {
@@ -287,8 +301,8 @@ impl<E: Element> FlatGraph<E> {
             if p >= from {
                 self.points += 1;
             }
-            if self.rows[p].len() != dim {
-                self.rows[p] = Arc::from(point.get_v());
+            if self.rows[p].v.len() != dim {
+                self.rows[p].v = Arc::from(point.get_v());
             }
             // hnsw_rs' entry point: the first point inserted on the top level.
             if self
@@ -356,21 +370,15 @@ impl<E: Element> FlatGraph<E> {
     pub fn layer0(&self, p: u32) -> Vec<u64> {
         self.neighbours(p)
             .iter()
-            .map(|&l| self.ids[l as usize])
+            .map(|&l| self.rows[l as usize].iid)
             .collect()
-    }
-
-    /// The internal ids of the copy's points, in their order, for tests.
-    #[cfg(test)]
-    pub fn ids(&self) -> &[u64] {
-        &self.ids
     }
 
     /// How many points of the copy have no vector of `dim` floats (must be none).
     #[cfg(test)]
     pub fn rows_missing(&self, dim: usize) -> usize {
         (0..self.rows.len())
-            .filter(|&i| !self.neighbours(i as u32).is_empty() && self.rows[i].len() != dim)
+            .filter(|&i| !self.neighbours(i as u32).is_empty() && self.rows[i].v.len() != dim)
             .count()
     }
 
@@ -387,10 +395,10 @@ impl<E: Element> FlatGraph<E> {
                 h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
             }
         };
-        let iid = |p: u32| self.ids[p as usize];
-        let mut points = self.ids.iter().enumerate().peekable();
+        let iid = |p: u32| self.rows[p as usize].iid;
+        let mut points = self.rows.iter().enumerate().peekable();
         for i in 0..self.watermark {
-            match points.next_if(|(_, &id)| id == i) {
+            match points.next_if(|(_, row)| row.iid == i) {
                 Some((p, _)) => {
                     let links = self.neighbours(p as u32);
                     eat(links.len() as u64);
@@ -438,7 +446,7 @@ impl<E: Element> FlatGraph<E> {
 
     #[inline]
     fn row(&self, p: u32) -> &[E] {
-        &self.rows[p as usize]
+        &self.rows[p as usize].v
     }
 
     /// Asks the CPU to start loading a vector.
@@ -526,7 +534,7 @@ impl<E: Element> FlatGraph<E> {
                 }
             }
         }
-        let accepts = |p: u32| keep.is_none_or(|f| f(self.ids[p as usize]));
+        let accepts = |p: u32| keep.is_none_or(|f| f(self.rows[p as usize].iid));
         VISITED.with(|cell| {
             let mut guard = cell.borrow_mut();
             let (marks, generation) = &mut *guard;
@@ -589,7 +597,7 @@ impl<E: Element> FlatGraph<E> {
             let mut out = top.into_sorted_vec();
             out.truncate(k);
             out.into_iter()
-                .map(|Scored(d, p)| (self.ids[p as usize], d))
+                .map(|Scored(d, p)| (self.rows[p as usize].iid, d))
                 .collect()
         })
     }
