@@ -512,14 +512,13 @@ impl Engine {
         // collection created after the pinning ships none; one dropped since is not in the view.
         let mut pinned = pinned;
         for (c, (_, points)) in &views {
-            let Some(files) = pinned.remove(&c.id()) else {
+            let Some(mut files) = pinned.remove(&c.id()) else {
                 continue;
             };
             // The dump's data file repeats the vector (or code) of every point shipped above;
             // those are left out (`slim_dump_data`), the receiver's graph shares its points'.
             // The data file names the graph's points by their numbers, whose internal ids the
             // dump's ids file holds; `points` is in internal id order.
-            let mut files = files;
             let ids = match files
                 .iter_mut()
                 .find(|(name, _)| name == crate::index::DUMP_IDS_FILE)
